@@ -1,0 +1,19 @@
+//! ASU definitions shared by the gateway, the load generator and the simulator.
+//!
+//! One crate, no I/O, so TTFT, TTFVT, thinking time and token counts have a
+//! single definition wherever they are measured (see `shared/ASU.md` and the
+//! README's metric reference):
+//! - [`sse`]: incremental SSE framing over arbitrarily split bytes;
+//! - [`think`]: inline `<think>` splitting, markers split anywhere;
+//! - [`wire`]: the response fields that measurement reads, borrowed;
+//! - [`observe`]: the per-request observer that turns a body into a
+//!   [`Summary`] of timestamps and counts.
+#![forbid(unsafe_code)]
+
+pub mod observe;
+pub mod sse;
+pub mod think;
+pub mod wire;
+
+pub use observe::{BodyKind, ChoiceText, Observer, ObserverConfig, Summary, TokenSource};
+pub use think::{Markers, ThinkTags};

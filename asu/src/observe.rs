@@ -1,0 +1,648 @@
+//! The request observer: reads a response body as it passes and produces the
+//! timestamps and counts of `ASU.md` for one request.
+//!
+//! The caller owns the clock: every [`Observer::feed`] gets the time the bytes
+//! arrived as nanoseconds since `t_recv`, so the same code serves the gateway
+//! (time at the proxy) and the load generator (time at the client). Per chunk
+//! it frames SSE, parses each event's JSON borrowed, splits reasoning from
+//! visible text and stamps first/last moments; it allocates nothing at steady
+//! state and never touches the bytes it is given.
+
+use crate::sse::{SseEvent, SseFramer};
+use crate::think::{Markers, Span, SplitState, TagSplitter, ThinkTags};
+use crate::wire::{Chunk, Usage};
+use serde::Serialize;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Choice indices above this are ignored (and counted as anomalies), so an
+/// upstream cannot make the observer allocate per index.
+pub const MAX_CHOICES: usize = 128;
+
+/// What the response body is, from its `content-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `text/event-stream`: parsed event by event.
+    Sse,
+    /// `application/json`: a non-streamed response, parsed once at the end.
+    Json,
+    /// Anything else: only timed.
+    Opaque,
+}
+
+impl BodyKind {
+    pub fn from_content_type(ct: Option<&str>) -> Self {
+        let ct = ct.unwrap_or("").trim_start().to_ascii_lowercase();
+        if ct.starts_with("text/event-stream") {
+            BodyKind::Sse
+        } else if ct.starts_with("application/json") {
+            BodyKind::Json
+        } else {
+            BodyKind::Opaque
+        }
+    }
+}
+
+/// Settings shared by every observer of a gateway or load run.
+#[derive(Debug, Clone)]
+pub struct ObserverConfig {
+    pub think_tags: ThinkTags,
+    pub markers: Markers,
+    /// Keep reasoning and visible text (records with text, tests, loadgen
+    /// grading). Off in the gateway by default.
+    pub capture_text: bool,
+    /// Report the byte ranges of usage-only events so the caller can remove
+    /// them (the gateway injected `include_usage`).
+    pub strip_usage_only: bool,
+    /// Bound on one SSE event.
+    pub max_event_bytes: usize,
+    /// Bound on a non-streamed JSON body kept for parsing.
+    pub max_json_bytes: usize,
+}
+
+impl Default for ObserverConfig {
+    fn default() -> Self {
+        Self {
+            think_tags: ThinkTags::Auto,
+            markers: Markers::default(),
+            capture_text: false,
+            strip_usage_only: false,
+            max_event_bytes: SseFramer::DEFAULT_MAX_EVENT_BYTES,
+            max_json_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Where token counts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// The engine's usage gave completion and reasoning tokens.
+    Usage,
+    /// The engine's usage gave completion tokens; the thinking/visible split
+    /// is proportional to the counted chunks.
+    UsageSplitByChunks,
+    /// Non-streamed: usage total split in proportion to reasoning/visible
+    /// characters.
+    UsageSplitByChars,
+    /// No usage: content-bearing chunks were counted (one token each).
+    Chunks,
+    /// Nothing to count (non-streamed without usage, opaque body).
+    #[default]
+    None,
+}
+
+/// The captured text of one choice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChoiceText {
+    pub reasoning: String,
+    pub content: String,
+}
+
+/// Everything measured about one response. Times are nanoseconds since
+/// `t_recv` on the caller's monotonic clock.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub streamed: bool,
+    /// First chunk carrying any generated text (reasoning or visible).
+    pub t_first_token_ns: Option<u64>,
+    /// First reasoning chunk.
+    pub t_think_start_ns: Option<u64>,
+    /// Last reasoning chunk, or the chunk that carried the close marker.
+    pub t_think_end_ns: Option<u64>,
+    /// First chunk with visible output (non-white-space content outside
+    /// thinking, or a tool call); for non-streamed bodies, `t_done`.
+    pub t_first_visible_ns: Option<u64>,
+    /// Last byte of the body.
+    pub t_done_ns: u64,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: u64,
+    pub thinking_tokens: u64,
+    pub visible_tokens: u64,
+    pub token_source: TokenSource,
+    /// Events carrying reasoning (or a thinking marker).
+    pub reasoning_chunks: u64,
+    /// Events carrying visible text.
+    pub visible_chunks: u64,
+    /// Largest gap between successive token-bearing body chunks.
+    pub itl_max_ns: Option<u64>,
+    pub itl_mean_ns: Option<u64>,
+    pub finish_reason: Option<String>,
+    pub choices: u32,
+    /// `data: [DONE]` arrived.
+    pub done_marker: bool,
+    /// An error event arrived (mid-stream, or a JSON error body).
+    pub error_event: bool,
+    /// Events whose data was neither JSON nor `[DONE]`.
+    pub parse_errors: u32,
+    /// An event exceeded the size bound and was skipped.
+    pub oversized: bool,
+    /// The body ended inside an event.
+    pub cut_mid_event: bool,
+    /// 0-based index of the data event that carried the first visible output.
+    pub first_visible_event: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<Vec<ChoiceText>>,
+    #[serde(skip)]
+    pub usage: Option<Usage>,
+}
+
+const NS: f64 = 1e9;
+
+impl Summary {
+    /// TTFT: first generated token of any kind.
+    pub fn ttft(&self) -> Option<f64> {
+        self.t_first_token_ns.map(|t| t as f64 / NS)
+    }
+    /// TTFVT: first visible token (non-streamed: E2E).
+    pub fn ttfvt(&self) -> Option<f64> {
+        self.t_first_visible_ns.map(|t| t as f64 / NS)
+    }
+    /// Thinking time: last minus first reasoning token (0 without reasoning).
+    pub fn thinking_time(&self) -> Option<f64> {
+        if !self.streamed {
+            return None;
+        }
+        Some(match (self.t_think_start_ns, self.t_think_end_ns) {
+            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / NS,
+            _ => 0.0,
+        })
+    }
+    pub fn e2e(&self) -> f64 {
+        self.t_done_ns as f64 / NS
+    }
+    /// TPOT: `(t_done - t_first_token) / (completion_tokens - 1)`.
+    pub fn tpot(&self) -> Option<f64> {
+        let first = self.t_first_token_ns?;
+        if self.completion_tokens < 2 {
+            return None;
+        }
+        Some(self.t_done_ns.saturating_sub(first) as f64 / NS / (self.completion_tokens - 1) as f64)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Undecided {
+    first: Option<u64>,
+    first_nonws: Option<(u64, u64)>,
+    chunks: u64,
+}
+
+#[derive(Debug, Clone)]
+struct ChoiceState {
+    split: TagSplitter,
+    saw_reasoning_field: bool,
+    undecided: Undecided,
+    text: Option<Box<(ChoiceText, String)>>,
+}
+
+/// Flags of one choice's delta in one event.
+#[derive(Debug, Default, Clone, Copy)]
+struct Marks {
+    reasoning: bool,
+    visible: bool,
+    visible_nonws: bool,
+    undecided: bool,
+    undecided_nonws: bool,
+    tool: bool,
+}
+
+/// Per-request state, apart from the framer so the framer's callback can
+/// borrow it.
+#[derive(Debug)]
+struct State {
+    cfg: Arc<ObserverConfig>,
+    choices: Vec<ChoiceState>,
+    s: Summary,
+    data_events: u64,
+    now: u64,
+    token_in_feed: bool,
+    last_token_feed: Option<u64>,
+    itl_sum: u64,
+    itl_n: u64,
+    strip: Vec<Range<u64>>,
+    reasoning_chars: u64,
+    visible_chars: u64,
+}
+
+/// Observes one response body. See the module docs.
+#[derive(Debug)]
+pub struct Observer {
+    kind: BodyKind,
+    framer: SseFramer,
+    json: Vec<u8>,
+    json_overflow: bool,
+    st: State,
+}
+
+impl Observer {
+    pub fn new(cfg: Arc<ObserverConfig>, kind: BodyKind) -> Self {
+        let framer = SseFramer::new(cfg.max_event_bytes);
+        Self {
+            kind,
+            framer,
+            json: Vec::new(),
+            json_overflow: false,
+            st: State {
+                cfg,
+                choices: Vec::new(),
+                s: Summary {
+                    streamed: kind == BodyKind::Sse,
+                    token_source: TokenSource::None,
+                    ..Summary::default()
+                },
+                data_events: 0,
+                now: 0,
+                token_in_feed: false,
+                last_token_feed: None,
+                itl_sum: 0,
+                itl_n: 0,
+                strip: Vec::new(),
+                reasoning_chars: 0,
+                visible_chars: 0,
+            },
+        }
+    }
+
+    pub fn kind(&self) -> BodyKind {
+        self.kind
+    }
+
+    /// Observe the next body bytes, which arrived `now_ns` after `t_recv`.
+    pub fn feed(&mut self, bytes: &[u8], now_ns: u64) {
+        match self.kind {
+            BodyKind::Sse => {
+                let st = &mut self.st;
+                st.now = now_ns;
+                st.token_in_feed = false;
+                st.strip.clear();
+                self.framer.feed(bytes, |ev| st.on_event(ev));
+                if st.token_in_feed {
+                    if let Some(last) = st.last_token_feed {
+                        let gap = now_ns.saturating_sub(last);
+                        st.itl_sum += gap;
+                        st.itl_n += 1;
+                        st.s.itl_max_ns = Some(st.s.itl_max_ns.unwrap_or(0).max(gap));
+                    }
+                    st.last_token_feed = Some(now_ns);
+                }
+            }
+            BodyKind::Json => {
+                if self.json.len() + bytes.len() <= self.st.cfg.max_json_bytes {
+                    self.json.extend_from_slice(bytes);
+                } else {
+                    self.json_overflow = true;
+                }
+            }
+            BodyKind::Opaque => {}
+        }
+    }
+
+    /// Absolute offset past the last complete event (SSE only).
+    pub fn boundary(&self) -> u64 {
+        self.framer.boundary()
+    }
+
+    /// Byte ranges (absolute offsets) of usage-only events completed by the
+    /// last `feed`, when `strip_usage_only` is set.
+    pub fn strip_ranges(&self) -> &[Range<u64>] {
+        &self.st.strip
+    }
+
+    /// True while the request is in its thinking phase: reasoning has started
+    /// and nothing visible has been seen yet.
+    pub fn in_thinking(&self) -> bool {
+        self.st.s.t_think_start_ns.is_some() && self.st.s.t_first_visible_ns.is_none()
+    }
+
+    /// Live view of the measurement so far (no end-of-stream settling).
+    pub fn peek(&self) -> &Summary {
+        &self.st.s
+    }
+
+    /// Thinking chunks counted so far (live estimate of thinking tokens).
+    pub fn thinking_chunks(&self) -> u64 {
+        self.st.s.reasoning_chunks
+    }
+
+    /// End of the body at `t_done_ns`: settle undecided text, counts and
+    /// derived values.
+    pub fn finish(mut self, t_done_ns: u64) -> Summary {
+        self.st.now = t_done_ns;
+        self.st.s.t_done_ns = t_done_ns;
+        match self.kind {
+            BodyKind::Sse => {
+                self.st.s.cut_mid_event = self.framer.has_partial();
+                self.st.s.oversized = self.framer.oversized();
+            }
+            BodyKind::Json => {
+                self.st.s.oversized = self.json_overflow;
+                if !self.json_overflow {
+                    self.st.on_json(&self.json);
+                }
+                self.st.s.t_first_visible_ns = Some(t_done_ns);
+            }
+            BodyKind::Opaque => {}
+        }
+        self.st.settle();
+        self.st.s
+    }
+}
+
+fn is_blank(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_whitespace())
+}
+
+fn choice_mut<'c>(
+    choices: &'c mut Vec<ChoiceState>,
+    cfg: &ObserverConfig,
+    index: u64,
+) -> Option<&'c mut ChoiceState> {
+    let i = usize::try_from(index).ok().filter(|&i| i < MAX_CHOICES)?;
+    while choices.len() <= i {
+        choices.push(ChoiceState {
+            split: TagSplitter::new(cfg.think_tags),
+            saw_reasoning_field: false,
+            undecided: Undecided::default(),
+            text: cfg.capture_text.then(Default::default),
+        });
+    }
+    choices.get_mut(i)
+}
+
+impl State {
+    fn on_event(&mut self, ev: SseEvent<'_>) {
+        let idx = self.data_events;
+        self.data_events += 1;
+        let data = ev.data;
+        if data == b"[DONE]" {
+            self.s.done_marker = true;
+            return;
+        }
+        let chunk: Chunk<'_> = match serde_json::from_slice(data) {
+            Ok(c) => c,
+            Err(_) => {
+                self.s.parse_errors = self.s.parse_errors.saturating_add(1);
+                if ev.event == b"error" {
+                    self.s.error_event = true;
+                }
+                return;
+            }
+        };
+        if chunk.is_error() || ev.event == b"error" {
+            self.s.error_event = true;
+        }
+        if let Some(u) = chunk.usage {
+            // With continuous_usage_stats every chunk carries cumulative
+            // usage: the last one wins.
+            self.s.usage = Some(u);
+            if self.cfg.strip_usage_only && chunk.is_usage_only() {
+                self.strip.push(ev.start..ev.end);
+            }
+        }
+        for choice in chunk.choices.iter().flatten() {
+            let (reasoning, content, tool) = match &choice.delta {
+                Some(d) => (d.reasoning_text(), d.content.as_deref(), d.has_tool_call()),
+                None => (None, choice.text.as_deref(), false),
+            };
+            let marks = self.on_delta(choice.index, reasoning, content, tool, idx);
+            if let Some(fr) = &choice.finish_reason {
+                if self.s.finish_reason.is_none() {
+                    self.s.finish_reason = Some(fr.chars().take(32).collect());
+                }
+            }
+            self.stamp(marks, idx);
+        }
+    }
+
+    /// Classify one choice's delta; returns what it carried.
+    fn on_delta(
+        &mut self,
+        index: u64,
+        reasoning: Option<&str>,
+        content: Option<&str>,
+        tool: bool,
+        event_idx: u64,
+    ) -> Option<Marks> {
+        let now = self.now;
+        let cfg = &*self.cfg;
+        let (mode, capture) = (cfg.think_tags, cfg.capture_text);
+        let cs = choice_mut(&mut self.choices, cfg, index)?;
+        let mut m = Marks {
+            tool,
+            ..Marks::default()
+        };
+        let mut closed = false;
+        if let Some(r) = reasoning {
+            cs.saw_reasoning_field = true;
+            m.reasoning = true;
+            if let Some(t) = cs.text.as_mut() {
+                t.0.reasoning.push_str(r);
+            }
+        }
+        if let Some(c) = content.filter(|c| !c.is_empty()) {
+            if cs.saw_reasoning_field || mode == ThinkTags::Off {
+                m.visible = true;
+                m.visible_nonws = !is_blank(c);
+                if let Some(t) = cs.text.as_mut() {
+                    t.0.content.push_str(c);
+                }
+            } else {
+                let before = cs.split.state();
+                let text = &mut cs.text;
+                cs.split.push(mode, &cfg.markers, c, &mut |k, s: &str| {
+                    match k {
+                        Span::Reasoning => m.reasoning = true,
+                        Span::Visible => {
+                            m.visible = true;
+                            m.visible_nonws |= !is_blank(s);
+                        }
+                        Span::Undecided => {
+                            m.undecided = true;
+                            m.undecided_nonws |= !is_blank(s);
+                        }
+                    }
+                    if capture {
+                        if let Some(t) = text.as_mut() {
+                            match k {
+                                Span::Reasoning => t.0.reasoning.push_str(s),
+                                Span::Visible => t.0.content.push_str(s),
+                                Span::Undecided => t.1.push_str(s),
+                            }
+                        }
+                    }
+                });
+                let after = cs.split.state();
+                closed = before != SplitState::Visible && after == SplitState::Visible;
+                // A chunk that only opened thinking is a thinking token.
+                if before == SplitState::Start && after == SplitState::Thinking {
+                    m.reasoning = true;
+                }
+            }
+        }
+        if m.undecided {
+            let u = &mut cs.undecided;
+            u.first.get_or_insert(now);
+            u.chunks += 1;
+            if m.undecided_nonws && u.first_nonws.is_none() {
+                u.first_nonws = Some((now, event_idx));
+            }
+        }
+        if closed {
+            // The close marker settles undecided text as thinking (the R1
+            // form), and the chunk that carried it ends thinking.
+            m.reasoning = true;
+            let u = std::mem::take(&mut cs.undecided);
+            if let Some(t) = cs.text.as_mut() {
+                let und = std::mem::take(&mut t.1);
+                t.0.reasoning.insert_str(0, &und);
+            }
+            if let Some(first) = u.first {
+                let ts = self.s.t_think_start_ns.get_or_insert(first);
+                *ts = (*ts).min(first);
+                // This chunk is counted once below, as a reasoning chunk.
+                self.s.reasoning_chunks += u.chunks - u64::from(m.undecided);
+            }
+        }
+        Some(m)
+    }
+
+    fn stamp(&mut self, marks: Option<Marks>, event_idx: u64) {
+        let Some(m) = marks else { return };
+        let now = self.now;
+        let tool = m.tool;
+        if m.reasoning || m.visible || m.undecided || tool {
+            self.s.t_first_token_ns.get_or_insert(now);
+            self.token_in_feed = true;
+        }
+        if m.reasoning {
+            self.s.t_think_start_ns.get_or_insert(now);
+            self.s.t_think_end_ns = Some(now);
+            self.s.reasoning_chunks += 1;
+        }
+        if m.visible {
+            self.s.visible_chunks += 1;
+        }
+        if (m.visible_nonws || tool) && self.s.t_first_visible_ns.is_none() {
+            self.s.t_first_visible_ns = Some(now);
+            self.s.first_visible_event = Some(event_idx);
+        }
+    }
+
+    fn on_json(&mut self, body: &[u8]) {
+        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(body) else {
+            if !body.is_empty() {
+                self.s.parse_errors = 1;
+            }
+            return;
+        };
+        self.s.error_event = chunk.is_error();
+        self.s.usage = chunk.usage;
+        for choice in chunk.choices.iter().flatten() {
+            let (reasoning, content, tool) = match &choice.message {
+                Some(m) => (m.reasoning_text(), m.content.as_deref(), m.has_tool_call()),
+                None => (None, choice.text.as_deref(), false),
+            };
+            if self.s.finish_reason.is_none() {
+                self.s.finish_reason = choice.finish_reason.as_ref().map(|f| f.chars().take(32).collect());
+            }
+            // Characters split the usage total in proportion (no tokenizer).
+            self.reasoning_chars += reasoning.map_or(0, |r| r.chars().count() as u64);
+            let marks = self.on_delta(choice.index, reasoning, content, tool, 0);
+            if marks.is_some_and(|m| m.visible) {
+                self.visible_chars += content.map_or(0, |c| c.chars().count() as u64);
+            }
+            self.stamp(marks, 0);
+        }
+    }
+
+    /// End of body: settle undecided text as visible, release partial
+    /// markers, compute token counts.
+    fn settle(&mut self) {
+        let cfg = &*self.cfg;
+        let mode = cfg.think_tags;
+        let mut first_vis: Option<(u64, u64)> = None;
+        let mut extra_visible = 0;
+        for cs in self.choices.iter_mut() {
+            let text = &mut cs.text;
+            cs.split.finish(mode, &cfg.markers, &mut |k, s: &str| {
+                if let Some(t) = text.as_mut() {
+                    match k {
+                        Span::Reasoning => t.0.reasoning.push_str(s),
+                        Span::Visible => t.0.content.push_str(s),
+                        Span::Undecided => t.1.push_str(s),
+                    }
+                }
+            });
+            let u = std::mem::take(&mut cs.undecided);
+            if u.first.is_some() {
+                // No close marker ever came: the undecided text was visible.
+                extra_visible += u.chunks;
+                if let Some((t, i)) = u.first_nonws {
+                    if first_vis.is_none_or(|f| (t, i) < f) {
+                        first_vis = Some((t, i));
+                    }
+                }
+                if let Some(t) = cs.text.as_mut() {
+                    let und = std::mem::take(&mut t.1);
+                    t.0.content.insert_str(0, &und);
+                }
+            }
+        }
+        self.s.visible_chunks += extra_visible;
+        if let Some((t, i)) = first_vis {
+            let cur = self.s.t_first_visible_ns.zip(self.s.first_visible_event);
+            if cur.is_none_or(|cur| (t, i) < cur) {
+                self.s.t_first_visible_ns = Some(t);
+                self.s.first_visible_event = Some(i);
+            }
+        }
+        if self.s.streamed && self.s.t_first_visible_ns.is_none() {
+            self.s.first_visible_event = None;
+        }
+        if self.itl_n > 0 {
+            self.s.itl_mean_ns = Some(self.itl_sum / self.itl_n);
+        }
+        self.s.choices = self.choices.len() as u32;
+        if self.cfg.capture_text {
+            self.s.text = Some(
+                self.choices
+                    .iter()
+                    .map(|c| c.text.as_ref().map(|t| t.0.clone()).unwrap_or_default())
+                    .collect(),
+            );
+        }
+        self.count_tokens();
+    }
+
+    fn count_tokens(&mut self) {
+        let s = &mut self.s;
+        let usage = s.usage;
+        s.prompt_tokens = usage.and_then(|u| u.prompt_tokens);
+        let (think_c, vis_c) = (s.reasoning_chunks, s.visible_chunks);
+        let split = |total: u64, a: u64, b: u64| -> u64 {
+            if a + b == 0 {
+                0
+            } else {
+                ((total as f64) * (a as f64) / ((a + b) as f64)).round() as u64
+            }
+        };
+        let (think, total, source) = match usage.and_then(|u| u.completion_tokens) {
+            Some(ct) => match usage.and_then(|u| u.engine_reasoning_tokens()) {
+                Some(rt) => (rt.min(ct), ct, TokenSource::Usage),
+                None if s.streamed => (split(ct, think_c, vis_c), ct, TokenSource::UsageSplitByChunks),
+                None => (
+                    split(ct, self.reasoning_chars, self.visible_chars),
+                    ct,
+                    TokenSource::UsageSplitByChars,
+                ),
+            },
+            None if s.streamed => (think_c, think_c + vis_c, TokenSource::Chunks),
+            None => (0, 0, TokenSource::None),
+        };
+        s.completion_tokens = total;
+        s.thinking_tokens = think;
+        s.visible_tokens = total - think;
+        s.token_source = source;
+    }
+}
