@@ -298,6 +298,11 @@ impl Observer {
         }
     }
 
+    /// Bytes fed so far (SSE only).
+    pub fn fed(&self) -> u64 {
+        self.framer.offset()
+    }
+
     /// Absolute offset past the last complete event (SSE only).
     pub fn boundary(&self) -> u64 {
         self.framer.boundary()
@@ -340,7 +345,13 @@ impl Observer {
                 if !self.json_overflow {
                     self.st.on_json(&self.json);
                 }
-                self.st.s.t_first_visible_ns = Some(t_done_ns);
+                // Only TTFVT (= E2E) is defined for a non-streamed body: no
+                // token arrives before the whole body.
+                let s = &mut self.st.s;
+                s.t_first_visible_ns = Some(t_done_ns);
+                s.t_first_token_ns = None;
+                s.t_think_start_ns = None;
+                s.t_think_end_ns = None;
             }
             BodyKind::Opaque => {}
         }

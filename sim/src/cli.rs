@@ -1,0 +1,85 @@
+//! `thinkgate sim`: command line of the simulated engine.
+
+use crate::config::{Flavor, ReasoningMode, SimConfig};
+use clap::Args;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Flags override the TOML file given with `--config`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// TOML file with any of the keys below, plus [engine] and [workload] tables.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Engine to imitate: field names, metric names, error bodies.
+    #[arg(long, value_enum)]
+    pub flavor: Option<Flavor>,
+    /// How thinking appears: field (delta.reasoning / reasoning_content),
+    /// field-legacy (reasoning_content), tags (<think>..</think> in content),
+    /// tags-no-open (DeepSeek-R1 form), none (a plain model).
+    #[arg(long, value_enum)]
+    pub reasoning: Option<ReasoningMode>,
+    /// Model name served; requests naming another model get 404.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Seed of every draw; the same seed and request give the same output.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run the engine model this many times faster than real time.
+    #[arg(long)]
+    pub time_scale: Option<f64>,
+    /// Most sequences in a batch.
+    #[arg(long)]
+    pub max_num_seqs: Option<usize>,
+    /// Prefill token budget per step.
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
+    /// KV-cache blocks (capacity = num_blocks x block_size tokens).
+    #[arg(long)]
+    pub num_blocks: Option<usize>,
+    /// Tokens per KV block.
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// Cache full prompt blocks by hash and skip their prefill.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub prefix_cache: Option<bool>,
+}
+
+impl SimArgs {
+    pub fn config(&self) -> anyhow::Result<SimConfig> {
+        let mut c = match &self.config {
+            Some(p) => toml::from_str(&std::fs::read_to_string(p)?)?,
+            None => SimConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(listen, flavor, reasoning, model, seed, time_scale);
+        macro_rules! set_engine {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.engine.$f = v; } )* };
+        }
+        set_engine!(max_num_seqs, max_num_batched_tokens, num_blocks, block_size, prefix_cache);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+pub async fn run(args: SimArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    let (addr, _sim, _task) = crate::server::spawn(cfg).await?;
+    println!("thinkgate-sim listening on {addr}");
+    let _ = std::io::stdout().flush();
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! What the simulated model "does" with a prompt: its difficulty, how long it
+//! thinks, how long it answers, whether the answer is right, and the text of
+//! every token. Everything is drawn from `(seed, request)` so a run is
+//! reproducible.
+
+use crate::config::WorkloadConfig;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, LogNormal};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Difficulty {
+    Easy,
+    Medium,
+    Hard,
+}
+
+impl Difficulty {
+    fn index(self) -> usize {
+        match self {
+            Difficulty::Easy => 0,
+            Difficulty::Medium => 1,
+            Difficulty::Hard => 2,
+        }
+    }
+}
+
+/// FNV-1a: a stable hash (the same on every platform and Rust version), so
+/// seeds and prefix-cache keys do not change between builds.
+pub fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Difficulty from a `difficulty: easy|medium|hard` marker (or a dataset tag
+/// `[hard]`), else from a stable hash of the prompt.
+pub fn difficulty(prompt: &str, cfg: &WorkloadConfig) -> Difficulty {
+    let lower = prompt.to_ascii_lowercase();
+    for (word, d) in [("hard", Difficulty::Hard), ("medium", Difficulty::Medium), ("easy", Difficulty::Easy)] {
+        if lower.contains(&format!("difficulty: {word}")) || lower.contains(&format!("[{word}]")) {
+            return d;
+        }
+    }
+    let u = (fnv1a(prompt.as_bytes(), 7) >> 11) as f64 / (1u64 << 53) as f64;
+    if u < cfg.difficulty_mix[0] {
+        Difficulty::Easy
+    } else if u < cfg.difficulty_mix[0] + cfg.difficulty_mix[1] {
+        Difficulty::Medium
+    } else {
+        Difficulty::Hard
+    }
+}
+
+/// The reference answer of a prompt: the value of the first integer
+/// arithmetic expression in it (`+ - * /`, parentheses), else a number drawn
+/// from the prompt's hash.
+pub fn reference_answer(prompt: &str) -> i128 {
+    let b = prompt.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() || b[i] == b'(' {
+            let mut p = Expr { b, i };
+            if let Some(v) = p.sum() {
+                // Require at least one operator so a lone number ("Q3") does not count.
+                let text = &prompt[i..p.i];
+                if text.contains(['+', '-', '*', '/']) {
+                    return v;
+                }
+            }
+        }
+        i += 1;
+    }
+    (fnv1a(prompt.as_bytes(), 11) % 1000) as i128
+}
+
+struct Expr<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Expr<'_> {
+    fn ws(&mut self) {
+        while self.i < self.b.len() && self.b[self.i] == b' ' {
+            self.i += 1;
+        }
+    }
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+    fn sum(&mut self) -> Option<i128> {
+        let mut v = self.product()?;
+        loop {
+            let save = self.i;
+            match self.peek() {
+                Some(b'+') | Some(b'-') => {
+                    let op = self.b[self.i];
+                    self.i += 1;
+                    let Some(r) = self.product() else {
+                        self.i = save;
+                        return Some(v);
+                    };
+                    v = if op == b'+' { v.checked_add(r)? } else { v.checked_sub(r)? };
+                }
+                _ => return Some(v),
+            }
+        }
+    }
+    fn product(&mut self) -> Option<i128> {
+        let mut v = self.atom()?;
+        loop {
+            let save = self.i;
+            match self.peek() {
+                Some(b'*') | Some(b'/') => {
+                    let op = self.b[self.i];
+                    self.i += 1;
+                    let Some(r) = self.atom() else {
+                        self.i = save;
+                        return Some(v);
+                    };
+                    v = if op == b'*' { v.checked_mul(r)? } else { v.checked_div(r)? };
+                }
+                _ => return Some(v),
+            }
+        }
+    }
+    fn atom(&mut self) -> Option<i128> {
+        match self.peek()? {
+            b'(' => {
+                self.i += 1;
+                let v = self.sum()?;
+                (self.peek()? == b')').then(|| self.i += 1)?;
+                Some(v)
+            }
+            c if c.is_ascii_digit() => {
+                let start = self.i;
+                while self.i < self.b.len() && self.b[self.i].is_ascii_digit() && self.i - start < 30 {
+                    self.i += 1;
+                }
+                std::str::from_utf8(&self.b[start..self.i]).ok()?.parse().ok()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The model's behaviour for one choice of one request.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub difficulty: Difficulty,
+    /// Thinking tokens the model would spend if nothing stopped it.
+    pub natural_think: u64,
+    /// Thinking tokens still to generate in this request (0 when a
+    /// continuation closed thinking already).
+    pub think: u64,
+    /// Visible answer tokens (>= 6: filler, then "The answer is \boxed{N}.").
+    pub answer: u64,
+    /// Whether the final answer is right.
+    pub correct: bool,
+    /// The number the answer states.
+    pub stated: i128,
+    /// Seed of this choice's token text.
+    pub text_seed: u64,
+}
+
+/// Accuracy after `spent` thinking tokens, for a request whose natural
+/// thinking length is `natural`: rises with thinking (the model needs about
+/// half its natural length to find the answer), saturates, and dips past the
+/// overthinking point.
+pub fn accuracy(cfg: &WorkloadConfig, d: Difficulty, natural: u64, spent: u64) -> f64 {
+    let need = (natural as f64 * 0.5).max(1.0);
+    let sat = |x: f64| 1.0 - (-3.0 * x).exp();
+    let found = (sat(spent as f64 / need) / sat(2.0)).min(1.0);
+    let over = ((spent as f64 - cfg.overthink_tokens) / (3.0 * cfg.overthink_tokens)).clamp(0.0, 1.0);
+    cfg.accuracy[d.index()] * found * (1.0 - cfg.overthink_dip * over)
+}
+
+/// Draw the plan of choice `choice` of a request whose prompt is `prompt`.
+/// `already_thought`: thinking tokens in a continued assistant message, with
+/// `closed` when that message already ended thinking.
+#[expect(clippy::too_many_arguments)]
+pub fn plan(
+    cfg: &WorkloadConfig,
+    seed: u64,
+    prompt: &str,
+    choice: u32,
+    sample_salt: u64,
+    thinking_enabled: bool,
+    already_thought: u64,
+    closed: bool,
+) -> Plan {
+    let d = difficulty(prompt, cfg);
+    let base = fnv1a(prompt.as_bytes(), seed) ^ u64::from(choice).wrapping_mul(0x9E37_79B9) ^ sample_salt;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(base);
+    let i = d.index();
+    let ln = |median: f64, sigma: f64| LogNormal::new(median.max(1.0).ln(), sigma.max(1e-6)).ok();
+    let natural = ln(cfg.think_median[i], cfg.think_sigma[i])
+        .map(|dist| dist.sample(&mut rng))
+        .unwrap_or(cfg.think_median[i])
+        .clamp(16.0, cfg.think_max as f64) as u64;
+    let answer = ln(cfg.answer_median, cfg.answer_sigma)
+        .map(|dist| dist.sample(&mut rng))
+        .unwrap_or(cfg.answer_median)
+        .clamp(6.0, 4096.0) as u64;
+    let u: f64 = rng.random();
+    let (spent, think) = if !thinking_enabled {
+        (0, 0)
+    } else if closed {
+        (already_thought, 0)
+    } else {
+        (natural.max(already_thought), natural.saturating_sub(already_thought))
+    };
+    let p = if thinking_enabled {
+        accuracy(cfg, d, natural, spent)
+    } else {
+        // Without thinking a reasoning model still answers easy items.
+        accuracy(cfg, d, natural, natural / 8)
+    };
+    let correct = u < p;
+    let truth = reference_answer(prompt);
+    let stated = if correct {
+        truth
+    } else {
+        let off: i128 = rng.random_range(1..=9);
+        truth + if rng.random::<bool>() { off } else { -off }
+    };
+    Plan {
+        difficulty: d,
+        natural_think: natural,
+        think,
+        answer,
+        correct,
+        stated,
+        text_seed: rng.random(),
+    }
+}
+
+const WORDS: &[&str] = &[
+    " Let", " me", " think", " about", " this", " step", " by", " step", ".", " First", ",", " we", " need", " to",
+    " compute", " the", " value", " carefully", " Then", " check", " it", " again", " Wait", " that", " is",
+    " not", " right", " so", " recompute", " using", " another", " approach", " multiply", " add", " subtract",
+    " result", " equals", " verify", " Hmm", " okay", " which", " gives", " number", " term", " sum", " product",
+    " and", " so", " on", " then", " final", " check", " looks", " good", " now", " write", " down", " answer",
+    " carry", " digit", " one", " two", " three", " four",
+];
+
+/// Text of thinking word `k` (0-based) of a choice.
+pub fn think_word(seed: u64, k: u64) -> &'static str {
+    let h = fnv1a(&k.to_le_bytes(), seed);
+    WORDS[(h % WORDS.len() as u64) as usize]
+}
+
+/// Text of answer token `k` of `n`, ending in "The answer is \boxed{N}.".
+pub fn answer_token(seed: u64, k: u64, n: u64, stated: i128) -> std::borrow::Cow<'static, str> {
+    let tail = n.saturating_sub(k);
+    match tail {
+        5 => " The".into(),
+        4 => " answer".into(),
+        3 => " is".into(),
+        2 => format!(" \\boxed{{{stated}}}").into(),
+        1 => ".".into(),
+        _ => think_word(seed ^ 0xA5A5, k).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_answers() {
+        assert_eq!(reference_answer("Compute (12 + 3) * 4 - 6. Put the answer in \\boxed{}."), 54);
+        assert_eq!(reference_answer("Q3: compute 7 * 8"), 56);
+        assert_eq!(reference_answer("What is 100 / 7 + 1?"), 15);
+        let r = reference_answer("no numbers here");
+        assert!((0..1000).contains(&r));
+    }
+
+    #[test]
+    fn difficulty_markers_and_determinism() {
+        let c = WorkloadConfig::default();
+        assert_eq!(difficulty("difficulty: hard. Compute 1+1", &c), Difficulty::Hard);
+        assert_eq!(difficulty("[easy] Compute 1+1", &c), Difficulty::Easy);
+        let a = plan(&c, 1, "Compute 2+2", 0, 0, true, 0, false);
+        let b = plan(&c, 1, "Compute 2+2", 0, 0, true, 0, false);
+        assert_eq!((a.natural_think, a.answer, a.correct, a.stated), (b.natural_think, b.answer, b.correct, b.stated));
+    }
+
+    #[test]
+    fn accuracy_rises_saturates_and_dips() {
+        let c = WorkloadConfig::default();
+        let d = Difficulty::Hard;
+        let natural = 20_000;
+        let a1 = accuracy(&c, d, natural, 1_000);
+        let a2 = accuracy(&c, d, natural, 8_000);
+        let a3 = accuracy(&c, d, natural, 20_000);
+        assert!(a1 < a2, "{a1} {a2}");
+        assert!(a3 < c.accuracy[2], "overthinking dips: {a3}");
+        let easy = accuracy(&c, Difficulty::Easy, 400, 400);
+        assert!((easy - 0.95).abs() < 0.01);
+    }
+}

@@ -1,0 +1,141 @@
+//! Command line: one binary, one subcommand per job.
+
+use crate::config::Config;
+use crate::error::ConfigError;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use thinkgate_asu::ThinkTags;
+
+#[derive(Debug, Parser)]
+#[command(name = "thinkgate", version, about = "A reasoning-aware gateway for LLM inference")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway in front of one or more OpenAI-compatible engines.
+    Serve(Box<ServeArgs>),
+    /// Run a simulated reasoning engine (OpenAI-compatible, vLLM-like).
+    Sim(Box<thinkgate_sim::cli::SimArgs>),
+}
+
+/// `thinkgate serve`: every config key as a flag and a `THINKGATE_*`
+/// variable; flags and variables override the file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "THINKGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Proxy listener address.
+    #[arg(long, env = "THINKGATE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener address (/metrics, /healthz, /readyz, /stats).
+    #[arg(long, env = "THINKGATE_ADMIN")]
+    pub admin: Option<SocketAddr>,
+    /// Upstream engine base URL; repeat (or comma-separate) for several.
+    #[arg(long = "upstream", env = "THINKGATE_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+    /// Add stream_options.include_usage to streamed requests that lack it (and hide the usage event).
+    #[arg(long, env = "THINKGATE_INJECT_USAGE", num_args = 0..=1, default_missing_value = "true")]
+    pub inject_usage: Option<bool>,
+    /// Never modify requests or responses (no usage injection, no added headers).
+    #[arg(long, env = "THINKGATE_PASSTHROUGH_STRICT", num_args = 0..=1, default_missing_value = "true")]
+    pub passthrough_strict: Option<bool>,
+    /// Add x-thinkgate-request-id and x-thinkgate-backend response headers.
+    #[arg(long, env = "THINKGATE_RESPONSE_HEADERS", num_args = 0..=1, default_missing_value = "true")]
+    pub response_headers: Option<bool>,
+    /// Inline thinking markers: auto, starts-in-thinking (DeepSeek-R1 family) or off.
+    #[arg(long, env = "THINKGATE_THINK_TAGS", value_parser = parse_think_tags)]
+    pub think_tags: Option<ThinkTags>,
+    /// Opening thinking marker.
+    #[arg(long, env = "THINKGATE_THINK_OPEN")]
+    pub think_open: Option<String>,
+    /// Closing thinking marker.
+    #[arg(long, env = "THINKGATE_THINK_CLOSE")]
+    pub think_close: Option<String>,
+    /// Write one JSON line per finished request to this file.
+    #[arg(long, env = "THINKGATE_RECORDS")]
+    pub records: Option<PathBuf>,
+    /// Include output text (reasoning and content, never prompts) in records.
+    #[arg(long, env = "THINKGATE_RECORDS_INCLUDE_TEXT", num_args = 0..=1, default_missing_value = "true")]
+    pub records_include_text: Option<bool>,
+    /// Records queued for the writer before new ones are dropped.
+    #[arg(long, env = "THINKGATE_RECORDS_QUEUE")]
+    pub records_queue: Option<usize>,
+    /// Largest inference request body (413 beyond).
+    #[arg(long, env = "THINKGATE_MAX_REQUEST_BODY_BYTES")]
+    pub max_request_body_bytes: Option<usize>,
+    /// Upstream TCP connect timeout, ms (502 beyond).
+    #[arg(long, env = "THINKGATE_CONNECT_TIMEOUT_MS")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Time allowed for the upstream's response head, s (504 beyond).
+    #[arg(long, env = "THINKGATE_UPSTREAM_HEADER_TIMEOUT_SECS")]
+    pub upstream_header_timeout_secs: Option<u64>,
+    /// Time a client has to send a request head, s.
+    #[arg(long, env = "THINKGATE_CLIENT_HEADER_TIMEOUT_SECS")]
+    pub client_header_timeout_secs: Option<u64>,
+    /// Idle keep-alive connections kept per upstream.
+    #[arg(long, env = "THINKGATE_POOL_MAX_IDLE_PER_HOST")]
+    pub pool_max_idle_per_host: Option<usize>,
+    /// On SIGTERM/SIGINT, how long in-flight streams may finish, s.
+    #[arg(long, env = "THINKGATE_DRAIN_TIMEOUT_SECS", alias = "drain-timeout")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Window of /stats, s.
+    #[arg(long, env = "THINKGATE_STATS_WINDOW_SECS")]
+    pub stats_window_secs: Option<u64>,
+    /// Distinct model label values before new ones become "other".
+    #[arg(long, env = "THINKGATE_MAX_MODEL_LABELS")]
+    pub max_model_labels: Option<usize>,
+}
+
+fn parse_think_tags(s: &str) -> Result<ThinkTags, String> {
+    match s.replace('-', "_").as_str() {
+        "auto" => Ok(ThinkTags::Auto),
+        "starts_in_thinking" => Ok(ThinkTags::StartsInThinking),
+        "off" => Ok(ThinkTags::Off),
+        _ => Err(format!("{s:?}: expected auto, starts-in-thinking or off")),
+    }
+}
+
+impl ServeArgs {
+    /// The effective configuration: file, then variables and flags.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut c = Config::load(self.config.as_deref())?;
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(
+            listen,
+            admin,
+            inject_usage,
+            passthrough_strict,
+            response_headers,
+            think_tags,
+            think_open,
+            think_close,
+            records_include_text,
+            records_queue,
+            max_request_body_bytes,
+            connect_timeout_ms,
+            upstream_header_timeout_secs,
+            client_header_timeout_secs,
+            pool_max_idle_per_host,
+            drain_timeout_secs,
+            stats_window_secs,
+            max_model_labels
+        );
+        if self.records.is_some() {
+            c.records = self.records.clone();
+        }
+        if !self.upstreams.is_empty() {
+            c.upstreams = self.upstreams.clone();
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,139 @@
+//! Gateway configuration: a TOML file (`--config`), every key overridable by a
+//! flag and a `THINKGATE_*` environment variable (flag > env > file >
+//! default). `thinkgate serve --print-config` prints the effective result.
+
+use crate::error::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thinkgate_asu::{Markers, ObserverConfig, ThinkTags};
+
+/// The effective gateway configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the proxy listener (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/stats`).
+    pub admin: SocketAddr,
+    /// Upstream engines, as base URLs (`http://host:port`). Requests go to
+    /// them in turn until routing policies arrive.
+    pub upstreams: Vec<String>,
+    /// Add `stream_options.include_usage` to streamed requests that lack it,
+    /// and remove the usage-only event before it reaches the client.
+    pub inject_usage: bool,
+    /// Never modify a request or a response body (disables `inject_usage`
+    /// and the `x-thinkgate-*` response headers).
+    pub passthrough_strict: bool,
+    /// Add `x-thinkgate-request-id` and `x-thinkgate-backend` to responses.
+    pub response_headers: bool,
+    /// Inline thinking markers in `content`: `auto`, `starts_in_thinking`
+    /// (DeepSeek-R1 family) or `off`.
+    pub think_tags: ThinkTags,
+    pub think_open: String,
+    pub think_close: String,
+    /// Write one JSON line per finished request here.
+    pub records: Option<PathBuf>,
+    /// Include prompt-free output text (reasoning and content) in records.
+    pub records_include_text: bool,
+    /// Records waiting for the writer before new ones are dropped (counted).
+    pub records_queue: usize,
+    /// Largest inference request body read (413 beyond).
+    pub max_request_body_bytes: usize,
+    /// TCP connect timeout to an upstream (502 beyond).
+    pub connect_timeout_ms: u64,
+    /// Time allowed for the upstream's response head (504 beyond). A
+    /// non-streamed reasoning request sends its head only when it is done.
+    pub upstream_header_timeout_secs: u64,
+    /// Time a client has to send a complete request head (HTTP/1).
+    pub client_header_timeout_secs: u64,
+    /// Idle keep-alive connections kept per upstream.
+    pub pool_max_idle_per_host: usize,
+    /// On SIGTERM/SIGINT: how long in-flight streams may run before exit.
+    pub drain_timeout_secs: u64,
+    /// Window of `/stats`.
+    pub stats_window_secs: u64,
+    /// Distinct `model` label values before new ones are reported as `other`.
+    pub max_model_labels: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            upstreams: Vec::new(),
+            inject_usage: true,
+            passthrough_strict: false,
+            response_headers: true,
+            think_tags: ThinkTags::Auto,
+            think_open: "<think>".into(),
+            think_close: "</think>".into(),
+            records: None,
+            records_include_text: false,
+            records_queue: 65_536,
+            max_request_body_bytes: 32 << 20,
+            connect_timeout_ms: 5_000,
+            upstream_header_timeout_secs: 1_800,
+            client_header_timeout_secs: 30,
+            pool_max_idle_per_host: 1_024,
+            drain_timeout_secs: 600,
+            stats_window_secs: 300,
+            max_model_labels: 64,
+        }
+    }
+}
+
+impl Config {
+    /// Read a TOML file; a missing `path` gives the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), Box::new(e)))
+    }
+
+    /// Check what the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.upstreams.is_empty() {
+            return Err(ConfigError::Invalid("at least one upstream is required (--upstream URL)".into()));
+        }
+        for u in &self.upstreams {
+            crate::proxy::upstream::parse_base(u)?;
+        }
+        self.markers()?;
+        if self.records_queue == 0 {
+            return Err(ConfigError::Invalid("records_queue must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    pub fn markers(&self) -> Result<Markers, ConfigError> {
+        Markers::new(&self.think_open, &self.think_close).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// Usage injection in effect.
+    pub fn injects_usage(&self) -> bool {
+        self.inject_usage && !self.passthrough_strict
+    }
+
+    /// `x-thinkgate-*` response headers in effect.
+    pub fn adds_response_headers(&self) -> bool {
+        self.response_headers && !self.passthrough_strict
+    }
+
+    pub fn observer_config(&self) -> Result<ObserverConfig, ConfigError> {
+        Ok(ObserverConfig {
+            think_tags: self.think_tags,
+            markers: self.markers()?,
+            capture_text: self.records_include_text,
+            strip_usage_only: false,
+            ..ObserverConfig::default()
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}

@@ -1,0 +1,97 @@
+//! Errors of the gateway, and the one place that turns them into an
+//! OpenAI-style JSON error response with the right status code.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+use std::path::PathBuf;
+
+/// Whose fault a failure was; recorded with every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+/// A request the gateway answers itself instead of forwarding.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("upstream {backend} is unreachable: {reason}")]
+    UpstreamUnreachable { backend: String, reason: String },
+    #[error("upstream {backend} sent no response head within {secs} s")]
+    UpstreamTimeout { backend: String, secs: u64 },
+    #[error("request body exceeds the gateway limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("no upstream is configured")]
+    NoUpstream,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. } => Fault::Upstream,
+            GatewayError::BodyTooLarge { .. } | GatewayError::BodyRead(_) => Fault::Client,
+            GatewayError::NoUpstream => Fault::Gateway,
+        }
+    }
+
+    /// The OpenAI error `type` string.
+    fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::BodyTooLarge { .. } => "invalid_request_error",
+            GatewayError::BodyRead(_) => "invalid_request_error",
+            GatewayError::NoUpstream => "service_unavailable",
+        }
+    }
+
+    /// `{"error": {"message", "type", "param", "code"}}` as OpenAI and vLLM
+    /// send it.
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        error_response(status, self.kind(), &self.to_string())
+    }
+}
+
+/// An OpenAI-style error response.
+pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "error": {
+            "message": message,
+            "type": kind,
+            "param": null,
+            "code": status.as_u16(),
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Configuration problems: reported at startup, before anything listens.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("cannot parse config {0}: {1}")]
+    Parse(PathBuf, Box<toml::de::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}

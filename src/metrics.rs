@@ -1,0 +1,195 @@
+//! Every metric the gateway exports, declared here with its help text and
+//! buckets. Names follow `shared/ASU.md`; see the README's metric reference.
+//!
+//! Nothing here runs per chunk: handles are resolved once per request when
+//! it settles, and the phase gauge moves at most twice per request.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+pub const TTFT: &str = "thinkgate_ttft_seconds";
+pub const TTFVT: &str = "thinkgate_ttfvt_seconds";
+pub const E2E: &str = "thinkgate_e2e_seconds";
+pub const THINKING_SECONDS: &str = "thinkgate_thinking_seconds";
+pub const TPOT: &str = "thinkgate_tpot_seconds";
+pub const THINKING_TOKENS: &str = "thinkgate_thinking_tokens";
+pub const VISIBLE_TOKENS: &str = "thinkgate_visible_tokens";
+pub const REQUESTS: &str = "thinkgate_requests_total";
+pub const OUTPUT_TOKENS: &str = "thinkgate_output_tokens_total";
+pub const UPSTREAM_ERRORS: &str = "thinkgate_upstream_errors_total";
+pub const CLIENT_DISCONNECTS: &str = "thinkgate_client_disconnects_total";
+pub const INFLIGHT: &str = "thinkgate_inflight_requests";
+pub const INFLIGHT_THINKING: &str = "thinkgate_inflight_thinking_requests";
+pub const RECORDS_DROPPED: &str = "thinkgate_records_dropped_total";
+pub const USAGE_INJECTED: &str = "thinkgate_usage_injected_total";
+
+/// Latency buckets: 5 ms to 30 minutes (reasoning requests run for minutes).
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1200.0, 1800.0,
+];
+/// Per-token time buckets: 1 ms to 1 s.
+pub const TPOT_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0];
+/// Token-count buckets: powers of two up to 128k.
+pub const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 16.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 131072.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Install the process-wide Prometheus recorder once and describe every
+/// metric. Returns `None` if another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(TPOT.into()), TPOT_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_tokens".into()), TOKEN_BUCKETS))
+                .ok()?;
+            let handle = builder.install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_histogram!(TTFT, Unit::Seconds, "Time from the complete request head to the first generated token of any kind (reasoning or visible). Streamed requests only.");
+    describe_histogram!(TTFVT, Unit::Seconds, "Time from the complete request head to the first visible token (content outside thinking, or a tool call); for non-streamed responses, the time to the last byte.");
+    describe_histogram!(E2E, Unit::Seconds, "Time from the complete request head to the last byte of the response.");
+    describe_histogram!(THINKING_SECONDS, Unit::Seconds, "Time from the first to the last reasoning token (0 without reasoning). Streamed requests only.");
+    describe_histogram!(TPOT, Unit::Seconds, "(t_done - t_first_token) / (completion_tokens - 1). Streamed requests only.");
+    describe_histogram!(THINKING_TOKENS, Unit::Count, "Reasoning tokens of a request (engine usage when given, else counted chunks).");
+    describe_histogram!(VISIBLE_TOKENS, Unit::Count, "Completion tokens minus thinking tokens.");
+    describe_counter!(REQUESTS, Unit::Count, "Finished requests by HTTP status and outcome.");
+    describe_counter!(OUTPUT_TOKENS, Unit::Count, "Output tokens by kind (thinking or visible).");
+    describe_counter!(UPSTREAM_ERRORS, Unit::Count, "Upstream failures by kind: connect, timeout, reset, stream_error, truncated.");
+    describe_counter!(CLIENT_DISCONNECTS, Unit::Count, "Requests whose client went away before the response ended (the upstream request is dropped at once).");
+    describe_gauge!(INFLIGHT, Unit::Count, "Requests in flight.");
+    describe_gauge!(INFLIGHT_THINKING, Unit::Count, "Streamed requests in their thinking phase (reasoning started, nothing visible yet).");
+    describe_counter!(RECORDS_DROPPED, Unit::Count, "Per-request records dropped because the writer fell behind.");
+    describe_counter!(USAGE_INJECTED, Unit::Count, "Streamed requests to which the gateway added stream_options.include_usage.");
+}
+
+/// Bounded interning of label values that come from clients (`model`), so a
+/// client cannot create unbounded series.
+#[derive(Debug)]
+pub struct LabelSet {
+    max: usize,
+    seen: RwLock<HashMap<Box<str>, SharedString>>,
+}
+
+impl LabelSet {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The label for `value`: itself while fewer than `max` values were
+    /// seen, then `other`. Empty or absent values are `unknown`.
+    pub fn get(&self, value: Option<&str>) -> SharedString {
+        let Some(v) = value.filter(|v| !v.is_empty() && v.len() <= 256) else {
+            return SharedString::const_str("unknown");
+        };
+        if let Ok(seen) = self.seen.read() {
+            if let Some(l) = seen.get(v) {
+                return l.clone();
+            }
+        }
+        let Ok(mut seen) = self.seen.write() else {
+            return SharedString::const_str("other");
+        };
+        if let Some(l) = seen.get(v) {
+            return l.clone();
+        }
+        if seen.len() >= self.max {
+            return SharedString::const_str("other");
+        }
+        let l = SharedString::from(Arc::<str>::from(v));
+        seen.insert(v.into(), l.clone());
+        l
+    }
+}
+
+/// The labels every request-level series carries.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    pub backend: SharedString,
+    pub model: SharedString,
+}
+
+impl Labels {
+    fn pairs(&self) -> [(&'static str, SharedString); 2] {
+        [("backend", self.backend.clone()), ("model", self.model.clone())]
+    }
+
+    pub fn inflight(&self, delta: f64) {
+        gauge!(INFLIGHT, &self.pairs()).increment(delta);
+    }
+
+    pub fn inflight_thinking(&self, delta: f64) {
+        gauge!(INFLIGHT_THINKING, &self.pairs()).increment(delta);
+    }
+
+    pub fn request(&self, status: u16, outcome: &'static str) {
+        let [b, m] = self.pairs();
+        counter!(REQUESTS, &[b, m, ("status", status_label(status)), ("outcome", SharedString::const_str(outcome))]).increment(1);
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        let [b, m] = self.pairs();
+        counter!(UPSTREAM_ERRORS, &[b, m, ("kind", SharedString::const_str(kind))]).increment(1);
+    }
+
+    pub fn client_disconnect(&self) {
+        counter!(CLIENT_DISCONNECTS, &self.pairs()).increment(1);
+    }
+
+    pub fn usage_injected(&self) {
+        counter!(USAGE_INJECTED, &self.pairs()).increment(1);
+    }
+
+    /// Record a settled request's ASU values; `complete` when the response
+    /// ended normally.
+    pub fn observe(&self, s: &thinkgate_asu::Summary, complete: bool) {
+        let p = self.pairs();
+        if let Some(v) = s.ttft() {
+            histogram!(TTFT, &p).record(v);
+        }
+        if let Some(v) = s.ttfvt() {
+            histogram!(TTFVT, &p).record(v);
+        }
+        let [b, m] = p.clone();
+        counter!(OUTPUT_TOKENS, &[b.clone(), m.clone(), ("kind", SharedString::const_str("thinking"))])
+            .increment(s.thinking_tokens);
+        counter!(OUTPUT_TOKENS, &[b, m, ("kind", SharedString::const_str("visible"))]).increment(s.visible_tokens);
+        if !complete {
+            return;
+        }
+        histogram!(E2E, &p).record(s.e2e());
+        if let Some(v) = s.thinking_time() {
+            histogram!(THINKING_SECONDS, &p).record(v);
+        }
+        if let Some(v) = s.tpot() {
+            histogram!(TPOT, &p).record(v);
+        }
+        if s.completion_tokens > 0 {
+            histogram!(THINKING_TOKENS, &p).record(s.thinking_tokens as f64);
+            histogram!(VISIBLE_TOKENS, &p).record(s.visible_tokens as f64);
+        }
+    }
+}
+
+pub fn records_dropped() {
+    counter!(RECORDS_DROPPED).increment(1);
+}
+
+fn status_label(status: u16) -> SharedString {
+    // Status codes are few; format once per request.
+    SharedString::from(status.to_string())
+}

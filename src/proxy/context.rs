@@ -1,0 +1,175 @@
+//! One request's context: what is known about it as it moves through the
+//! stages, and the single place where it is settled (metrics + record).
+//!
+//! A request is settled exactly once: when its response body ends, when the
+//! gateway answers it with an error, or, if neither happened, when the
+//! context is dropped (the client went away; dropping also drops the
+//! upstream request, which makes vLLM and SGLang abort it and free its KV
+//! cache).
+
+use crate::error::GatewayError;
+use crate::metrics::Labels;
+use crate::proxy::request::{Endpoint, Features};
+use crate::proxy::Shared;
+use crate::record::{Outcome, RequestRecord};
+use metrics::SharedString;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use thinkgate_asu::Summary;
+
+pub struct RequestCtx {
+    shared: Arc<Shared>,
+    /// `t_recv`: the complete request head was in hand.
+    pub t_recv: Instant,
+    start_unix_ms: u64,
+    pub id: String,
+    method: String,
+    path: String,
+    pub endpoint: Endpoint,
+    pub features: Features,
+    labels: Labels,
+    /// HTTP status sent to the client (0 until known).
+    pub status: u16,
+    /// `t_upstream`: the engine's response head arrived.
+    pub t_upstream_ns: Option<u64>,
+    pub usage_injected: bool,
+    thinking: bool,
+    /// Counted in the in-flight gauge (from `set_backend` to settling).
+    inflight: bool,
+    settled: bool,
+}
+
+impl RequestCtx {
+    pub fn new(shared: Arc<Shared>, t_recv: Instant, id: String, method: &http::Method, path: &str, endpoint: Endpoint) -> Self {
+        let labels = Labels {
+            backend: SharedString::const_str("none"),
+            model: SharedString::const_str("unknown"),
+        };
+        let start_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Self {
+            shared,
+            t_recv,
+            start_unix_ms,
+            id,
+            method: method.as_str().to_string(),
+            path: path.chars().take(256).collect(),
+            endpoint,
+            features: Features::default(),
+            labels,
+            status: 0,
+            t_upstream_ns: None,
+            usage_injected: false,
+            thinking: false,
+            inflight: false,
+            settled: false,
+        }
+    }
+
+    /// Called once the request body was read: the model label is known.
+    pub fn set_features(&mut self, f: Features) {
+        self.labels.model = self.shared.models.get(f.model.as_deref());
+        self.features = f;
+    }
+
+    /// Called once an upstream was chosen: from here the request is in
+    /// flight on that backend.
+    pub fn set_backend(&mut self, name: SharedString) {
+        self.labels.backend = name;
+        self.labels.inflight(1.0);
+        self.inflight = true;
+    }
+
+    pub fn backend(&self) -> &SharedString {
+        &self.labels.backend
+    }
+
+    pub fn elapsed_ns(&self) -> u64 {
+        self.t_recv.elapsed().as_nanos() as u64
+    }
+
+    /// Track the thinking phase for the in-flight-thinking gauge.
+    pub fn set_thinking(&mut self, on: bool) {
+        if on != self.thinking {
+            self.thinking = on;
+            self.labels.inflight_thinking(if on { 1.0 } else { -1.0 });
+        }
+    }
+
+    pub fn note_usage_injected(&mut self) {
+        self.usage_injected = true;
+        self.labels.usage_injected();
+    }
+
+    /// The gateway answers this request itself with `err`.
+    pub fn fail(&mut self, err: &GatewayError) {
+        self.status = err.status().as_u16();
+        match err {
+            GatewayError::UpstreamTimeout { .. } => self.labels.upstream_error("timeout"),
+            GatewayError::UpstreamUnreachable { .. } => self.labels.upstream_error("connect"),
+            _ => {}
+        }
+        self.finish(Outcome::GatewayError, None, Some(err));
+    }
+
+    /// The response body ended (`outcome` as seen by the body) with `summary`.
+    pub fn settle(&mut self, outcome: Outcome, summary: Option<Summary>) {
+        let outcome = match (&summary, outcome) {
+            (Some(s), Outcome::Completed) if s.error_event => Outcome::StreamError,
+            (Some(s), Outcome::Completed) if s.streamed && !s.done_marker && self.status < 400 => Outcome::Truncated,
+            (_, o) => o,
+        };
+        match outcome {
+            Outcome::StreamError => self.labels.upstream_error("stream_error"),
+            Outcome::Truncated => self.labels.upstream_error("truncated"),
+            Outcome::UpstreamReset => self.labels.upstream_error("reset"),
+            _ => {}
+        }
+        self.finish(outcome, summary, None);
+    }
+
+    fn finish(&mut self, outcome: Outcome, summary: Option<Summary>, err: Option<&GatewayError>) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        self.set_thinking(false);
+        if self.inflight {
+            self.labels.inflight(-1.0);
+        }
+        if outcome == Outcome::ClientGone {
+            self.labels.client_disconnect();
+        }
+        self.labels.request(self.status, outcome.as_str());
+        if self.endpoint.is_inference() && (200..300).contains(&self.status) {
+            if let Some(s) = &summary {
+                // Latencies a request reached are real whatever came after;
+                // totals (E2E, tokens) only mean something for complete ones.
+                self.labels.observe(s, outcome == Outcome::Completed);
+            }
+        }
+        self.shared.recorder.send(RequestRecord {
+            id: std::mem::take(&mut self.id),
+            start_unix_ms: self.start_unix_ms,
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            model: self.features.model.take(),
+            backend: self.labels.backend.to_string(),
+            status: self.status,
+            outcome,
+            fault: err.map(GatewayError::fault),
+            error: err.map(ToString::to_string),
+            stream_requested: self.features.stream,
+            usage_injected: self.usage_injected,
+            t_upstream_ns: self.t_upstream_ns,
+            asu: summary,
+        });
+    }
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.finish(Outcome::ClientGone, None, None);
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Header handling: hop-by-hop removal and the headers the gateway adds.
+
+use http::header::{HeaderMap, HeaderName, CONNECTION};
+
+/// Request id header: kept if the client sent one, else set on the upstream
+/// request (vLLM and SGLang adopt it as their request id).
+pub const REQUEST_ID: &str = "x-request-id";
+/// Response headers the gateway adds (documented; off with
+/// `response_headers = false` or `--passthrough-strict`).
+pub const TG_REQUEST_ID: &str = "x-thinkgate-request-id";
+pub const TG_BACKEND: &str = "x-thinkgate-backend";
+
+/// RFC 9110 7.6.1 hop-by-hop headers, plus the legacy ones proxies drop.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Remove hop-by-hop headers, including those named by `Connection`.
+pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("content-type", HeaderValue::from_static("text/event-stream"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
+    }
+}

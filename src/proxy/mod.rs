@@ -1,0 +1,246 @@
+//! The data plane: a tower `Service` that forwards every request to an
+//! upstream unchanged (but for hop-by-hop headers and the optional usage
+//! injection) and wraps inference responses in the observer.
+
+pub mod context;
+pub mod headers;
+pub mod request;
+pub mod upstream;
+
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::metrics::LabelSet;
+use crate::record::Recorder;
+use crate::stream::body::ObservedBody;
+use bytes::Bytes;
+use context::RequestCtx;
+use http::{HeaderValue, Request, Response, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use request::{Endpoint, Features};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use thinkgate_asu::{BodyKind, Observer, ObserverConfig};
+use upstream::{Upstream, UpstreamClient};
+
+/// The body of every response the proxy sends.
+pub type ResponseBody = Either<ObservedBody, Full<Bytes>>;
+
+/// State shared by all requests of one gateway.
+pub struct Shared {
+    pub cfg: Config,
+    client: UpstreamClient,
+    upstreams: Vec<Upstream>,
+    next: AtomicUsize,
+    observer: Arc<ObserverConfig>,
+    /// Same as `observer`, with usage-event stripping on.
+    observer_strip: Arc<ObserverConfig>,
+    pub recorder: Recorder,
+    pub models: LabelSet,
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(cfg: Config, recorder: Recorder) -> Result<Self, crate::error::ConfigError> {
+        cfg.validate()?;
+        let upstreams = cfg
+            .upstreams
+            .iter()
+            .map(|u| upstream::parse_base(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let obs = cfg.observer_config()?;
+        let strip = ObserverConfig {
+            strip_usage_only: true,
+            ..obs.clone()
+        };
+        Ok(Self {
+            client: upstream::client(Duration::from_millis(cfg.connect_timeout_ms), cfg.pool_max_idle_per_host),
+            upstreams,
+            next: AtomicUsize::new(0),
+            observer: Arc::new(obs),
+            observer_strip: Arc::new(strip),
+            recorder,
+            models: LabelSet::new(cfg.max_model_labels),
+            draining: AtomicBool::new(false),
+            cfg,
+        })
+    }
+
+    /// Round robin over the configured upstreams (routing policies replace
+    /// this with the policies crate).
+    fn pick(&self) -> Option<&Upstream> {
+        if self.upstreams.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len();
+        self.upstreams.get(i)
+    }
+}
+
+/// The proxy as a tower service.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for Proxy {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { Ok(forward(shared, req).await) })
+    }
+}
+
+fn gateway_error(ctx: &mut RequestCtx, err: GatewayError) -> Response<ResponseBody> {
+    ctx.fail(&err);
+    err.to_response().map(Either::Right)
+}
+
+async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let t_recv = Instant::now();
+    let (parts, body) = req.into_parts();
+    let endpoint = Endpoint::classify(&parts.method, parts.uri.path());
+    let id = parts
+        .headers
+        .get(headers::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_default();
+    let mut ctx = RequestCtx::new(Arc::clone(&shared), t_recv, id, &parts.method, parts.uri.path(), endpoint);
+
+    // Inference bodies are read whole (they are small and bounded) to learn
+    // the model and stream flags, and to inject usage; every other body
+    // streams through untouched.
+    let mut injected = false;
+    let up_body = if endpoint.is_inference() {
+        let bytes = match Limited::new(body, shared.cfg.max_request_body_bytes).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                let err = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    GatewayError::BodyTooLarge {
+                        limit: shared.cfg.max_request_body_bytes,
+                    }
+                } else {
+                    GatewayError::BodyRead(e.to_string())
+                };
+                return gateway_error(&mut ctx, err);
+            }
+        };
+        let features = Features::parse(&bytes);
+        let bytes = if shared.cfg.injects_usage() && features.wants_injection() {
+            match request::inject_include_usage(&bytes) {
+                Some(b) => {
+                    injected = true;
+                    b
+                }
+                None => bytes,
+            }
+        } else {
+            bytes
+        };
+        ctx.set_features(features);
+        Either::Left(Full::new(bytes))
+    } else {
+        Either::Right(body)
+    };
+    if injected {
+        ctx.note_usage_injected();
+    }
+
+    let Some(up) = shared.pick() else {
+        return gateway_error(&mut ctx, GatewayError::NoUpstream);
+    };
+    ctx.set_backend(up.name.clone());
+    let uri = match up.uri_for(parts.uri.path_and_query()) {
+        Ok(u) => u,
+        Err(e) => return gateway_error(&mut ctx, GatewayError::BodyRead(format!("bad request target: {e}"))),
+    };
+    let mut up_req = Request::new(up_body);
+    *up_req.method_mut() = parts.method;
+    *up_req.uri_mut() = uri;
+    *up_req.version_mut() = Version::HTTP_11;
+    let mut hdrs = parts.headers;
+    headers::remove_hop_by_hop(&mut hdrs);
+    hdrs.remove(http::header::HOST);
+    if endpoint.is_inference() {
+        // The body was read whole (and maybe rewritten): send its length.
+        hdrs.remove(http::header::CONTENT_LENGTH);
+    }
+    if ctx.id.is_empty() {
+        ctx.id = uuid::Uuid::new_v4().simple().to_string();
+        if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+            // vLLM and SGLang use X-Request-Id as their request id, which
+            // ties engine logs to gateway records.
+            hdrs.insert(headers::REQUEST_ID, v);
+        }
+    }
+    *up_req.headers_mut() = hdrs;
+
+    let secs = shared.cfg.upstream_header_timeout_secs;
+    let resp = match tokio::time::timeout(Duration::from_secs(secs), shared.client.request(up_req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let reason = error_chain(&e);
+            let backend = up.name.to_string();
+            return gateway_error(&mut ctx, GatewayError::UpstreamUnreachable { backend, reason });
+        }
+        Err(_) => {
+            let backend = up.name.to_string();
+            return gateway_error(&mut ctx, GatewayError::UpstreamTimeout { backend, secs });
+        }
+    };
+    ctx.t_upstream_ns = Some(ctx.elapsed_ns());
+    ctx.status = resp.status().as_u16();
+    let (mut rparts, rbody) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut rparts.headers);
+    let kind = if endpoint.is_inference() {
+        let ct = rparts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        BodyKind::from_content_type(ct)
+    } else {
+        BodyKind::Opaque
+    };
+    let strip = injected && kind == BodyKind::Sse && rparts.status.is_success();
+    if strip {
+        rparts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    if shared.cfg.adds_response_headers() {
+        if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+            rparts.headers.insert(headers::TG_REQUEST_ID, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(ctx.backend()) {
+            rparts.headers.insert(headers::TG_BACKEND, v);
+        }
+    }
+    let cfg = if strip { &shared.observer_strip } else { &shared.observer };
+    let obs = Observer::new(Arc::clone(cfg), kind);
+    Response::from_parts(rparts, Either::Left(ObservedBody::new(rbody, obs, ctx, strip)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

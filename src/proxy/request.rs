@@ -1,0 +1,209 @@
+//! What the gateway reads from an inference request body, and the one
+//! rewrite it may make: adding `stream_options.include_usage`.
+//!
+//! The rewrite is a byte splice at the right place, never a re-serialization,
+//! so every other byte the client sent reaches the engine unchanged (number
+//! formats, key order, escapes, white space).
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Which inference API a request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Other,
+}
+
+impl Endpoint {
+    pub fn classify(method: &http::Method, path: &str) -> Self {
+        if method != http::Method::POST {
+            return Endpoint::Other;
+        }
+        match path.trim_end_matches('/') {
+            "/v1/chat/completions" => Endpoint::Chat,
+            "/v1/completions" => Endpoint::Completions,
+            _ => Endpoint::Other,
+        }
+    }
+
+    pub fn is_inference(self) -> bool {
+        self != Endpoint::Other
+    }
+}
+
+/// Request fields the gateway uses (labels, records, later routing).
+#[derive(Debug, Clone, Default)]
+pub struct Features {
+    pub model: Option<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// `stream_options.continuous_usage_stats` (vLLM): usage on every chunk.
+    pub continuous_usage: bool,
+    pub n: u64,
+    pub max_tokens: Option<u64>,
+    /// The body parsed as the expected JSON object.
+    pub parsed: bool,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
+    #[serde(default)]
+    n: Option<u64>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions<'a> {
+    #[serde(borrow, default)]
+    include_usage: Option<&'a RawValue>,
+    #[serde(default)]
+    continuous_usage_stats: Option<bool>,
+}
+
+impl Features {
+    /// Read the fields; a body that is not the expected JSON gives defaults
+    /// (the engine will answer it with its own error, unchanged).
+    pub fn parse(body: &[u8]) -> Self {
+        let Ok(h) = serde_json::from_slice::<Head<'_>>(body) else {
+            return Self::default();
+        };
+        let so = h
+            .stream_options
+            .and_then(|r| serde_json::from_str::<StreamOptions<'_>>(r.get()).ok())
+            .unwrap_or_default();
+        Self {
+            model: h.model.map(|m| m.chars().take(256).collect()),
+            stream: h.stream.unwrap_or(false),
+            include_usage: so.include_usage.is_some_and(|r| r.get() == "true"),
+            continuous_usage: so.continuous_usage_stats.unwrap_or(false),
+            n: h.n.unwrap_or(1),
+            max_tokens: h.max_completion_tokens.or(h.max_tokens),
+            parsed: true,
+        }
+    }
+
+    /// Whether usage should be injected into this request.
+    pub fn wants_injection(&self) -> bool {
+        // With continuous_usage_stats, turning include_usage on would add
+        // usage to every chunk the client sees: leave such requests alone.
+        self.parsed && self.stream && !self.include_usage && !self.continuous_usage
+    }
+}
+
+/// Offset of `inner` (a slice of `outer`) within `outer`.
+fn offset_in(outer: &[u8], inner: &str) -> Option<usize> {
+    let o = outer.as_ptr() as usize;
+    let i = inner.as_ptr() as usize;
+    (i >= o && i + inner.len() <= o + outer.len()).then(|| i - o)
+}
+
+fn splice(body: &[u8], at: usize, remove: usize, insert: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + insert.len());
+    out.extend_from_slice(&body[..at]);
+    out.extend_from_slice(insert.as_bytes());
+    out.extend_from_slice(&body[at + remove..]);
+    out.freeze()
+}
+
+/// Insert `member` (`"key":value`) as the first member of the JSON object
+/// that starts at `obj_start` (the `{`).
+fn insert_member(body: &[u8], obj_start: usize, member: &str) -> Bytes {
+    let after = obj_start + 1;
+    let empty = body[after..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let text = if empty { member.to_string() } else { format!("{member},") };
+    splice(body, after, 0, &text)
+}
+
+/// Add `stream_options.include_usage: true` to a streamed request body.
+/// Returns `None` when the body has a shape the splice does not handle (it is
+/// then forwarded unchanged).
+pub fn inject_include_usage(body: &Bytes) -> Option<Bytes> {
+    let h: Head<'_> = serde_json::from_slice(body).ok()?;
+    match h.stream_options {
+        None => {
+            let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+            (body[start] == b'{').then(|| insert_member(body, start, r#""stream_options":{"include_usage":true}"#))
+        }
+        Some(raw) => {
+            let at = offset_in(body, raw.get())?;
+            let text = raw.get();
+            if text == "null" {
+                return Some(splice(body, at, text.len(), r#"{"include_usage":true}"#));
+            }
+            if !text.starts_with('{') {
+                return None;
+            }
+            let so: StreamOptions<'_> = serde_json::from_str(text).ok()?;
+            match so.include_usage {
+                None => Some(insert_member(body, at, r#""include_usage":true"#)),
+                Some(v) if v.get() == "false" || v.get() == "null" => {
+                    let vat = offset_in(body, v.get())?;
+                    Some(splice(body, vat, v.get().len(), "true"))
+                }
+                Some(_) => None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inject(s: &str) -> Option<String> {
+        inject_include_usage(&Bytes::from(s.to_string())).map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    #[test]
+    fn injects_without_touching_other_bytes() {
+        let body = r#" {"model":"m", "temperature": 1.0e0, "stream":true,"x":"\u00e9"}"#;
+        let out = inject(body).unwrap_or_default();
+        assert_eq!(
+            out,
+            r#" {"stream_options":{"include_usage":true},"model":"m", "temperature": 1.0e0, "stream":true,"x":"\u00e9"}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn injects_into_existing_options() {
+        assert_eq!(
+            inject(r#"{"stream":true,"stream_options":{}}"#).as_deref(),
+            Some(r#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+        );
+        assert_eq!(
+            inject(r#"{"stream":true,"stream_options":{"include_usage": false}}"#).as_deref(),
+            Some(r#"{"stream":true,"stream_options":{"include_usage": true}}"#)
+        );
+        assert_eq!(
+            inject(r#"{"stream":true,"stream_options":null}"#).as_deref(),
+            Some(r#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+        );
+        assert_eq!(inject(r#"{"stream":true,"stream_options":[1]}"#), None);
+        assert_eq!(inject("not json"), None);
+    }
+
+    #[test]
+    fn features_decide_injection() {
+        assert!(Features::parse(br#"{"model":"m","stream":true}"#).wants_injection());
+        assert!(!Features::parse(br#"{"model":"m","stream":false}"#).wants_injection());
+        assert!(!Features::parse(br#"{"stream":true,"stream_options":{"include_usage":true}}"#).wants_injection());
+        assert!(!Features::parse(br#"{"stream":true,"stream_options":{"continuous_usage_stats":true}}"#).wants_injection());
+        assert!(!Features::parse(br#"{"stream":"yes"}"#).wants_injection());
+        assert_eq!(Features::parse(br#"{"model":"m","max_tokens":7}"#).max_tokens, Some(7));
+    }
+}

@@ -1,0 +1,74 @@
+//! Upstream engines and the pooled HTTP client that reaches them.
+
+use crate::error::ConfigError;
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use metrics::SharedString;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One upstream engine.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix of the base URL (usually empty).
+    pub prefix: Arc<str>,
+    /// Label and record value: the base URL as configured.
+    pub name: SharedString,
+}
+
+impl Upstream {
+    /// The upstream URI for a request's path and query.
+    pub fn uri_for(&self, pq: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        let pq = pq.map(PathAndQuery::as_str).unwrap_or("/");
+        let full = if self.prefix.is_empty() {
+            pq.to_string()
+        } else {
+            format!("{}{}", self.prefix, pq)
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(full)
+            .build()
+    }
+}
+
+/// Parse `http://host:port[/prefix]`.
+pub fn parse_base(url: &str) -> Result<Upstream, ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid(format!("upstream {url:?}: {why}"));
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| bad("needs a scheme (http://)"))?;
+    if scheme != Scheme::HTTP {
+        return Err(bad("only http:// upstreams are supported (TLS to engines is not built yet)"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| bad("needs a host"))?;
+    let prefix = uri.path().trim_end_matches('/');
+    Ok(Upstream {
+        scheme,
+        authority,
+        prefix: prefix.into(),
+        name: SharedString::from(Arc::<str>::from(url.trim_end_matches('/'))),
+    })
+}
+
+pub type UpstreamBody = http_body_util::Either<http_body_util::Full<bytes::Bytes>, hyper::body::Incoming>;
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// The pooled keep-alive client (HTTP/1.1 to engines, as vLLM, SGLang and
+/// llama.cpp serve it).
+pub fn client(connect_timeout: Duration, max_idle_per_host: usize) -> UpstreamClient {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    conn.set_connect_timeout(Some(connect_timeout));
+    conn.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(max_idle_per_host)
+        .build(conn)
+}

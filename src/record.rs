@@ -1,0 +1,263 @@
+//! Per-request records, written off the hot path.
+//!
+//! A settled request sends one [`RequestRecord`] on a bounded channel
+//! (`try_send`: a full queue drops the record and counts it, it never blocks
+//! the proxy). One writer task appends JSON lines to `--records FILE` and
+//! keeps the recent window that `/stats` summarises. The writer flushes on
+//! shutdown.
+
+use crate::error::Fault;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thinkgate_asu::Summary;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The body ended normally (and, for SSE, with `[DONE]`).
+    Completed,
+    /// An SSE body ended without `[DONE]` (upstream closed early).
+    Truncated,
+    /// An error event arrived in the stream.
+    StreamError,
+    /// The upstream connection failed after the response head.
+    UpstreamReset,
+    /// The client went away before the end; the upstream request was dropped.
+    ClientGone,
+    /// The gateway answered with an error (see `error`).
+    GatewayError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Truncated => "truncated",
+            Outcome::StreamError => "stream_error",
+            Outcome::UpstreamReset => "upstream_reset",
+            Outcome::ClientGone => "client_gone",
+            Outcome::GatewayError => "gateway_error",
+        }
+    }
+}
+
+/// One finished request. Times are nanoseconds since `t_recv` (monotonic);
+/// `start_unix_ms` places the request on the wall clock.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    pub id: String,
+    pub start_unix_ms: u64,
+    pub method: String,
+    pub path: String,
+    pub model: Option<String>,
+    pub backend: String,
+    pub status: u16,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub stream_requested: bool,
+    pub usage_injected: bool,
+    pub t_upstream_ns: Option<u64>,
+    #[serde(flatten)]
+    pub asu: Option<Summary>,
+}
+
+/// The numbers `/stats` keeps per request.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    at: Instant,
+    ok: bool,
+    ttft: Option<f64>,
+    ttfvt: Option<f64>,
+    e2e: f64,
+    thinking: Option<f64>,
+    tpot: Option<f64>,
+    thinking_tokens: f64,
+    visible_tokens: f64,
+}
+
+/// Recent requests, for `/stats`. Bounded in time and in count.
+#[derive(Debug)]
+pub struct StatsWindow {
+    window: Duration,
+    points: VecDeque<Point>,
+}
+
+const MAX_POINTS: usize = 200_000;
+
+impl StatsWindow {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            points: VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, r: &RequestRecord) {
+        let Some(s) = &r.asu else { return };
+        if self.points.len() >= MAX_POINTS {
+            self.points.pop_front();
+        }
+        self.points.push_back(Point {
+            at: Instant::now(),
+            ok: r.status < 400 && matches!(r.outcome, Outcome::Completed),
+            ttft: s.ttft(),
+            ttfvt: s.ttfvt(),
+            e2e: s.e2e(),
+            thinking: s.thinking_time(),
+            tpot: s.tpot(),
+            thinking_tokens: s.thinking_tokens as f64,
+            visible_tokens: s.visible_tokens as f64,
+        });
+    }
+
+    /// JSON summary: counts and p50/p90/p99 of each ASU metric.
+    pub fn summary(&mut self) -> serde_json::Value {
+        let now = Instant::now();
+        while self.points.front().is_some_and(|p| now.duration_since(p.at) > self.window) {
+            self.points.pop_front();
+        }
+        let pts = &self.points;
+        let col = |f: &dyn Fn(&Point) -> Option<f64>| -> serde_json::Value {
+            let mut v: Vec<f64> = pts.iter().filter_map(f).collect();
+            quantiles(&mut v)
+        };
+        let span = pts
+            .front()
+            .map(|p| now.duration_since(p.at).as_secs_f64())
+            .unwrap_or(0.0)
+            .max(1e-9);
+        let tokens: f64 = pts.iter().map(|p| p.thinking_tokens + p.visible_tokens).sum();
+        serde_json::json!({
+            "window_seconds": self.window.as_secs(),
+            "requests": pts.len(),
+            "ok": pts.iter().filter(|p| p.ok).count(),
+            "output_tokens_per_second": if pts.is_empty() { 0.0 } else { tokens / span },
+            "ttft_seconds": col(&|p| p.ttft),
+            "ttfvt_seconds": col(&|p| p.ttfvt),
+            "e2e_seconds": col(&|p| Some(p.e2e)),
+            "thinking_seconds": col(&|p| p.thinking),
+            "tpot_seconds": col(&|p| p.tpot),
+            "thinking_tokens": col(&|p| Some(p.thinking_tokens)),
+            "visible_tokens": col(&|p| Some(p.visible_tokens)),
+        })
+    }
+}
+
+fn quantiles(v: &mut [f64]) -> serde_json::Value {
+    if v.is_empty() {
+        return serde_json::json!({"count": 0});
+    }
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    serde_json::json!({"count": v.len(), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": v[v.len() - 1]})
+}
+
+/// The sending side, held by the proxy.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<RequestRecord>,
+    pub stats: Arc<Mutex<StatsWindow>>,
+}
+
+impl Recorder {
+    /// Hand a record to the writer; never waits.
+    pub fn send(&self, r: RequestRecord) {
+        if self.tx.try_send(r).is_err() {
+            crate::metrics::records_dropped();
+        }
+    }
+}
+
+/// Handle to stop the writer: flushes what is queued, then returns.
+pub struct RecorderTask {
+    stop: oneshot::Sender<()>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl RecorderTask {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.join.await;
+    }
+}
+
+/// Start the writer task.
+pub async fn start(
+    path: Option<PathBuf>,
+    queue: usize,
+    window: Duration,
+) -> std::io::Result<(Recorder, RecorderTask)> {
+    let file = match path {
+        Some(p) => Some(
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .await?,
+        ),
+        None => None,
+    };
+    let (tx, mut rx) = mpsc::channel::<RequestRecord>(queue);
+    let stats = Arc::new(Mutex::new(StatsWindow::new(window)));
+    let (stop, mut stop_rx) = oneshot::channel();
+    let st = Arc::clone(&stats);
+    let join = tokio::spawn(async move {
+        let mut out = file.map(|f| tokio::io::BufWriter::with_capacity(256 << 10, f));
+        let mut line = Vec::with_capacity(2048);
+        let mut flush_tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let rec = tokio::select! {
+                r = rx.recv() => r,
+                _ = flush_tick.tick() => {
+                    if let Some(o) = out.as_mut() { let _ = o.flush().await; }
+                    continue;
+                }
+                _ = &mut stop_rx => {
+                    // Drain what is queued, then flush and stop.
+                    rx.close();
+                    while let Some(r) = rx.recv().await {
+                        write_one(&st, &mut out, &mut line, r).await;
+                    }
+                    break;
+                }
+            };
+            match rec {
+                Some(r) => write_one(&st, &mut out, &mut line, r).await,
+                None => break,
+            }
+        }
+        if let Some(o) = out.as_mut() {
+            let _ = o.flush().await;
+        }
+    });
+    Ok((Recorder { tx, stats }, RecorderTask { stop, join }))
+}
+
+async fn write_one(
+    stats: &Mutex<StatsWindow>,
+    out: &mut Option<tokio::io::BufWriter<tokio::fs::File>>,
+    line: &mut Vec<u8>,
+    r: RequestRecord,
+) {
+    if let Ok(mut s) = stats.lock() {
+        s.push(&r);
+    }
+    if let Some(o) = out.as_mut() {
+        line.clear();
+        if serde_json::to_writer(&mut *line, &r).is_ok() {
+            line.push(b'\n');
+            if let Err(e) = o.write_all(line).await {
+                tracing::warn!(error = %e, "cannot write request record");
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Listeners and lifecycle: the proxy listener (HTTP/1.1 and h2c,
+//! auto-detected), the admin listener, and graceful drain on shutdown.
+
+use crate::config::Config;
+use crate::error::error_response;
+use crate::proxy::{Proxy, Shared};
+use crate::record::{self, RecorderTask};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+
+/// A running gateway.
+pub struct Gateway {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Bind both listeners and start serving.
+    pub async fn start(cfg: Config) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let handle = crate::metrics::install();
+        let (recorder, recorder_task) = record::start(
+            cfg.records.clone(),
+            cfg.records_queue,
+            Duration::from_secs(cfg.stats_window_secs),
+        )
+        .await?;
+        let proxy_listener = TcpListener::bind(cfg.listen).await?;
+        let admin_listener = TcpListener::bind(cfg.admin).await?;
+        let proxy_addr = proxy_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let shared = Arc::new(Shared::new(cfg, recorder)?);
+        let (stop, stop_rx) = watch::channel(false);
+        let admin = tokio::spawn(serve_admin(admin_listener, Arc::clone(&shared), handle));
+        let done = tokio::spawn(serve_proxy(proxy_listener, Arc::clone(&shared), stop_rx, recorder_task, admin));
+        Ok(Self {
+            proxy_addr,
+            admin_addr,
+            shared,
+            stop,
+            done,
+        })
+    }
+
+    /// Stop accepting, let in-flight requests finish (up to the drain
+    /// timeout), flush records.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Wait until the gateway has drained and stopped.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<Bytes>> {
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal gateway error")
+}
+
+fn http_builder(client_header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(client_header_timeout)
+        .keep_alive(true);
+    b.http2().timer(TokioTimer::new());
+    b
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    recorder: RecorderTask,
+    admin: tokio::task::JoinHandle<()>,
+) {
+    // Layers, outermost first:
+    let svc = ServiceBuilder::new()
+        // a bug must cost one request a 500, never the process or a connection
+        .layer(CatchPanicLayer::custom(panic_response))
+        // the proxy: request ids, body limits and upstream timeouts are
+        // applied inside, where their errors become OpenAI-style bodies
+        .service(Proxy::new(Arc::clone(&shared)));
+    let builder = http_builder(Duration::from_secs(shared.cfg.client_header_timeout_secs));
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()))
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    shared.draining.store(true, Ordering::SeqCst);
+    let drain = Duration::from_secs(shared.cfg.drain_timeout_secs);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("drained"),
+        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout: closing remaining streams"),
+    }
+    recorder.shutdown().await;
+    admin.abort();
+}
+
+async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, handle: Option<PrometheusHandle>) {
+    let builder = http_builder(Duration::from_secs(10));
+    let handle = Arc::new(handle);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        let handle = Arc::clone(&handle);
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let resp = admin_route(&req, &shared, handle.as_ref().as_ref());
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+fn admin_route(req: &Request<Incoming>, shared: &Shared, handle: Option<&PrometheusHandle>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => match handle {
+            Some(h) => text(StatusCode::OK, "text/plain; version=0.0.4", h.render()),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "metrics recorder not installed\n"),
+        },
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            if shared.draining.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                text(StatusCode::OK, "text/plain", "ready\n")
+            }
+        }
+        "/stats" => {
+            let body = match shared.recorder.stats.lock() {
+                Ok(mut s) => s.summary().to_string(),
+                Err(_) => "{}".to_string(),
+            };
+            text(StatusCode::OK, "application/json", body)
+        }
+        _ => error_response(StatusCode::NOT_FOUND, "not_found", "admin routes: /metrics /healthz /readyz /stats"),
+    }
+}
