@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use thinkgate_asu::ThinkTags;
 
 #[derive(Debug, Parser)]
-#[command(name = "thinkgate", version, about = "A reasoning-aware gateway for LLM inference")]
+#[command(
+    name = "thinkgate",
+    version,
+    about = "A reasoning-aware gateway for LLM inference"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -20,6 +24,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run a simulated reasoning engine (OpenAI-compatible, vLLM-like).
     Sim(Box<thinkgate_sim::cli::SimArgs>),
+    /// Generate load and measure ASU from the client side.
+    Load(Box<thinkgate_loadgen::cli::LoadArgs>),
+    /// Two simulated engines, the gateway and a short Gamma load: prints an ASU report.
+    Demo(Box<crate::demo::DemoArgs>),
 }
 
 /// `thinkgate serve`: every config key as a flag and a `THINKGATE_*`

@@ -97,7 +97,9 @@ impl Config {
     /// Check what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.upstreams.is_empty() {
-            return Err(ConfigError::Invalid("at least one upstream is required (--upstream URL)".into()));
+            return Err(ConfigError::Invalid(
+                "at least one upstream is required (--upstream URL)".into(),
+            ));
         }
         for u in &self.upstreams {
             crate::proxy::upstream::parse_base(u)?;
@@ -110,7 +112,8 @@ impl Config {
     }
 
     pub fn markers(&self) -> Result<Markers, ConfigError> {
-        Markers::new(&self.think_open, &self.think_close).map_err(|e| ConfigError::Invalid(e.to_string()))
+        Markers::new(&self.think_open, &self.think_close)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// Usage injection in effect.

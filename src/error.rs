@@ -43,7 +43,9 @@ impl GatewayError {
 
     pub fn fault(&self) -> Fault {
         match self {
-            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. } => Fault::Upstream,
+            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. } => {
+                Fault::Upstream
+            }
             GatewayError::BodyTooLarge { .. } | GatewayError::BodyRead(_) => Fault::Client,
             GatewayError::NoUpstream => Fault::Gateway,
         }
@@ -80,8 +82,10 @@ pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response
     });
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 

@@ -13,7 +13,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("thinkgate: cannot start the runtime: {e}");
@@ -24,6 +27,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => thinkgate::run::serve(*args).await,
             Command::Sim(args) => thinkgate_sim::cli::run(*args).await,
+            Command::Load(args) => thinkgate_loadgen::cli::run(*args).await,
+            Command::Demo(args) => thinkgate::demo::run(*args).await,
         }
     });
     match result {

@@ -4,7 +4,10 @@
 //! Nothing here runs per chunk: handles are resolved once per request when
 //! it settles, and the phase gauge moves at most twice per request.
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
+    Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -27,14 +30,17 @@ pub const USAGE_INJECTED: &str = "thinkgate_usage_injected_total";
 
 /// Latency buckets: 5 ms to 30 minutes (reasoning requests run for minutes).
 pub const SECONDS_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    1200.0, 1800.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0, 1200.0, 1800.0,
 ];
 /// Per-token time buckets: 1 ms to 1 s.
-pub const TPOT_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0];
+pub const TPOT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+];
 /// Token-count buckets: powers of two up to 128k.
 pub const TOKEN_BUCKETS: &[f64] = &[
-    1.0, 16.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 131072.0,
+    1.0, 16.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0,
+    65536.0, 131072.0,
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -46,8 +52,12 @@ pub fn install() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(TPOT.into()), TPOT_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_tokens".into()), TOKEN_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_tokens".into()), TOKEN_BUCKETS)
+                })
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();
@@ -59,19 +69,59 @@ pub fn install() -> Option<PrometheusHandle> {
 fn describe() {
     describe_histogram!(TTFT, Unit::Seconds, "Time from the complete request head to the first generated token of any kind (reasoning or visible). Streamed requests only.");
     describe_histogram!(TTFVT, Unit::Seconds, "Time from the complete request head to the first visible token (content outside thinking, or a tool call); for non-streamed responses, the time to the last byte.");
-    describe_histogram!(E2E, Unit::Seconds, "Time from the complete request head to the last byte of the response.");
+    describe_histogram!(
+        E2E,
+        Unit::Seconds,
+        "Time from the complete request head to the last byte of the response."
+    );
     describe_histogram!(THINKING_SECONDS, Unit::Seconds, "Time from the first to the last reasoning token (0 without reasoning). Streamed requests only.");
-    describe_histogram!(TPOT, Unit::Seconds, "(t_done - t_first_token) / (completion_tokens - 1). Streamed requests only.");
-    describe_histogram!(THINKING_TOKENS, Unit::Count, "Reasoning tokens of a request (engine usage when given, else counted chunks).");
-    describe_histogram!(VISIBLE_TOKENS, Unit::Count, "Completion tokens minus thinking tokens.");
-    describe_counter!(REQUESTS, Unit::Count, "Finished requests by HTTP status and outcome.");
-    describe_counter!(OUTPUT_TOKENS, Unit::Count, "Output tokens by kind (thinking or visible).");
-    describe_counter!(UPSTREAM_ERRORS, Unit::Count, "Upstream failures by kind: connect, timeout, reset, stream_error, truncated.");
+    describe_histogram!(
+        TPOT,
+        Unit::Seconds,
+        "(t_done - t_first_token) / (completion_tokens - 1). Streamed requests only."
+    );
+    describe_histogram!(
+        THINKING_TOKENS,
+        Unit::Count,
+        "Reasoning tokens of a request (engine usage when given, else counted chunks)."
+    );
+    describe_histogram!(
+        VISIBLE_TOKENS,
+        Unit::Count,
+        "Completion tokens minus thinking tokens."
+    );
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "Finished requests by HTTP status and outcome."
+    );
+    describe_counter!(
+        OUTPUT_TOKENS,
+        Unit::Count,
+        "Output tokens by kind (thinking or visible)."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS,
+        Unit::Count,
+        "Upstream failures by kind: connect, timeout, reset, stream_error, truncated."
+    );
     describe_counter!(CLIENT_DISCONNECTS, Unit::Count, "Requests whose client went away before the response ended (the upstream request is dropped at once).");
     describe_gauge!(INFLIGHT, Unit::Count, "Requests in flight.");
-    describe_gauge!(INFLIGHT_THINKING, Unit::Count, "Streamed requests in their thinking phase (reasoning started, nothing visible yet).");
-    describe_counter!(RECORDS_DROPPED, Unit::Count, "Per-request records dropped because the writer fell behind.");
-    describe_counter!(USAGE_INJECTED, Unit::Count, "Streamed requests to which the gateway added stream_options.include_usage.");
+    describe_gauge!(
+        INFLIGHT_THINKING,
+        Unit::Count,
+        "Streamed requests in their thinking phase (reasoning started, nothing visible yet)."
+    );
+    describe_counter!(
+        RECORDS_DROPPED,
+        Unit::Count,
+        "Per-request records dropped because the writer fell behind."
+    );
+    describe_counter!(
+        USAGE_INJECTED,
+        Unit::Count,
+        "Streamed requests to which the gateway added stream_options.include_usage."
+    );
 }
 
 /// Bounded interning of label values that come from clients (`model`), so a
@@ -125,7 +175,10 @@ pub struct Labels {
 
 impl Labels {
     fn pairs(&self) -> [(&'static str, SharedString); 2] {
-        [("backend", self.backend.clone()), ("model", self.model.clone())]
+        [
+            ("backend", self.backend.clone()),
+            ("model", self.model.clone()),
+        ]
     }
 
     pub fn inflight(&self, delta: f64) {
@@ -138,12 +191,25 @@ impl Labels {
 
     pub fn request(&self, status: u16, outcome: &'static str) {
         let [b, m] = self.pairs();
-        counter!(REQUESTS, &[b, m, ("status", status_label(status)), ("outcome", SharedString::const_str(outcome))]).increment(1);
+        counter!(
+            REQUESTS,
+            &[
+                b,
+                m,
+                ("status", status_label(status)),
+                ("outcome", SharedString::const_str(outcome))
+            ]
+        )
+        .increment(1);
     }
 
     pub fn upstream_error(&self, kind: &'static str) {
         let [b, m] = self.pairs();
-        counter!(UPSTREAM_ERRORS, &[b, m, ("kind", SharedString::const_str(kind))]).increment(1);
+        counter!(
+            UPSTREAM_ERRORS,
+            &[b, m, ("kind", SharedString::const_str(kind))]
+        )
+        .increment(1);
     }
 
     pub fn client_disconnect(&self) {
@@ -165,9 +231,20 @@ impl Labels {
             histogram!(TTFVT, &p).record(v);
         }
         let [b, m] = p.clone();
-        counter!(OUTPUT_TOKENS, &[b.clone(), m.clone(), ("kind", SharedString::const_str("thinking"))])
-            .increment(s.thinking_tokens);
-        counter!(OUTPUT_TOKENS, &[b, m, ("kind", SharedString::const_str("visible"))]).increment(s.visible_tokens);
+        counter!(
+            OUTPUT_TOKENS,
+            &[
+                b.clone(),
+                m.clone(),
+                ("kind", SharedString::const_str("thinking"))
+            ]
+        )
+        .increment(s.thinking_tokens);
+        counter!(
+            OUTPUT_TOKENS,
+            &[b, m, ("kind", SharedString::const_str("visible"))]
+        )
+        .increment(s.visible_tokens);
         if !complete {
             return;
         }

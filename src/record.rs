@@ -122,7 +122,11 @@ impl StatsWindow {
     /// JSON summary: counts and p50/p90/p99 of each ASU metric.
     pub fn summary(&mut self) -> serde_json::Value {
         let now = Instant::now();
-        while self.points.front().is_some_and(|p| now.duration_since(p.at) > self.window) {
+        while self
+            .points
+            .front()
+            .is_some_and(|p| now.duration_since(p.at) > self.window)
+        {
             self.points.pop_front();
         }
         let pts = &self.points;
@@ -135,7 +139,10 @@ impl StatsWindow {
             .map(|p| now.duration_since(p.at).as_secs_f64())
             .unwrap_or(0.0)
             .max(1e-9);
-        let tokens: f64 = pts.iter().map(|p| p.thinking_tokens + p.visible_tokens).sum();
+        let tokens: f64 = pts
+            .iter()
+            .map(|p| p.thinking_tokens + p.visible_tokens)
+            .sum();
         serde_json::json!({
             "window_seconds": self.window.as_secs(),
             "requests": pts.len(),
@@ -157,7 +164,8 @@ fn quantiles(v: &mut [f64]) -> serde_json::Value {
         return serde_json::json!({"count": 0});
     }
     v.sort_by(f64::total_cmp);
-    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    // Nearest rank, as the load generator computes it.
+    let q = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
     serde_json::json!({"count": v.len(), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": v[v.len() - 1]})
 }
 

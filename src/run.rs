@@ -13,7 +13,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let gw = Gateway::start(cfg).await?;
     // One machine-readable line, so scripts and tests can bind port 0.
-    println!("thinkgate listening proxy={} admin={}", gw.proxy_addr, gw.admin_addr);
+    println!(
+        "thinkgate listening proxy={} admin={}",
+        gw.proxy_addr, gw.admin_addr
+    );
     let _ = std::io::stdout().flush();
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");

@@ -50,7 +50,13 @@ impl Gateway {
         let shared = Arc::new(Shared::new(cfg, recorder)?);
         let (stop, stop_rx) = watch::channel(false);
         let admin = tokio::spawn(serve_admin(admin_listener, Arc::clone(&shared), handle));
-        let done = tokio::spawn(serve_proxy(proxy_listener, Arc::clone(&shared), stop_rx, recorder_task, admin));
+        let done = tokio::spawn(serve_proxy(
+            proxy_listener,
+            Arc::clone(&shared),
+            stop_rx,
+            recorder_task,
+            admin,
+        ));
         Ok(Self {
             proxy_addr,
             admin_addr,
@@ -73,7 +79,11 @@ impl Gateway {
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<Bytes>> {
-    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal gateway error")
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "internal gateway error",
+    )
 }
 
 fn http_builder(client_header_timeout: Duration) -> auto::Builder<TokioExecutor> {
@@ -151,26 +161,42 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, handle: Option<
             let resp = admin_route(&req, &shared, handle.as_ref().as_ref());
             async move { Ok::<_, std::convert::Infallible>(resp) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
-fn admin_route(req: &Request<Incoming>, shared: &Shared, handle: Option<&PrometheusHandle>) -> Response<Full<Bytes>> {
+fn admin_route(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    handle: Option<&PrometheusHandle>,
+) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => match handle {
             Some(h) => text(StatusCode::OK, "text/plain; version=0.0.4", h.render()),
-            None => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "metrics recorder not installed\n"),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "metrics recorder not installed\n",
+            ),
         },
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
@@ -187,6 +213,10 @@ fn admin_route(req: &Request<Incoming>, shared: &Shared, handle: Option<&Prometh
             };
             text(StatusCode::OK, "application/json", body)
         }
-        _ => error_response(StatusCode::NOT_FOUND, "not_found", "admin routes: /metrics /healthz /readyz /stats"),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "admin routes: /metrics /healthz /readyz /stats",
+        ),
     }
 }

@@ -555,7 +555,10 @@ impl State {
                 None => (None, choice.text.as_deref(), false),
             };
             if self.s.finish_reason.is_none() {
-                self.s.finish_reason = choice.finish_reason.as_ref().map(|f| f.chars().take(32).collect());
+                self.s.finish_reason = choice
+                    .finish_reason
+                    .as_ref()
+                    .map(|f| f.chars().take(32).collect());
             }
             // Characters split the usage total in proportion (no tokenizer).
             self.reasoning_chars += reasoning.map_or(0, |r| r.chars().count() as u64);
@@ -611,9 +614,7 @@ impl State {
         if self.s.streamed && self.s.t_first_visible_ns.is_none() {
             self.s.first_visible_event = None;
         }
-        if self.itl_n > 0 {
-            self.s.itl_mean_ns = Some(self.itl_sum / self.itl_n);
-        }
+        self.s.itl_mean_ns = self.itl_sum.checked_div(self.itl_n);
         self.s.choices = self.choices.len() as u32;
         if self.cfg.capture_text {
             self.s.text = Some(
@@ -641,7 +642,11 @@ impl State {
         let (think, total, source) = match usage.and_then(|u| u.completion_tokens) {
             Some(ct) => match usage.and_then(|u| u.engine_reasoning_tokens()) {
                 Some(rt) => (rt.min(ct), ct, TokenSource::Usage),
-                None if s.streamed => (split(ct, think_c, vis_c), ct, TokenSource::UsageSplitByChunks),
+                None if s.streamed => (
+                    split(ct, think_c, vis_c),
+                    ct,
+                    TokenSource::UsageSplitByChunks,
+                ),
                 None => (
                     split(ct, self.reasoning_chars, self.visible_chars),
                     ct,

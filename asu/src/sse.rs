@@ -269,14 +269,18 @@ mod tests {
             whole.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
             ["a", "b", "c", "d"]
         );
-        let data = |v: Vec<(String, String, u64, u64)>| v.into_iter().map(|e| e.0).collect::<Vec<_>>();
+        let data =
+            |v: Vec<(String, String, u64, u64)>| v.into_iter().map(|e| e.0).collect::<Vec<_>>();
         for i in 0..body.len() {
             // Offsets agree too, except that an event whose `\r\n` is cut in
             // two ends at the `\r` (the `\n` has not arrived yet).
             let got = events(&[&body[..i], &body[i..]]);
             assert_eq!(data(got.clone()), data(whole.clone()), "split at {i}");
             for (g, w) in got.iter().zip(&whole) {
-                assert!(g.3 == w.3 || (g.3 + 1 == w.3 && body[g.3 as usize - 1] == b'\r'), "split at {i}");
+                assert!(
+                    g.3 == w.3 || (g.3 + 1 == w.3 && body[g.3 as usize - 1] == b'\r'),
+                    "split at {i}"
+                );
             }
         }
     }

@@ -283,7 +283,14 @@ impl TagSplitter {
                 return i;
             }
         }
-        emit_pending(kind, &m.close, carried, text, (carried + i) - self.matched, out);
+        emit_pending(
+            kind,
+            &m.close,
+            carried,
+            text,
+            (carried + i) - self.matched,
+            out,
+        );
         i
     }
 }

@@ -103,7 +103,8 @@ impl Usage {
 impl Chunk<'_> {
     /// An error event: an `error` object or `"object": "error"`.
     pub fn is_error(&self) -> bool {
-        self.error.is_some_and(|e| e.get().trim() != "null") || self.object.as_deref() == Some("error")
+        self.error.is_some_and(|e| e.get().trim() != "null")
+            || self.object.as_deref() == Some("error")
     }
 
     /// The final usage-only event (`"choices": []` with `usage`).

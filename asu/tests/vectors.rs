@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The shared splitter vectors (`shared/vectors`, copied into `tests/vectors`)
 //! under every split of their bytes into chunks: every single cut, every byte
 //! on its own, every pair of cuts for the short tag texts, and random
@@ -42,14 +43,30 @@ fn check_sse_case(case: &Value, mode: ThinkTags, s: &Summary, how: &str) {
     if let Some(per) = case["per_choice"].as_object() {
         for (k, want) in per {
             let i: usize = k.parse().expect("choice index");
-            assert_eq!(texts[i].reasoning, want["reasoning"].as_str().unwrap(), "{name} {how} choice {i}");
-            assert_eq!(texts[i].content, want["content"].as_str().unwrap(), "{name} {how} choice {i}");
+            assert_eq!(
+                texts[i].reasoning,
+                want["reasoning"].as_str().unwrap(),
+                "{name} {how} choice {i}"
+            );
+            assert_eq!(
+                texts[i].content,
+                want["content"].as_str().unwrap(),
+                "{name} {how} choice {i}"
+            );
         }
     } else {
         let r: String = texts.iter().map(|t| t.reasoning.as_str()).collect();
         let c: String = texts.iter().map(|t| t.content.as_str()).collect();
-        assert_eq!(r, case["reasoning"].as_str().unwrap(), "{name} {how} {mode:?} reasoning");
-        assert_eq!(c, case["content"].as_str().unwrap(), "{name} {how} {mode:?} content");
+        assert_eq!(
+            r,
+            case["reasoning"].as_str().unwrap(),
+            "{name} {how} {mode:?} reasoning"
+        );
+        assert_eq!(
+            c,
+            case["content"].as_str().unwrap(),
+            "{name} {how} {mode:?} content"
+        );
     }
     if let Some(n) = case["reasoning_chunks"].as_u64() {
         assert_eq!(s.reasoning_chunks, n, "{name} {how} reasoning_chunks");
@@ -57,21 +74,43 @@ fn check_sse_case(case: &Value, mode: ThinkTags, s: &Summary, how: &str) {
     if let Some(n) = case["content_chunks"].as_u64() {
         assert_eq!(s.visible_chunks, n, "{name} {how} content_chunks");
     }
-    assert_eq!(s.first_visible_event, case["first_visible_event"].as_u64(), "{name} {how} first_visible_event");
+    assert_eq!(
+        s.first_visible_event,
+        case["first_visible_event"].as_u64(),
+        "{name} {how} first_visible_event"
+    );
     if let Some(u) = case.get("usage_completion_tokens") {
-        assert_eq!(s.usage.and_then(|u| u.completion_tokens), u.as_u64(), "{name} usage");
+        assert_eq!(
+            s.usage.and_then(|u| u.completion_tokens),
+            u.as_u64(),
+            "{name} usage"
+        );
     }
     if let Some(f) = case.get("finish_reason") {
-        assert_eq!(s.finish_reason.as_deref(), f.as_str(), "{name} {how} finish_reason");
+        assert_eq!(
+            s.finish_reason.as_deref(),
+            f.as_str(),
+            "{name} {how} finish_reason"
+        );
     }
-    assert_eq!(s.done_marker, case["done"].as_bool().unwrap_or(false), "{name} {how} done");
-    assert_eq!(s.error_event, case["error"].as_bool().unwrap_or(false), "{name} {how} error");
+    assert_eq!(
+        s.done_marker,
+        case["done"].as_bool().unwrap_or(false),
+        "{name} {how} done"
+    );
+    assert_eq!(
+        s.error_event,
+        case["error"].as_bool().unwrap_or(false),
+        "{name} {how} error"
+    );
     assert_eq!(s.parse_errors, 0, "{name} {how}");
 }
 
 fn sse_modes(case: &Value) -> Vec<ThinkTags> {
     match case["mode"].as_str() {
-        Some(m) if m.contains("starts_in_thinking") => vec![ThinkTags::Auto, ThinkTags::StartsInThinking],
+        Some(m) if m.contains("starts_in_thinking") => {
+            vec![ThinkTags::Auto, ThinkTags::StartsInThinking]
+        }
         _ => vec![ThinkTags::Auto],
     }
 }
@@ -85,7 +124,12 @@ fn sse_vectors_every_single_cut_and_every_byte() {
             let c = cfg(mode);
             check_sse_case(case, mode, &observe(&c, body, &[]), "whole");
             for cut in 1..body.len() {
-                check_sse_case(case, mode, &observe(&c, body, &[cut]), &format!("cut {cut}"));
+                check_sse_case(
+                    case,
+                    mode,
+                    &observe(&c, body, &[cut]),
+                    &format!("cut {cut}"),
+                );
             }
             let every: Vec<usize> = (1..body.len()).collect();
             check_sse_case(case, mode, &observe(&c, body, &every), "every byte");
@@ -99,34 +143,35 @@ fn sse_vectors_every_single_cut_and_every_byte() {
 fn sse_vectors_first_visible_time_is_the_completing_chunk() {
     let v = load("sse_streams.json");
     for case in v["cases"].as_array().expect("cases") {
-        let Some(ev) = case["first_visible_event"].as_u64() else { continue };
+        let Some(ev) = case["first_visible_event"].as_u64() else {
+            continue;
+        };
         let body = case["body"].as_str().expect("body");
         // End offset of data event `ev`: the blank line after it.
-        let mut seen = 0;
-        let mut end = 0;
-        for (i, _) in body.match_indices("data: ") {
-            if seen == ev {
-                // The event completes at the first byte of its blank line's
-                // terminator (a `\r` alone already ends a line).
-                let lf = body[i..].find("\n\n").map(|p| i + p + 2);
-                let crlf = body[i..].find("\r\n\r\n").map(|p| i + p + 3);
-                end = lf.into_iter().chain(crlf).min().expect("event end");
-                break;
-            }
-            seen += 1;
-        }
+        let (i, _) = body.match_indices("data: ").nth(ev as usize).expect("event");
+        // The event completes at the first byte of its blank line's
+        // terminator (a `\r` alone already ends a line).
+        let lf = body[i..].find("\n\n").map(|p| i + p + 2);
+        let crlf = body[i..].find("\r\n\r\n").map(|p| i + p + 3);
+        let end = lf.into_iter().chain(crlf).min().expect("event end");
         let every: Vec<usize> = (1..body.len()).collect();
         let s = observe(&cfg(ThinkTags::Auto), body.as_bytes(), &every);
         // Chunk k (0-based) holds byte k and arrives at k ms; the event is
         // complete with its last byte, at end-1.
-        assert_eq!(s.t_first_visible_ns, Some((end as u64 - 1) * 1_000_000), "{}", case["name"]);
+        assert_eq!(
+            s.t_first_visible_ns,
+            Some((end as u64 - 1) * 1_000_000),
+            "{}",
+            case["name"]
+        );
     }
 }
 
 fn sse_from_content(pieces: &[&str]) -> String {
     let mut body = String::new();
     for p in pieces {
-        let delta = serde_json::json!({"choices":[{"index":0,"delta":{"content":p},"finish_reason":null}]});
+        let delta =
+            serde_json::json!({"choices":[{"index":0,"delta":{"content":p},"finish_reason":null}]});
         body.push_str(&format!("data: {delta}\n\n"));
     }
     body.push_str("data: [DONE]\n\n");
@@ -134,7 +179,9 @@ fn sse_from_content(pieces: &[&str]) -> String {
 }
 
 fn char_cuts(text: &str) -> Vec<usize> {
-    (1..text.len()).filter(|&i| text.is_char_boundary(i)).collect()
+    (1..text.len())
+        .filter(|&i| text.is_char_boundary(i))
+        .collect()
 }
 
 fn split_text(text: &str, cuts: &[usize]) -> Vec<String> {
@@ -177,8 +224,16 @@ fn check_tag_case(case: &Value, pieces: &[String]) {
         assert_eq!(t.reasoning, r, "{name} {mode:?} {pieces:?}");
         assert_eq!(t.content, c, "{name} {mode:?} {pieces:?}");
         let visible = !c.trim().is_empty();
-        assert_eq!(s.t_first_visible_ns.is_some(), visible, "{name} {mode:?} {pieces:?}");
-        assert_eq!(s.t_think_start_ns.is_some(), !r.is_empty() || case["text"].as_str().is_some_and(|t| t.contains("think>")), "{name} {mode:?} {pieces:?}");
+        assert_eq!(
+            s.t_first_visible_ns.is_some(),
+            visible,
+            "{name} {mode:?} {pieces:?}"
+        );
+        assert_eq!(
+            s.t_think_start_ns.is_some(),
+            !r.is_empty() || case["text"].as_str().is_some_and(|t| t.contains("think>")),
+            "{name} {mode:?} {pieces:?}"
+        );
     }
 }
 
@@ -236,8 +291,15 @@ fn local_vectors_match_shared_when_present() {
     let shared = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/");
     for name in ["sse_streams.json", "think_tags.json"] {
         if let Ok(theirs) = std::fs::read_to_string(format!("{shared}{name}")) {
-            let ours = std::fs::read_to_string(format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"))).expect("local copy");
-            assert_eq!(ours, theirs, "tests/vectors/{name} is out of date with shared/vectors");
+            let ours = std::fs::read_to_string(format!(
+                "{}/tests/vectors/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .expect("local copy");
+            assert_eq!(
+                ours, theirs,
+                "tests/vectors/{name} is out of date with shared/vectors"
+            );
         }
     }
 }

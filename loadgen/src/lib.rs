@@ -1,1 +1,19 @@
-//! placeholder
+//! The load generator: Gamma-bursty (or constant, or all-at-once, or closed
+//! loop) traffic against an OpenAI-compatible server, measured on the ASU
+//! axes from the client side with the same definitions as the gateway.
+//!
+//! - [`arrivals`]: send schedules;
+//! - [`dataset`]: JSONL datasets and the built-in math set;
+//! - [`client`]: one request, measured;
+//! - [`grade`]: answer extraction and comparison;
+//! - [`run`]: open and closed loops;
+//! - [`report`]: `summary.json` and the text table.
+#![forbid(unsafe_code)]
+
+pub mod arrivals;
+pub mod cli;
+pub mod client;
+pub mod dataset;
+pub mod grade;
+pub mod report;
+pub mod run;

@@ -65,7 +65,13 @@ impl SimArgs {
         macro_rules! set_engine {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { c.engine.$f = v; } )* };
         }
-        set_engine!(max_num_seqs, max_num_batched_tokens, num_blocks, block_size, prefix_cache);
+        set_engine!(
+            max_num_seqs,
+            max_num_batched_tokens,
+            num_blocks,
+            block_size,
+            prefix_cache
+        );
         c.validate()?;
         Ok(c)
     }

@@ -157,10 +157,19 @@ impl Default for SimConfig {
 impl SimConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         let e = &self.engine;
-        anyhow::ensure!(self.time_scale > 0.0 && self.time_scale.is_finite(), "time_scale must be > 0");
+        anyhow::ensure!(
+            self.time_scale > 0.0 && self.time_scale.is_finite(),
+            "time_scale must be > 0"
+        );
         anyhow::ensure!(e.max_num_seqs > 0, "max_num_seqs must be > 0");
-        anyhow::ensure!(e.block_size > 0 && e.num_blocks > 0, "block_size and num_blocks must be > 0");
-        anyhow::ensure!(e.max_num_batched_tokens > 0, "max_num_batched_tokens must be > 0");
+        anyhow::ensure!(
+            e.block_size > 0 && e.num_blocks > 0,
+            "block_size and num_blocks must be > 0"
+        );
+        anyhow::ensure!(
+            e.max_num_batched_tokens > 0,
+            "max_num_batched_tokens must be > 0"
+        );
         Ok(())
     }
 }

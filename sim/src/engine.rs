@@ -103,13 +103,15 @@ impl Histogram {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.sum_micros.fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 pub const LATENCY_BOUNDS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0,
+    1280.0,
 ];
 
 /// Engine state other tasks read (`/metrics`, tests).
@@ -181,7 +183,11 @@ impl Engine {
             stats: Arc::clone(&stats),
         };
         tokio::spawn(core.run(rx));
-        Self { tx, stats, block_size }
+        Self {
+            tx,
+            stats,
+            block_size,
+        }
     }
 
     /// Queue a request. Fails only if the engine task is gone.
@@ -318,7 +324,9 @@ impl Core {
     fn admit(&mut self) -> usize {
         let mut prefill = 0;
         while self.running.len() < self.cfg.max_num_seqs {
-            let Some(head) = self.waiting.front() else { break };
+            let Some(head) = self.waiting.front() else {
+                break;
+            };
             let tokens = head.tokens();
             let need = self.blocks_for(tokens + 1);
             if need > self.cfg.num_blocks {
@@ -337,14 +345,18 @@ impl Core {
             } else {
                 0
             };
-            let compute = tokens.saturating_sub(hit_blocks * self.cfg.block_size).max(1);
+            let compute = tokens
+                .saturating_sub(hit_blocks * self.cfg.block_size)
+                .max(1);
             if prefill > 0 && prefill + compute > self.cfg.max_num_batched_tokens {
                 break;
             }
             if need > self.free_blocks {
                 break;
             }
-            let Some(mut s) = self.waiting.pop_front() else { break };
+            let Some(mut s) = self.waiting.pop_front() else {
+                break;
+            };
             self.free_blocks -= need;
             s.blocks = need;
             if s.generated == 0 {
@@ -383,7 +395,9 @@ impl Core {
                 continue;
             }
             // Preempt from the back; this may be sequence i itself.
-            let Some(mut victim) = self.running.pop() else { break };
+            let Some(mut victim) = self.running.pop() else {
+                break;
+            };
             self.free(victim.blocks);
             victim.blocks = 0;
             self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
@@ -399,16 +413,22 @@ impl Core {
         let stats = Arc::clone(&self.stats);
         self.running.retain_mut(|s| {
             if s.generated == 0 {
-                stats.ttft.observe(now.duration_since(s.arrival).as_secs_f64());
+                stats
+                    .ttft
+                    .observe(now.duration_since(s.arrival).as_secs_f64());
             }
             s.generated += 1;
-            let _ = s.events.send(Event::Token { choice: s.spec.choice });
+            let _ = s.events.send(Event::Token {
+                choice: s.spec.choice,
+            });
             if s.generated >= s.spec.target {
                 let _ = s.events.send(Event::Finished {
                     choice: s.spec.choice,
                     reason: s.spec.finish,
                 });
-                stats.e2e.observe(now.duration_since(s.arrival).as_secs_f64());
+                stats
+                    .e2e
+                    .observe(now.duration_since(s.arrival).as_secs_f64());
                 freed += s.blocks;
                 done += 1;
                 false
@@ -424,9 +444,13 @@ impl Core {
 
     fn publish(&self) {
         let s = &self.stats;
-        s.running.store(self.running.len() as u64, Ordering::Relaxed);
-        s.waiting.store(self.waiting.len() as u64, Ordering::Relaxed);
-        s.used_blocks
-            .store((self.cfg.num_blocks - self.free_blocks) as u64, Ordering::Relaxed);
+        s.running
+            .store(self.running.len() as u64, Ordering::Relaxed);
+        s.waiting
+            .store(self.waiting.len() as u64, Ordering::Relaxed);
+        s.used_blocks.store(
+            (self.cfg.num_blocks - self.free_blocks) as u64,
+            Ordering::Relaxed,
+        );
     }
 }

@@ -47,7 +47,10 @@ impl Sim {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Serve `listener` until the task is dropped.
@@ -64,7 +67,9 @@ pub async fn serve(listener: TcpListener, sim: Arc<Sim>) {
             let sim = Arc::clone(&sim);
             async move { Ok::<_, Infallible>(route(sim, req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -72,7 +77,9 @@ pub async fn serve(listener: TcpListener, sim: Arc<Sim>) {
 }
 
 /// Bind and serve in the background; returns the bound address.
-pub async fn spawn(cfg: SimConfig) -> std::io::Result<(SocketAddr, Arc<Sim>, tokio::task::JoinHandle<()>)> {
+pub async fn spawn(
+    cfg: SimConfig,
+) -> std::io::Result<(SocketAddr, Arc<Sim>, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     let sim = Sim::new(cfg);
@@ -83,12 +90,23 @@ pub async fn spawn(cfg: SimConfig) -> std::io::Result<(SocketAddr, Arc<Sim>, tok
 fn full(status: StatusCode, ct: &'static str, body: impl Into<Bytes>) -> Response<SimBody> {
     let mut r = Response::new(Either::Left(Full::new(body.into())));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
     r
 }
 
-fn error(sim: &Sim, status: StatusCode, kind: &str, msg: &str, param: Option<&str>) -> Response<SimBody> {
-    full(status, "application/json", error_body(sim.cfg.flavor, status.as_u16(), kind, msg, param))
+fn error(
+    sim: &Sim,
+    status: StatusCode,
+    kind: &str,
+    msg: &str,
+    param: Option<&str>,
+) -> Response<SimBody> {
+    full(
+        status,
+        "application/json",
+        error_body(sim.cfg.flavor, status.as_u16(), kind, msg, param),
+    )
 }
 
 async fn route(sim: Arc<Sim>, req: Request<Incoming>) -> Response<SimBody> {
@@ -103,7 +121,11 @@ async fn route(sim: Arc<Sim>, req: Request<Incoming>) -> Response<SimBody> {
             "text/plain; version=0.0.4; charset=utf-8",
             crate::metrics::render(sim.cfg.flavor, &sim.cfg.model, &sim.engine.stats),
         ),
-        _ => full(StatusCode::NOT_FOUND, "application/json", r#"{"detail":"Not Found"}"#),
+        _ => full(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            r#"{"detail":"Not Found"}"#,
+        ),
     }
 }
 
@@ -154,7 +176,10 @@ impl ChoiceGen {
                 }
                 return (Channel::Content, think_word(self.plan.text_seed, k).into());
             }
-            return (Channel::Reasoning, think_word(self.plan.text_seed, k).into());
+            return (
+                Channel::Reasoning,
+                think_word(self.plan.text_seed, k).into(),
+            );
         }
         let j = k - self.think_wire;
         let t = answer_token(self.plan.text_seed, j, self.plan.answer, self.plan.stated);
@@ -202,14 +227,24 @@ fn text_of(v: &Value) -> String {
     }
 }
 
-fn parse(sim: &Sim, v: &Value, api: Api) -> Result<Parsed, (StatusCode, &'static str, String, Option<&'static str>)> {
-    let bad = |m: String, p: Option<&'static str>| (StatusCode::BAD_REQUEST, "BadRequestError", m, p);
+fn parse(
+    sim: &Sim,
+    v: &Value,
+    api: Api,
+) -> Result<Parsed, (StatusCode, &'static str, String, Option<&'static str>)> {
+    let bad =
+        |m: String, p: Option<&'static str>| (StatusCode::BAD_REQUEST, "BadRequestError", m, p);
     if !v.is_object() {
         return Err(bad("Request body must be a JSON object".into(), None));
     }
     if let Some(m) = v.get("model").and_then(Value::as_str) {
         if m != sim.cfg.model {
-            return Err((StatusCode::NOT_FOUND, "NotFoundError", format!("The model `{m}` does not exist."), Some("model")));
+            return Err((
+                StatusCode::NOT_FOUND,
+                "NotFoundError",
+                format!("The model `{m}` does not exist."),
+                Some("model"),
+            ));
         }
     }
     let mut prompt = String::new();
@@ -223,17 +258,32 @@ fn parse(sim: &Sim, v: &Value, api: Api) -> Result<Parsed, (StatusCode, &'static
             if msgs.is_empty() {
                 return Err(bad("messages must not be empty".into(), Some("messages")));
             }
-            let cont = v.get("continue_final_message").and_then(Value::as_bool).unwrap_or(false);
-            let add_gen = v.get("add_generation_prompt").and_then(Value::as_bool).unwrap_or(true);
+            let cont = v
+                .get("continue_final_message")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let add_gen = v
+                .get("add_generation_prompt")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
             if cont && add_gen {
                 return Err(bad(
-                    "Cannot set both `continue_final_message` and `add_generation_prompt` to True.".into(),
+                    "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+                        .into(),
                     None,
                 ));
             }
-            let last_is_assistant = msgs.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant");
+            let last_is_assistant = msgs
+                .last()
+                .and_then(|m| m.get("role"))
+                .and_then(Value::as_str)
+                == Some("assistant");
             continuing = cont && last_is_assistant;
-            let take = if continuing { msgs.len() - 1 } else { msgs.len() };
+            let take = if continuing {
+                msgs.len() - 1
+            } else {
+                msgs.len()
+            };
             for m in &msgs[..take] {
                 prompt.push_str(&text_of(m.get("content").unwrap_or(&Value::Null)));
                 prompt.push('\n');
@@ -251,7 +301,8 @@ fn parse(sim: &Sim, v: &Value, api: Api) -> Result<Parsed, (StatusCode, &'static
                     None => (partial.as_str(), false),
                 };
                 already_thought = (thought.replace("<think>", "").split_whitespace().count()
-                    + reasoning.split_whitespace().count()) as u64;
+                    + reasoning.split_whitespace().count())
+                    as u64;
                 closed = was_closed;
             }
         }
@@ -286,7 +337,10 @@ fn parse(sim: &Sim, v: &Value, api: Api) -> Result<Parsed, (StatusCode, &'static
         .and_then(Value::as_u64)
         .or_else(|| v.get("max_tokens").and_then(Value::as_u64));
     if max_tokens == Some(0) {
-        return Err(bad("max_tokens must be at least 1, got 0.".into(), Some("max_tokens")));
+        return Err(bad(
+            "max_tokens must be at least 1, got 0.".into(),
+            Some("max_tokens"),
+        ));
     }
     let prompt_tokens = (prompt.len() as u64 / 4 + 4 * messages).max(1);
     let max_len = sim.cfg.engine.max_model_len as u64;
@@ -303,7 +357,12 @@ fn parse(sim: &Sim, v: &Value, api: Api) -> Result<Parsed, (StatusCode, &'static
     let so = v.get("stream_options");
     let stop = match v.get("stop") {
         Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).filter(|s| !s.is_empty()).map(String::from).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
         _ => Vec::new(),
     };
     let thinking_enabled = v
@@ -312,18 +371,21 @@ fn parse(sim: &Sim, v: &Value, api: Api) -> Result<Parsed, (StatusCode, &'static
         .and_then(Value::as_bool)
         .unwrap_or(true)
         && sim.cfg.reasoning != ReasoningMode::None;
-    let salt = v
-        .get("seed")
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
-        ^ v.get("temperature").and_then(Value::as_f64).map(|t| (t * 1000.0) as u64).unwrap_or(0);
+    let salt = v.get("seed").and_then(Value::as_u64).unwrap_or(0)
+        ^ v.get("temperature")
+            .and_then(Value::as_f64)
+            .map(|t| (t * 1000.0) as u64)
+            .unwrap_or(0);
     Ok(Parsed {
         prompt,
         prompt_tokens,
         n: n as u32,
         max_tokens,
         stream: v.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        include_usage: so.and_then(|s| s.get("include_usage")).and_then(Value::as_bool).unwrap_or(false),
+        include_usage: so
+            .and_then(|s| s.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         continuous_usage: so
             .and_then(|s| s.get("continuous_usage_stats"))
             .and_then(Value::as_bool)
@@ -349,7 +411,8 @@ fn choice_gen(sim: &Sim, p: &Parsed, api: Api, choice: u32) -> ChoiceGen {
         p.closed,
     );
     let mode = sim.cfg.reasoning;
-    let inline = api == Api::Completions || matches!(mode, ReasoningMode::Tags | ReasoningMode::TagsNoOpen);
+    let inline =
+        api == Api::Completions || matches!(mode, ReasoningMode::Tags | ReasoningMode::TagsNoOpen);
     let thinking_open = p.thinking_enabled && !p.closed;
     let (open_tag, close_tag) = if inline && thinking_open {
         (mode != ReasoningMode::TagsNoOpen && !p.continuing, true)
@@ -388,7 +451,11 @@ fn choice_gen(sim: &Sim, p: &Parsed, api: Api, choice: u32) -> ChoiceGen {
     }
     let cap = p.max_tokens.unwrap_or(u64::MAX);
     g.target = natural.min(cap).max(1);
-    g.finish = if natural <= cap { Finish::Stop } else { Finish::Length };
+    g.finish = if natural <= cap {
+        Finish::Stop
+    } else {
+        Finish::Length
+    };
     g
 }
 
@@ -396,11 +463,27 @@ async fn generate(sim: Arc<Sim>, req: Request<Incoming>, api: Api) -> Response<S
     let arrival = Instant::now();
     let body = match Limited::new(req.into_body(), 64 << 20).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return error(&sim, StatusCode::BAD_REQUEST, "BadRequestError", "could not read the request body", None),
+        Err(_) => {
+            return error(
+                &sim,
+                StatusCode::BAD_REQUEST,
+                "BadRequestError",
+                "could not read the request body",
+                None,
+            )
+        }
     };
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error(&sim, StatusCode::BAD_REQUEST, "BadRequestError", &format!("JSON decode error: {e}"), None),
+        Err(e) => {
+            return error(
+                &sim,
+                StatusCode::BAD_REQUEST,
+                "BadRequestError",
+                &format!("JSON decode error: {e}"),
+                None,
+            )
+        }
     };
     let p = match parse(&sim, &v, api) {
         Ok(p) => p,
@@ -427,11 +510,29 @@ async fn generate(sim: Arc<Sim>, req: Request<Incoming>, api: Api) -> Response<S
             finish: c.finish,
         })
         .collect();
-    if !sim.engine.submit(Submit { seqs, events: tx, arrival }) {
-        return error(&sim, StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "engine stopped", None);
+    if !sim.engine.submit(Submit {
+        seqs,
+        events: tx,
+        arrival,
+    }) {
+        return error(
+            &sim,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "engine stopped",
+            None,
+        );
     }
     let id = sim.counter.fetch_add(1, Ordering::Relaxed) ^ (sim.cfg.seed << 40);
-    let render = Render::new(sim.cfg.flavor, sim.cfg.reasoning, api, id, unix_now(), &sim.cfg.model, p.continuous_usage && p.include_usage);
+    let render = Render::new(
+        sim.cfg.flavor,
+        sim.cfg.reasoning,
+        api,
+        id,
+        unix_now(),
+        &sim.cfg.model,
+        p.continuous_usage && p.include_usage,
+    );
     let gen = Gen {
         render,
         choices,
@@ -450,8 +551,10 @@ async fn generate(sim: Arc<Sim>, req: Request<Incoming>, api: Api) -> Response<S
             finished: false,
             ended: false,
         }));
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream; charset=utf-8"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
         return r;
     }
     non_streamed(gen, rx).await
@@ -483,7 +586,9 @@ impl Gen {
             Event::Token { choice } => (choice, None),
             Event::Finished { choice, reason } => (choice, Some(reason)),
         };
-        let Some(c) = self.choices.get_mut(choice as usize) else { return };
+        let Some(c) = self.choices.get_mut(choice as usize) else {
+            return;
+        };
         if c.done {
             return;
         }
@@ -500,7 +605,8 @@ impl Gen {
                 match buf {
                     Some(buf) => {
                         let usage = self.render.continuous_usage.then(|| self.usage());
-                        self.render.token_chunk(buf, choice, channel, &text, fin, usage);
+                        self.render
+                            .token_chunk(buf, choice, channel, &text, fin, usage);
                     }
                     None => match channel {
                         Channel::Reasoning => c.reasoning.push_str(&text),
@@ -514,7 +620,14 @@ impl Gen {
                 c.finish = reason;
                 if let Some(buf) = buf {
                     let usage = self.render.continuous_usage.then(|| self.usage());
-                    self.render.token_chunk(buf, choice, Channel::Content, "", Some(reason.as_str()), usage);
+                    self.render.token_chunk(
+                        buf,
+                        choice,
+                        Channel::Content,
+                        "",
+                        Some(reason.as_str()),
+                        usage,
+                    );
                 }
             }
         }
@@ -571,7 +684,10 @@ impl Body for SimStream {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         if this.ended {
             return Poll::Ready(None);

@@ -35,7 +35,15 @@ pub struct Render {
 }
 
 impl Render {
-    pub fn new(flavor: Flavor, mode: ReasoningMode, api: Api, id_seed: u64, created: u64, model: &str, continuous_usage: bool) -> Self {
+    pub fn new(
+        flavor: Flavor,
+        mode: ReasoningMode,
+        api: Api,
+        id_seed: u64,
+        created: u64,
+        model: &str,
+        continuous_usage: bool,
+    ) -> Self {
         let reasoning_field = match (flavor, mode) {
             (Flavor::Vllm, ReasoningMode::Field) => "reasoning",
             _ => "reasoning_content",
@@ -51,7 +59,8 @@ impl Render {
             created,
             model: model.to_string(),
             reasoning_field,
-            parser_on: matches!(mode, ReasoningMode::Field | ReasoningMode::FieldLegacy) && api == Api::Chat,
+            parser_on: matches!(mode, ReasoningMode::Field | ReasoningMode::FieldLegacy)
+                && api == Api::Chat,
             continuous_usage,
         }
     }
@@ -63,7 +72,11 @@ impl Render {
         };
         buf.put_slice(b"data: {\"id\":\"");
         buf.put_slice(self.id.as_bytes());
-        let _ = write!(buf.writer(), "\",\"object\":\"{object}\",\"created\":{},\"model\":", self.created);
+        let _ = write!(
+            buf.writer(),
+            "\",\"object\":\"{object}\",\"created\":{},\"model\":",
+            self.created
+        );
         json_str(buf, &self.model);
         buf.put_slice(b",\"choices\":[");
     }
@@ -94,7 +107,15 @@ impl Render {
 
     /// One token (or a finish without text when `text` is empty and
     /// `finish` is set).
-    pub fn token_chunk(&self, buf: &mut BytesMut, choice: u32, channel: Channel, text: &str, finish: Option<&str>, usage: Option<Usage>) {
+    pub fn token_chunk(
+        &self,
+        buf: &mut BytesMut,
+        choice: u32,
+        channel: Channel,
+        text: &str,
+        finish: Option<&str>,
+        usage: Option<Usage>,
+    ) {
         self.head(buf);
         let _ = write!(buf.writer(), "{{\"index\":{choice},");
         match self.api {
@@ -162,7 +183,11 @@ impl Render {
         if self.parser_on {
             match self.flavor {
                 Flavor::Vllm => {
-                    let _ = write!(buf.writer(), ",\"completion_tokens_details\":{{\"reasoning_tokens\":{}}}", u.reasoning);
+                    let _ = write!(
+                        buf.writer(),
+                        ",\"completion_tokens_details\":{{\"reasoning_tokens\":{}}}",
+                        u.reasoning
+                    );
                 }
                 Flavor::Sglang => {
                     let _ = write!(buf.writer(), ",\"reasoning_tokens\":{}", u.reasoning);
@@ -193,7 +218,13 @@ fn json_str(buf: &mut BytesMut, s: &str) {
 }
 
 /// An error body as the flavour sends it.
-pub fn error_body(flavor: Flavor, status: u16, kind: &str, message: &str, param: Option<&str>) -> String {
+pub fn error_body(
+    flavor: Flavor,
+    status: u16,
+    kind: &str,
+    message: &str,
+    param: Option<&str>,
+) -> String {
     match flavor {
         Flavor::Llamacpp => serde_json::json!({
             "error": {"code": status, "message": message, "type": "invalid_request_error"}
@@ -211,18 +242,34 @@ mod tests {
 
     #[test]
     fn vllm_chunks_parse_and_name_fields() {
-        let r = Render::new(Flavor::Vllm, ReasoningMode::Field, Api::Chat, 7, 1, "m", false);
+        let r = Render::new(
+            Flavor::Vllm,
+            ReasoningMode::Field,
+            Api::Chat,
+            7,
+            1,
+            "m",
+            false,
+        );
         let mut b = BytesMut::new();
         r.role_chunk(&mut b, 0, None);
         r.token_chunk(&mut b, 0, Channel::Reasoning, "Let \"me\"", None, None);
         r.token_chunk(&mut b, 0, Channel::Content, "4", Some("stop"), None);
-        r.usage_chunk(&mut b, Usage { prompt: 3, completion: 2, reasoning: 1 });
+        r.usage_chunk(
+            &mut b,
+            Usage {
+                prompt: 3,
+                completion: 2,
+                reasoning: 1,
+            },
+        );
         Render::done(&mut b);
         let text = String::from_utf8_lossy(&b).into_owned();
         let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
         assert_eq!(events.len(), 5);
         for e in &events[..4] {
-            let v: serde_json::Value = serde_json::from_str(e.trim_start_matches("data: ")).unwrap_or_default();
+            let v: serde_json::Value =
+                serde_json::from_str(e.trim_start_matches("data: ")).unwrap_or_default();
             assert_eq!(v["id"], "chatcmpl-0000000000000007");
         }
         assert!(events[1].contains(r#""delta":{"reasoning":"Let \"me\""}"#));

@@ -40,7 +40,11 @@ pub fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
 /// `[hard]`), else from a stable hash of the prompt.
 pub fn difficulty(prompt: &str, cfg: &WorkloadConfig) -> Difficulty {
     let lower = prompt.to_ascii_lowercase();
-    for (word, d) in [("hard", Difficulty::Hard), ("medium", Difficulty::Medium), ("easy", Difficulty::Easy)] {
+    for (word, d) in [
+        ("hard", Difficulty::Hard),
+        ("medium", Difficulty::Medium),
+        ("easy", Difficulty::Easy),
+    ] {
         if lower.contains(&format!("difficulty: {word}")) || lower.contains(&format!("[{word}]")) {
             return d;
         }
@@ -104,7 +108,11 @@ impl Expr<'_> {
                         self.i = save;
                         return Some(v);
                     };
-                    v = if op == b'+' { v.checked_add(r)? } else { v.checked_sub(r)? };
+                    v = if op == b'+' {
+                        v.checked_add(r)?
+                    } else {
+                        v.checked_sub(r)?
+                    };
                 }
                 _ => return Some(v),
             }
@@ -122,7 +130,11 @@ impl Expr<'_> {
                         self.i = save;
                         return Some(v);
                     };
-                    v = if op == b'*' { v.checked_mul(r)? } else { v.checked_div(r)? };
+                    v = if op == b'*' {
+                        v.checked_mul(r)?
+                    } else {
+                        v.checked_div(r)?
+                    };
                 }
                 _ => return Some(v),
             }
@@ -138,10 +150,16 @@ impl Expr<'_> {
             }
             c if c.is_ascii_digit() => {
                 let start = self.i;
-                while self.i < self.b.len() && self.b[self.i].is_ascii_digit() && self.i - start < 30 {
+                while self.i < self.b.len()
+                    && self.b[self.i].is_ascii_digit()
+                    && self.i - start < 30
+                {
                     self.i += 1;
                 }
-                std::str::from_utf8(&self.b[start..self.i]).ok()?.parse().ok()
+                std::str::from_utf8(&self.b[start..self.i])
+                    .ok()?
+                    .parse()
+                    .ok()
             }
             _ => None,
         }
@@ -175,7 +193,8 @@ pub fn accuracy(cfg: &WorkloadConfig, d: Difficulty, natural: u64, spent: u64) -
     let need = (natural as f64 * 0.5).max(1.0);
     let sat = |x: f64| 1.0 - (-3.0 * x).exp();
     let found = (sat(spent as f64 / need) / sat(2.0)).min(1.0);
-    let over = ((spent as f64 - cfg.overthink_tokens) / (3.0 * cfg.overthink_tokens)).clamp(0.0, 1.0);
+    let over =
+        ((spent as f64 - cfg.overthink_tokens) / (3.0 * cfg.overthink_tokens)).clamp(0.0, 1.0);
     cfg.accuracy[d.index()] * found * (1.0 - cfg.overthink_dip * over)
 }
 
@@ -194,7 +213,8 @@ pub fn plan(
     closed: bool,
 ) -> Plan {
     let d = difficulty(prompt, cfg);
-    let base = fnv1a(prompt.as_bytes(), seed) ^ u64::from(choice).wrapping_mul(0x9E37_79B9) ^ sample_salt;
+    let base =
+        fnv1a(prompt.as_bytes(), seed) ^ u64::from(choice).wrapping_mul(0x9E37_79B9) ^ sample_salt;
     let mut rng = rand::rngs::StdRng::seed_from_u64(base);
     let i = d.index();
     let ln = |median: f64, sigma: f64| LogNormal::new(median.max(1.0).ln(), sigma.max(1e-6)).ok();
@@ -212,7 +232,10 @@ pub fn plan(
     } else if closed {
         (already_thought, 0)
     } else {
-        (natural.max(already_thought), natural.saturating_sub(already_thought))
+        (
+            natural.max(already_thought),
+            natural.saturating_sub(already_thought),
+        )
     };
     let p = if thinking_enabled {
         accuracy(cfg, d, natural, spent)
@@ -240,12 +263,70 @@ pub fn plan(
 }
 
 const WORDS: &[&str] = &[
-    " Let", " me", " think", " about", " this", " step", " by", " step", ".", " First", ",", " we", " need", " to",
-    " compute", " the", " value", " carefully", " Then", " check", " it", " again", " Wait", " that", " is",
-    " not", " right", " so", " recompute", " using", " another", " approach", " multiply", " add", " subtract",
-    " result", " equals", " verify", " Hmm", " okay", " which", " gives", " number", " term", " sum", " product",
-    " and", " so", " on", " then", " final", " check", " looks", " good", " now", " write", " down", " answer",
-    " carry", " digit", " one", " two", " three", " four",
+    " Let",
+    " me",
+    " think",
+    " about",
+    " this",
+    " step",
+    " by",
+    " step",
+    ".",
+    " First",
+    ",",
+    " we",
+    " need",
+    " to",
+    " compute",
+    " the",
+    " value",
+    " carefully",
+    " Then",
+    " check",
+    " it",
+    " again",
+    " Wait",
+    " that",
+    " is",
+    " not",
+    " right",
+    " so",
+    " recompute",
+    " using",
+    " another",
+    " approach",
+    " multiply",
+    " add",
+    " subtract",
+    " result",
+    " equals",
+    " verify",
+    " Hmm",
+    " okay",
+    " which",
+    " gives",
+    " number",
+    " term",
+    " sum",
+    " product",
+    " and",
+    " so",
+    " on",
+    " then",
+    " final",
+    " check",
+    " looks",
+    " good",
+    " now",
+    " write",
+    " down",
+    " answer",
+    " carry",
+    " digit",
+    " one",
+    " two",
+    " three",
+    " four",
 ];
 
 /// Text of thinking word `k` (0-based) of a choice.
@@ -273,7 +354,10 @@ mod tests {
 
     #[test]
     fn reference_answers() {
-        assert_eq!(reference_answer("Compute (12 + 3) * 4 - 6. Put the answer in \\boxed{}."), 54);
+        assert_eq!(
+            reference_answer("Compute (12 + 3) * 4 - 6. Put the answer in \\boxed{}."),
+            54
+        );
         assert_eq!(reference_answer("Q3: compute 7 * 8"), 56);
         assert_eq!(reference_answer("What is 100 / 7 + 1?"), 15);
         let r = reference_answer("no numbers here");
@@ -283,11 +367,17 @@ mod tests {
     #[test]
     fn difficulty_markers_and_determinism() {
         let c = WorkloadConfig::default();
-        assert_eq!(difficulty("difficulty: hard. Compute 1+1", &c), Difficulty::Hard);
+        assert_eq!(
+            difficulty("difficulty: hard. Compute 1+1", &c),
+            Difficulty::Hard
+        );
         assert_eq!(difficulty("[easy] Compute 1+1", &c), Difficulty::Easy);
         let a = plan(&c, 1, "Compute 2+2", 0, 0, true, 0, false);
         let b = plan(&c, 1, "Compute 2+2", 0, 0, true, 0, false);
-        assert_eq!((a.natural_think, a.answer, a.correct, a.stated), (b.natural_think, b.answer, b.correct, b.stated));
+        assert_eq!(
+            (a.natural_think, a.answer, a.correct, a.stated),
+            (b.natural_think, b.answer, b.correct, b.stated)
+        );
     }
 
     #[test]

@@ -40,12 +40,22 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(shared: Arc<Shared>, t_recv: Instant, id: String, method: &http::Method, path: &str, endpoint: Endpoint) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        t_recv: Instant,
+        id: String,
+        method: &http::Method,
+        path: &str,
+        endpoint: Endpoint,
+    ) -> Self {
         let labels = Labels {
             backend: SharedString::const_str("none"),
             model: SharedString::const_str("unknown"),
         };
-        let start_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let start_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         Self {
             shared,
             t_recv,
@@ -115,7 +125,9 @@ impl RequestCtx {
     pub fn settle(&mut self, outcome: Outcome, summary: Option<Summary>) {
         let outcome = match (&summary, outcome) {
             (Some(s), Outcome::Completed) if s.error_event => Outcome::StreamError,
-            (Some(s), Outcome::Completed) if s.streamed && !s.done_marker && self.status < 400 => Outcome::Truncated,
+            (Some(s), Outcome::Completed) if s.streamed && !s.done_marker && self.status < 400 => {
+                Outcome::Truncated
+            }
             (_, o) => o,
         };
         match outcome {

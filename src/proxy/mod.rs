@@ -59,7 +59,10 @@ impl Shared {
             ..obs.clone()
         };
         Ok(Self {
-            client: upstream::client(Duration::from_millis(cfg.connect_timeout_ms), cfg.pool_max_idle_per_host),
+            client: upstream::client(
+                Duration::from_millis(cfg.connect_timeout_ms),
+                cfg.pool_max_idle_per_host,
+            ),
             upstreams,
             next: AtomicUsize::new(0),
             observer: Arc::new(obs),
@@ -124,17 +127,30 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_default();
-    let mut ctx = RequestCtx::new(Arc::clone(&shared), t_recv, id, &parts.method, parts.uri.path(), endpoint);
+    let mut ctx = RequestCtx::new(
+        Arc::clone(&shared),
+        t_recv,
+        id,
+        &parts.method,
+        parts.uri.path(),
+        endpoint,
+    );
 
     // Inference bodies are read whole (they are small and bounded) to learn
     // the model and stream flags, and to inject usage; every other body
     // streams through untouched.
     let mut injected = false;
     let up_body = if endpoint.is_inference() {
-        let bytes = match Limited::new(body, shared.cfg.max_request_body_bytes).collect().await {
+        let bytes = match Limited::new(body, shared.cfg.max_request_body_bytes)
+            .collect()
+            .await
+        {
             Ok(c) => c.to_bytes(),
             Err(e) => {
-                let err = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                let err = if e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     GatewayError::BodyTooLarge {
                         limit: shared.cfg.max_request_body_bytes,
                     }
@@ -171,7 +187,12 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     ctx.set_backend(up.name.clone());
     let uri = match up.uri_for(parts.uri.path_and_query()) {
         Ok(u) => u,
-        Err(e) => return gateway_error(&mut ctx, GatewayError::BodyRead(format!("bad request target: {e}"))),
+        Err(e) => {
+            return gateway_error(
+                &mut ctx,
+                GatewayError::BodyRead(format!("bad request target: {e}")),
+            )
+        }
     };
     let mut up_req = Request::new(up_body);
     *up_req.method_mut() = parts.method;
@@ -195,12 +216,17 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     *up_req.headers_mut() = hdrs;
 
     let secs = shared.cfg.upstream_header_timeout_secs;
-    let resp = match tokio::time::timeout(Duration::from_secs(secs), shared.client.request(up_req)).await {
+    let resp = match tokio::time::timeout(Duration::from_secs(secs), shared.client.request(up_req))
+        .await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             let reason = error_chain(&e);
             let backend = up.name.to_string();
-            return gateway_error(&mut ctx, GatewayError::UpstreamUnreachable { backend, reason });
+            return gateway_error(
+                &mut ctx,
+                GatewayError::UpstreamUnreachable { backend, reason },
+            );
         }
         Err(_) => {
             let backend = up.name.to_string();
@@ -212,7 +238,10 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     let (mut rparts, rbody) = resp.into_parts();
     headers::remove_hop_by_hop(&mut rparts.headers);
     let kind = if endpoint.is_inference() {
-        let ct = rparts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let ct = rparts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
         BodyKind::from_content_type(ct)
     } else {
         BodyKind::Opaque
@@ -229,9 +258,16 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
             rparts.headers.insert(headers::TG_BACKEND, v);
         }
     }
-    let cfg = if strip { &shared.observer_strip } else { &shared.observer };
+    let cfg = if strip {
+        &shared.observer_strip
+    } else {
+        &shared.observer
+    };
     let obs = Observer::new(Arc::clone(cfg), kind);
-    Response::from_parts(rparts, Either::Left(ObservedBody::new(rbody, obs, ctx, strip)))
+    Response::from_parts(
+        rparts,
+        Either::Left(ObservedBody::new(rbody, obs, ctx, strip)),
+    )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

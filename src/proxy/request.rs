@@ -123,7 +123,11 @@ fn splice(body: &[u8], at: usize, remove: usize, insert: &str) -> Bytes {
 fn insert_member(body: &[u8], obj_start: usize, member: &str) -> Bytes {
     let after = obj_start + 1;
     let empty = body[after..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
-    let text = if empty { member.to_string() } else { format!("{member},") };
+    let text = if empty {
+        member.to_string()
+    } else {
+        format!("{member},")
+    };
     splice(body, after, 0, &text)
 }
 
@@ -135,7 +139,8 @@ pub fn inject_include_usage(body: &Bytes) -> Option<Bytes> {
     match h.stream_options {
         None => {
             let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
-            (body[start] == b'{').then(|| insert_member(body, start, r#""stream_options":{"include_usage":true}"#))
+            (body[start] == b'{')
+                .then(|| insert_member(body, start, r#""stream_options":{"include_usage":true}"#))
         }
         Some(raw) => {
             let at = offset_in(body, raw.get())?;
@@ -164,7 +169,8 @@ mod tests {
     use super::*;
 
     fn inject(s: &str) -> Option<String> {
-        inject_include_usage(&Bytes::from(s.to_string())).map(|b| String::from_utf8_lossy(&b).into_owned())
+        inject_include_usage(&Bytes::from(s.to_string()))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
 
     #[test]
@@ -201,9 +207,18 @@ mod tests {
     fn features_decide_injection() {
         assert!(Features::parse(br#"{"model":"m","stream":true}"#).wants_injection());
         assert!(!Features::parse(br#"{"model":"m","stream":false}"#).wants_injection());
-        assert!(!Features::parse(br#"{"stream":true,"stream_options":{"include_usage":true}}"#).wants_injection());
-        assert!(!Features::parse(br#"{"stream":true,"stream_options":{"continuous_usage_stats":true}}"#).wants_injection());
+        assert!(
+            !Features::parse(br#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+                .wants_injection()
+        );
+        assert!(!Features::parse(
+            br#"{"stream":true,"stream_options":{"continuous_usage_stats":true}}"#
+        )
+        .wants_injection());
         assert!(!Features::parse(br#"{"stream":"yes"}"#).wants_injection());
-        assert_eq!(Features::parse(br#"{"model":"m","max_tokens":7}"#).max_tokens, Some(7));
+        assert_eq!(
+            Features::parse(br#"{"model":"m","max_tokens":7}"#).max_tokens,
+            Some(7)
+        );
     }
 }

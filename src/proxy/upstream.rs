@@ -41,11 +41,19 @@ impl Upstream {
 pub fn parse_base(url: &str) -> Result<Upstream, ConfigError> {
     let bad = |why: &str| ConfigError::Invalid(format!("upstream {url:?}: {why}"));
     let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-    let scheme = uri.scheme().cloned().ok_or_else(|| bad("needs a scheme (http://)"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| bad("needs a scheme (http://)"))?;
     if scheme != Scheme::HTTP {
-        return Err(bad("only http:// upstreams are supported (TLS to engines is not built yet)"));
+        return Err(bad(
+            "only http:// upstreams are supported (TLS to engines is not built yet)",
+        ));
     }
-    let authority = uri.authority().cloned().ok_or_else(|| bad("needs a host"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| bad("needs a host"))?;
     let prefix = uri.path().trim_end_matches('/');
     Ok(Upstream {
         scheme,
@@ -55,7 +63,8 @@ pub fn parse_base(url: &str) -> Result<Upstream, ConfigError> {
     })
 }
 
-pub type UpstreamBody = http_body_util::Either<http_body_util::Full<bytes::Bytes>, hyper::body::Incoming>;
+pub type UpstreamBody =
+    http_body_util::Either<http_body_util::Full<bytes::Bytes>, hyper::body::Incoming>;
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 /// The pooled keep-alive client (HTTP/1.1 to engines, as vLLM, SGLang and

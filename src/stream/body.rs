@@ -60,7 +60,10 @@ impl Body for ObservedBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
         loop {
             match ready!(this.inner.as_mut().poll_frame(cx)) {
@@ -73,7 +76,12 @@ impl Body for ObservedBody {
                                 obs.feed(&data, ctx.elapsed_ns());
                                 ctx.set_thinking(obs.in_thinking());
                                 if let Some(st) = this.strip.as_mut() {
-                                    data = st.process(data, fed_before, obs.boundary(), obs.strip_ranges());
+                                    data = st.process(
+                                        data,
+                                        fed_before,
+                                        obs.boundary(),
+                                        obs.strip_ranges(),
+                                    );
                                     if ended {
                                         data = join(data, st.flush());
                                     }
@@ -88,7 +96,10 @@ impl Body for ObservedBody {
                         // settle now, with this frame's time as t_done.
                         settle(this.obs, this.ctx, Outcome::Completed);
                     }
-                    if !ended && this.strip.is_some() && frame.data_ref().is_some_and(Bytes::is_empty) {
+                    if !ended
+                        && this.strip.is_some()
+                        && frame.data_ref().is_some_and(Bytes::is_empty)
+                    {
                         continue; // all of this chunk is held or stripped
                     }
                     return Poll::Ready(Some(Ok(frame)));
@@ -98,7 +109,11 @@ impl Body for ObservedBody {
                     return Poll::Ready(Some(Err(e)));
                 }
                 None => {
-                    let rest = this.strip.as_mut().map(UsageStripper::flush).unwrap_or_default();
+                    let rest = this
+                        .strip
+                        .as_mut()
+                        .map(UsageStripper::flush)
+                        .unwrap_or_default();
                     settle(this.obs, this.ctx, Outcome::Completed);
                     if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(rest))));

@@ -23,9 +23,19 @@ pub struct UsageStripper {
 impl UsageStripper {
     /// `chunk` holds the bytes at absolute offsets `start..` just fed to the
     /// observer; `boundary` and `strip` are what the observer reported.
-    pub fn process(&mut self, chunk: Bytes, start: u64, boundary: u64, strip: &[Range<u64>]) -> Bytes {
+    pub fn process(
+        &mut self,
+        chunk: Bytes,
+        start: u64,
+        boundary: u64,
+        strip: &[Range<u64>],
+    ) -> Bytes {
         let end = start + chunk.len() as u64;
-        if self.held.is_empty() && strip.is_empty() && boundary == end && self.swallow_lf_at.is_none() {
+        if self.held.is_empty()
+            && strip.is_empty()
+            && boundary == end
+            && self.swallow_lf_at.is_none()
+        {
             return chunk;
         }
         if self.held.is_empty() {
@@ -57,9 +67,14 @@ impl UsageStripper {
         let mut out = BytesMut::with_capacity(region.len());
         let mut pos = region_start;
         for r in cuts {
-            let (a, b) = (r.start.max(pos), r.end.min(region_start + region.len() as u64));
+            let (a, b) = (
+                r.start.max(pos),
+                r.end.min(region_start + region.len() as u64),
+            );
             if a > pos {
-                out.extend_from_slice(&region[(pos - region_start) as usize..(a - region_start) as usize]);
+                out.extend_from_slice(
+                    &region[(pos - region_start) as usize..(a - region_start) as usize],
+                );
             }
             pos = pos.max(b);
         }
@@ -95,7 +110,12 @@ mod tests {
         for &c in cuts.iter().chain(std::iter::once(&body.len())) {
             let chunk = Bytes::copy_from_slice(&body[prev..c]);
             obs.feed(&chunk, 0);
-            out.extend_from_slice(&st.process(chunk, prev as u64, obs.boundary(), obs.strip_ranges()));
+            out.extend_from_slice(&st.process(
+                chunk,
+                prev as u64,
+                obs.boundary(),
+                obs.strip_ranges(),
+            ));
             prev = c;
         }
         out.extend_from_slice(&st.flush());
@@ -113,7 +133,11 @@ mod tests {
             let want = format!(": ping{nl}{nl}{a}{d}");
             assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &[])), want);
             for i in 1..body.len() {
-                assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &[i])), want, "cut {i}");
+                assert_eq!(
+                    String::from_utf8_lossy(&run(body.as_bytes(), &[i])),
+                    want,
+                    "cut {i}"
+                );
             }
             let every: Vec<usize> = (1..body.len()).collect();
             assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &every)), want);
@@ -123,6 +147,9 @@ mod tests {
     #[test]
     fn keeps_usage_on_chunks_with_choices_and_partial_tails() {
         let body = "data: {\"choices\":[{\"index\":0,\"delta\":{}}],\"usage\":{\"completion_tokens\":1}}\n\ndata: {\"partial";
-        assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &[10, 50])), body);
+        assert_eq!(
+            String::from_utf8_lossy(&run(body.as_bytes(), &[10, 50])),
+            body
+        );
     }
 }

@@ -1,0 +1,211 @@
+//! `thinkgate load`: command line and the whole run, from arguments to
+//! `summary.json`.
+
+use crate::arrivals::Arrivals;
+use crate::client::{http_client, Target};
+use crate::dataset::{self, Item};
+use crate::report::{self, RunSummary, Slo};
+use crate::run::{self, Mode, Plan};
+use clap::{Args, ValueEnum};
+use http_body_util::BodyExt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use thinkgate_asu::{ObserverConfig, ThinkTags};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EndpointArg {
+    Chat,
+    Completions,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Server base URL (gateway or engine), e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub url: String,
+    /// API to call.
+    #[arg(long, value_enum, default_value = "chat")]
+    pub endpoint: EndpointArg,
+    /// Model name; default: the first model of GET /v1/models.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Requests per second, or "inf" to send all at once.
+    #[arg(long, default_value = "4")]
+    pub rate: String,
+    /// Gamma shape: 1 is Poisson, below 1 burstier (CV = 1/sqrt(B)).
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// Evenly spaced sends instead of Gamma arrivals.
+    #[arg(long)]
+    pub constant: bool,
+    /// Closed loop: keep this many requests in flight (overrides --rate).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Requests to send at most.
+    #[arg(long, default_value_t = 100)]
+    pub num_requests: usize,
+    /// Stop sending after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Seed of the schedule and of the dataset order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// JSONL dataset (question, answer, difficulty, domain, choices); default: the built-in math set.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// Prompt template with {question}, {difficulty}, {choices}.
+    #[arg(long, default_value = dataset::DEFAULT_TEMPLATE)]
+    pub prompt_template: String,
+    /// max_tokens of every request (the token budget).
+    #[arg(long)]
+    pub max_tokens: Option<u64>,
+    /// Extra JSON fields merged into every request body, e.g. '{"temperature":0.6}'.
+    #[arg(long)]
+    pub extra_body: Option<String>,
+    /// Send non-streamed requests.
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Do not ask for usage (token counts then come from counted chunks).
+    #[arg(long)]
+    pub no_usage: bool,
+    /// SLOs for goodput, e.g. ttfvt=10s,e2e=60s.
+    #[arg(long, default_value = "ttfvt=10s,e2e=60s")]
+    pub slo: String,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 1800.0)]
+    pub timeout: f64,
+    /// Inline thinking markers in content: auto, starts-in-thinking, off.
+    #[arg(long, default_value = "auto")]
+    pub think_tags: String,
+    /// Write summary.json and requests.jsonl here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A name for this run in reports.
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn think_tags(s: &str) -> anyhow::Result<ThinkTags> {
+    match s.replace('-', "_").as_str() {
+        "auto" => Ok(ThinkTags::Auto),
+        "starts_in_thinking" => Ok(ThinkTags::StartsInThinking),
+        "off" => Ok(ThinkTags::Off),
+        _ => anyhow::bail!("--think-tags: expected auto, starts-in-thinking or off"),
+    }
+}
+
+/// Ask the server for its first model.
+pub async fn discover_model(
+    client: &crate::client::HttpClient,
+    url: &str,
+) -> anyhow::Result<String> {
+    let req = http::Request::get(format!("{url}/v1/models"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await??;
+    let body = resp.into_body().collect().await?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    v["data"][0]["id"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("{url}/v1/models lists no model; pass --model"))
+}
+
+/// Run a load from parsed arguments; returns the summary (also printed and
+/// written under `--out`).
+pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
+    let url = args.url.trim_end_matches('/').to_string();
+    let client = http_client();
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => discover_model(&client, &url).await?,
+    };
+    let items: Vec<Item> = match &args.dataset {
+        Some(p) => dataset::load_jsonl(p)?,
+        None => dataset::builtin_math(100, args.seed),
+    };
+    let extra = match &args.extra_body {
+        Some(s) => match serde_json::from_str::<serde_json::Value>(s)? {
+            serde_json::Value::Object(m) => m,
+            _ => anyhow::bail!("--extra-body must be a JSON object"),
+        },
+        None => serde_json::Map::new(),
+    };
+    let slo = Slo::parse(&args.slo).map_err(anyhow::Error::msg)?;
+    let mode = match args.concurrency {
+        Some(c) => Mode::Closed { concurrency: c },
+        None if args.rate == "inf" => Mode::Open(Arrivals::AllAtOnce),
+        None => {
+            let rate: f64 = args
+                .rate
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--rate: a number or inf"))?;
+            Mode::Open(if args.constant {
+                Arrivals::Constant { rate }
+            } else {
+                Arrivals::Gamma {
+                    rate,
+                    burstiness: args.burstiness,
+                }
+            })
+        }
+    };
+    anyhow::ensure!(args.num_requests > 0, "--num-requests must be > 0");
+    let target = Arc::new(Target {
+        client,
+        url: url.clone(),
+        chat: args.endpoint == EndpointArg::Chat,
+        model: model.clone(),
+        template: args.prompt_template.clone(),
+        max_tokens: args.max_tokens,
+        stream: !args.no_stream,
+        include_usage: !args.no_usage,
+        extra,
+        observer: Arc::new(ObserverConfig {
+            think_tags: think_tags(&args.think_tags)?,
+            capture_text: true,
+            ..ObserverConfig::default()
+        }),
+        timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
+    });
+    let plan = Plan {
+        mode: mode.clone(),
+        num_requests: args.num_requests,
+        duration: args.duration.map(Duration::from_secs_f64),
+        seed: args.seed,
+        progress: !args.quiet,
+    };
+    let results = run::run(&plan, target, Arc::new(items)).await?;
+    let run_info = serde_json::json!({
+        "url": url, "model": model,
+        "endpoint": format!("{:?}", args.endpoint).to_lowercase(),
+        "mode": format!("{mode:?}"), "num_requests": args.num_requests, "duration_s": args.duration,
+        "seed": args.seed, "max_tokens": args.max_tokens, "stream": !args.no_stream,
+        "dataset": args.dataset.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "builtin-math".into()),
+    });
+    let summary = report::summarize(&args.label, run_info, &results, slo);
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?,
+        )?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("requests.jsonl"))?);
+        for r in &results {
+            serde_json::to_writer(&mut f, r)?;
+            f.write_all(b"\n")?;
+        }
+        f.flush()?;
+    }
+    Ok(summary)
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let summary = execute(&args).await?;
+    print!("{}", report::table(&summary));
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Sends one request and measures its response from the client side with
+//! the same observer the gateway uses (`thinkgate-asu`): `t_recv` is the
+//! moment the request is handed to the connection.
+
+use crate::dataset::Item;
+use bytes::Bytes;
+use http::{header, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thinkgate_asu::{BodyKind, Observer, ObserverConfig, Summary};
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    conn.set_connect_timeout(Some(Duration::from_secs(10)));
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .build(conn)
+}
+
+/// What one request became.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestResult {
+    pub index: usize,
+    /// Planned send time, seconds since the run started.
+    pub scheduled_s: f64,
+    /// How late the send was against its plan.
+    pub lateness_s: f64,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub difficulty: Option<String>,
+    pub domain: Option<String>,
+    pub reference: String,
+    pub extracted: Option<String>,
+    pub correct: bool,
+    /// `x-thinkgate-backend` and `x-thinkgate-arm`, when a gateway sent them.
+    pub backend: Option<String>,
+    pub arm: Option<String>,
+    pub request_id: Option<String>,
+    /// Seconds since the run started when the response ended.
+    pub done_at_s: f64,
+    pub ttft_s: Option<f64>,
+    pub ttfvt_s: Option<f64>,
+    pub thinking_s: Option<f64>,
+    pub e2e_s: f64,
+    pub tpot_s: Option<f64>,
+    pub itl_max_s: Option<f64>,
+    pub itl_mean_s: Option<f64>,
+    pub thinking_tokens: u64,
+    pub visible_tokens: u64,
+    pub token_source: thinkgate_asu::TokenSource,
+    pub finish_reason: Option<String>,
+    #[serde(skip)]
+    pub summary: Option<Summary>,
+}
+
+impl RequestResult {
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && (200..300).contains(&self.status)
+    }
+}
+
+/// Everything a request needs, shared by all of them.
+pub struct Target {
+    pub client: HttpClient,
+    pub url: String,
+    pub chat: bool,
+    pub model: String,
+    pub template: String,
+    pub max_tokens: Option<u64>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub observer: Arc<ObserverConfig>,
+    pub timeout: Duration,
+}
+
+impl Target {
+    fn body(&self, item: &Item) -> Bytes {
+        let prompt = crate::dataset::render_prompt(&self.template, item);
+        let mut m = serde_json::Map::new();
+        m.insert("model".into(), self.model.clone().into());
+        if self.chat {
+            m.insert(
+                "messages".into(),
+                serde_json::json!([{"role": "user", "content": prompt}]),
+            );
+        } else {
+            m.insert("prompt".into(), prompt.into());
+        }
+        if let Some(t) = self.max_tokens {
+            m.insert("max_tokens".into(), t.into());
+        }
+        m.insert("stream".into(), self.stream.into());
+        if self.stream && self.include_usage {
+            m.insert(
+                "stream_options".into(),
+                serde_json::json!({"include_usage": true}),
+            );
+        }
+        for (k, v) in &self.extra {
+            m.insert(k.clone(), v.clone());
+        }
+        Bytes::from(serde_json::Value::Object(m).to_string())
+    }
+
+    fn path(&self) -> &'static str {
+        if self.chat {
+            "/v1/chat/completions"
+        } else {
+            "/v1/completions"
+        }
+    }
+}
+
+fn header_str(h: &http::HeaderMap, name: &str) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(200).collect())
+}
+
+/// Send `item` now and measure the response. `run_start` anchors the
+/// timeline of the run.
+pub async fn send(
+    t: &Target,
+    index: usize,
+    item: &Item,
+    scheduled: Duration,
+    run_start: Instant,
+) -> RequestResult {
+    let body = t.body(item);
+    let sent = Instant::now();
+    let lateness = sent
+        .saturating_duration_since(run_start + scheduled)
+        .as_secs_f64();
+    let mut r = RequestResult {
+        index,
+        scheduled_s: scheduled.as_secs_f64(),
+        lateness_s: lateness,
+        status: 0,
+        error: None,
+        difficulty: item.difficulty.clone(),
+        domain: item.domain.clone(),
+        reference: item.answer.clone(),
+        extracted: None,
+        correct: false,
+        backend: None,
+        arm: None,
+        request_id: None,
+        done_at_s: 0.0,
+        ttft_s: None,
+        ttfvt_s: None,
+        thinking_s: None,
+        e2e_s: 0.0,
+        tpot_s: None,
+        itl_max_s: None,
+        itl_mean_s: None,
+        thinking_tokens: 0,
+        visible_tokens: 0,
+        token_source: thinkgate_asu::TokenSource::None,
+        finish_reason: None,
+        summary: None,
+    };
+    let req = Request::post(format!("{}{}", t.url, t.path()))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body));
+    let req = match req {
+        Ok(q) => q,
+        Err(e) => {
+            r.error = Some(format!("bad request: {e}"));
+            return r;
+        }
+    };
+    let outcome = tokio::time::timeout(t.timeout, async {
+        let resp = t
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status();
+        let h = resp.headers();
+        let (backend, arm, rid) = (
+            header_str(h, "x-thinkgate-backend"),
+            header_str(h, "x-thinkgate-arm"),
+            header_str(h, "x-thinkgate-request-id"),
+        );
+        let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let mut obs = Observer::new(Arc::clone(&t.observer), BodyKind::from_content_type(ct));
+        let mut body = resp.into_body();
+        let mut err_text = Vec::new();
+        let mut broken = None;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        obs.feed(d, sent.elapsed().as_nanos() as u64);
+                        if !status.is_success() && err_text.len() < 2048 {
+                            err_text.extend_from_slice(&d[..d.len().min(2048)]);
+                        }
+                    }
+                }
+                Err(e) => {
+                    broken = Some(format!("response body broken: {e}"));
+                    break;
+                }
+            }
+        }
+        let summary = obs.finish(sent.elapsed().as_nanos() as u64);
+        Ok::<_, String>((
+            status.as_u16(),
+            backend,
+            arm,
+            rid,
+            summary,
+            broken,
+            err_text,
+        ))
+    })
+    .await;
+    r.done_at_s = run_start.elapsed().as_secs_f64();
+    match outcome {
+        Err(_) => r.error = Some(format!("timed out after {} s", t.timeout.as_secs())),
+        Ok(Err(e)) => r.error = Some(e),
+        Ok(Ok((status, backend, arm, rid, s, broken, err_text))) => {
+            r.status = status;
+            r.backend = backend;
+            r.arm = arm;
+            r.request_id = rid;
+            if !(200..300).contains(&status) {
+                r.error = Some(
+                    String::from_utf8_lossy(&err_text)
+                        .chars()
+                        .take(300)
+                        .collect(),
+                );
+            } else if let Some(b) = broken {
+                r.error = Some(b);
+            } else if s.error_event {
+                r.error = Some("error event in stream".into());
+            } else if s.streamed && !s.done_marker {
+                r.error = Some("stream ended without [DONE]".into());
+            }
+            fill(&mut r, item, s);
+        }
+    }
+    r
+}
+
+fn fill(r: &mut RequestResult, item: &Item, s: Summary) {
+    let content: String = s
+        .text
+        .iter()
+        .flatten()
+        .take(1)
+        .map(|t| t.content.as_str())
+        .collect();
+    r.extracted = crate::grade::extract(&content, item.choices.is_some());
+    r.correct = r.ok()
+        && r.extracted
+            .as_deref()
+            .is_some_and(|e| crate::grade::matches(e, &item.answer));
+    r.ttft_s = s.ttft();
+    r.ttfvt_s = s.ttfvt();
+    r.thinking_s = s.thinking_time();
+    r.e2e_s = s.e2e();
+    r.tpot_s = s.tpot();
+    r.itl_max_s = s.itl_max_ns.map(|n| n as f64 / 1e9);
+    r.itl_mean_s = s.itl_mean_ns.map(|n| n as f64 / 1e9);
+    r.thinking_tokens = s.thinking_tokens;
+    r.visible_tokens = s.visible_tokens;
+    r.token_source = s.token_source;
+    r.finish_reason = s.finish_reason.clone();
+    r.summary = Some(s);
+}

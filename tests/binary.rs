@@ -1,0 +1,151 @@
+//! The real `thinkgate` binary: configuration precedence, port 0, and a
+//! graceful drain on SIGTERM that lets a streaming response finish.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_thinkgate");
+
+#[test]
+fn print_config_applies_file_then_env_then_flags() {
+    let dir = std::env::temp_dir().join(format!("tg-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tg.toml");
+    std::fs::write(&file, "upstreams = [\"http://file:1\"]\ndrain_timeout_secs = 11\nstats_window_secs = 12\nthink_tags = \"off\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--print-config", "--config"])
+        .arg(&file)
+        .args(["--drain-timeout-secs", "33"])
+        .env("THINKGATE_DRAIN_TIMEOUT_SECS", "22")
+        .env("THINKGATE_STATS_WINDOW_SECS", "44")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(cfg["upstreams"][0].as_str(), Some("http://file:1"));
+    assert_eq!(
+        cfg["drain_timeout_secs"].as_integer(),
+        Some(33),
+        "flag beats env"
+    );
+    assert_eq!(
+        cfg["stats_window_secs"].as_integer(),
+        Some(44),
+        "env beats file"
+    );
+    assert_eq!(cfg["think_tags"].as_str(), Some("off"));
+}
+
+#[test]
+fn bad_config_is_a_clear_startup_error() {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least one upstream"));
+    let out = Command::new(BIN)
+        .args(["serve", "--upstream", "ftp://x"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only http://"));
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_streams_then_exits_zero() {
+    let chunk = Bytes::from_static(
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
+    );
+    let up = upstream(move |_, _| {
+        let mut chunks = vec![(Duration::from_millis(100), chunk.clone()); 10];
+        chunks.push((Duration::ZERO, Bytes::from_static(b"data: [DONE]\n\n")));
+        Script::sse(chunks)
+    })
+    .await;
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--upstream",
+            &up.url(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let proxy = line
+        .split("proxy=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let admin = line.split("admin=").nth(1).unwrap().trim().to_string();
+
+    let c = client();
+    let resp = c.request(post(
+        format!("http://{proxy}/v1/chat/completions"),
+        r#"{"model":"m","stream":true}"#,
+    ));
+    let stream = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        resp.await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Draining: not ready, and no new connections.
+    let ready = client()
+        .request(
+            http::Request::get(format!("http://{admin}/readyz"))
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    if let Ok(r) = ready {
+        assert_eq!(r.status(), 503);
+    }
+    assert!(
+        std::net::TcpStream::connect(&proxy).is_err(),
+        "listener closed while draining"
+    );
+    let body = stream.await.unwrap();
+    assert!(
+        body.ends_with(b"data: [DONE]\n\n"),
+        "the in-flight stream finished"
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

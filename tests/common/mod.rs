@@ -1,0 +1,288 @@
+//! Test helpers: a scripted upstream on port 0, an in-process gateway on
+//! port 0, and a plain hyper client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thinkgate::config::Config;
+use thinkgate::server::Gateway;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// What the upstream does with one request.
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// (delay before this chunk, bytes)
+    pub chunks: Vec<(Duration, Bytes)>,
+    pub end: End,
+    /// Delay before the response head.
+    pub head_delay: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum End {
+    Finish,
+    /// Abort the body mid-stream (connection reset from the client's view).
+    Reset,
+    /// Keep the body open forever.
+    Hang,
+}
+
+impl Script {
+    pub fn sse(chunks: Vec<(Duration, Bytes)>) -> Self {
+        Self {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            chunks,
+            end: End::Finish,
+            head_delay: Duration::ZERO,
+        }
+    }
+    pub fn json(body: &str) -> Self {
+        Self {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("content-length".into(), body.len().to_string()),
+            ],
+            chunks: vec![(Duration::ZERO, Bytes::from(body.to_string()))],
+            end: End::Finish,
+            head_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A request as the upstream saw it, with the times it sent each chunk.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub received: Instant,
+    pub sent_at: Arc<Mutex<Vec<Instant>>>,
+    pub client_gone: Arc<Mutex<Option<Instant>>>,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request")
+    }
+}
+
+type Handler = Arc<dyn Fn(&http::request::Parts, &Bytes) -> Script + Send + Sync>;
+
+pub async fn upstream(
+    handler: impl Fn(&http::request::Parts, &Bytes) -> Script + Send + Sync + 'static,
+) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler: Handler = Arc::new(handler);
+    let seen2 = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (handler, seen) = (Arc::clone(&handler), Arc::clone(&seen2));
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (handler, seen) = (Arc::clone(&handler), Arc::clone(&seen));
+                    async move { Ok::<_, Infallible>(serve_script(req, handler, seen).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, seen }
+}
+
+type ScriptBody = StreamBody<tokio_stream_shim::Rx>;
+
+async fn serve_script(
+    req: Request<Incoming>,
+    handler: Handler,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Response<ScriptBody> {
+    let received = Instant::now();
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let script = handler(&parts, &body);
+    let sent_at = Arc::new(Mutex::new(Vec::new()));
+    let client_gone = Arc::new(Mutex::new(None));
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        received,
+        sent_at: Arc::clone(&sent_at),
+        client_gone: Arc::clone(&client_gone),
+    });
+    tokio::time::sleep(script.head_delay).await;
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    tokio::spawn(async move {
+        for (delay, bytes) in script.chunks {
+            tokio::time::sleep(delay).await;
+            if tx.send(Ok(Frame::data(bytes))).await.is_err() {
+                *client_gone.lock().unwrap() = Some(Instant::now());
+                return;
+            }
+            sent_at.lock().unwrap().push(Instant::now());
+        }
+        match script.end {
+            End::Finish => {}
+            End::Reset => {
+                let _ = tx.send(Err(std::io::Error::other("scripted reset"))).await;
+            }
+            End::Hang => {
+                tx.closed().await;
+                *client_gone.lock().unwrap() = Some(Instant::now());
+            }
+        }
+    });
+    let mut resp = Response::new(StreamBody::new(tokio_stream_shim::Rx(rx)));
+    *resp.status_mut() = StatusCode::from_u16(script.status).unwrap();
+    for (k, v) in script.headers {
+        resp.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(&v).unwrap(),
+        );
+    }
+    resp
+}
+
+/// A minimal `Stream` over an mpsc receiver (no extra crate needed).
+pub mod tokio_stream_shim {
+    use bytes::Bytes;
+    use hyper::body::Frame;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::sync::mpsc;
+
+    pub struct Rx(pub mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>);
+
+    impl futures_util::Stream for Rx {
+        type Item = Result<Frame<Bytes>, std::io::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}
+
+/// A gateway on port 0 in front of `upstreams`, with `tweak` applied.
+pub async fn gateway(upstreams: Vec<String>, tweak: impl FnOnce(&mut Config)) -> Gateway {
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        upstreams,
+        drain_timeout_secs: 5,
+        ..Config::default()
+    };
+    tweak(&mut cfg);
+    Gateway::start(cfg).await.unwrap()
+}
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Got {
+    let resp = c.request(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn post(url: String, body: &str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+pub async fn scrape(gw: &Gateway) -> String {
+    let c = client();
+    let req = Request::get(format!("http://{}/metrics", gw.admin_addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    String::from_utf8(send(&c, req).await.body.to_vec()).unwrap()
+}
+
+/// The value of the metric line starting with `prefix` (name and labels in
+/// exporter order, up to the point that identifies it).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .reduce(|a, b| a + b)
+}
+
+/// Split `body` into chunks at `cuts`, each after `gap`.
+pub fn chunked(body: &[u8], cuts: &[usize], gap: Duration) -> Vec<(Duration, Bytes)> {
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for &c in cuts.iter().chain(std::iter::once(&body.len())) {
+        if c > prev {
+            out.push((gap, Bytes::copy_from_slice(&body[prev..c])));
+        }
+        prev = c;
+    }
+    out
+}
+
+/// Read the gateway's records file after shutdown.
+pub fn records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
