@@ -148,7 +148,10 @@ fn sse_vectors_first_visible_time_is_the_completing_chunk() {
         };
         let body = case["body"].as_str().expect("body");
         // End offset of data event `ev`: the blank line after it.
-        let (i, _) = body.match_indices("data: ").nth(ev as usize).expect("event");
+        let (i, _) = body
+            .match_indices("data: ")
+            .nth(ev as usize)
+            .expect("event");
         // The event completes at the first byte of its blank line's
         // terminator (a `\r` alone already ends a line).
         let lf = body[i..].find("\n\n").map(|p| i + p + 2);

@@ -55,7 +55,7 @@ struct Head<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     stream_options: Option<&'a RawValue>,
     #[serde(default)]
     n: Option<u64>,
@@ -67,10 +67,17 @@ struct Head<'a> {
 
 #[derive(Deserialize, Default)]
 struct StreamOptions<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     include_usage: Option<&'a RawValue>,
     #[serde(default)]
     continuous_usage_stats: Option<bool>,
+}
+
+/// `Some(raw)` whenever the key is present, `null` included (a plain
+/// `Option` would read `null` as absent, and the splice would then add a
+/// second key).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 impl Features {
