@@ -51,8 +51,14 @@ pub fn load_jsonl(path: &Path) -> anyhow::Result<Vec<Item>> {
 pub fn builtin_math(per_level: usize, seed: u64) -> Vec<Item> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x6d61_7468);
     let mut items = Vec::with_capacity(per_level * 3);
+    let mut seen = std::collections::HashSet::new();
     for level in ["easy", "medium", "hard"] {
-        for _ in 0..per_level {
+        let mut made = 0;
+        // Bounded: easy sums have ~9,600 distinct forms.
+        for _ in 0..per_level * 20 {
+            if made == per_level {
+                break;
+            }
             let (expr, value): (String, i64) = match level {
                 "easy" => {
                     let (a, b) = (rng.random_range(2..100), rng.random_range(2..100));
@@ -80,6 +86,10 @@ pub fn builtin_math(per_level: usize, seed: u64) -> Vec<Item> {
                     )
                 }
             };
+            if !seen.insert(expr.clone()) {
+                continue;
+            }
+            made += 1;
             items.push(Item {
                 question: format!("Compute {expr}."),
                 answer: value.to_string(),
@@ -126,6 +136,9 @@ mod tests {
     fn builtin_set_has_exact_answers() {
         let items = builtin_math(20, 1);
         assert_eq!(items.len(), 60);
+        let distinct: std::collections::HashSet<&str> =
+            items.iter().map(|i| i.question.as_str()).collect();
+        assert_eq!(distinct.len(), 60, "no repeated questions");
         for it in &items {
             // The simulated engine derives the same value from the prompt.
             let prompt = render_prompt(DEFAULT_TEMPLATE, it);

@@ -155,6 +155,14 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
+    /// The longest sequence the engine serves: `max_model_len`, but never
+    /// more than the KV cache holds (vLLM refuses to start otherwise).
+    pub fn model_len(&self) -> usize {
+        self.engine
+            .max_model_len
+            .min(self.engine.num_blocks * self.engine.block_size)
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         let e = &self.engine;
         anyhow::ensure!(

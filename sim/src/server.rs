@@ -140,7 +140,7 @@ fn models(sim: &Sim) -> Response<SimBody> {
         "data": [{
             "id": sim.cfg.model, "object": "model", "created": sim.started_unix,
             "owned_by": owner, "root": sim.cfg.model, "parent": null,
-            "max_model_len": sim.cfg.engine.max_model_len,
+            "max_model_len": sim.cfg.model_len(),
         }]
     });
     full(StatusCode::OK, "application/json", body.to_string())
@@ -343,7 +343,7 @@ fn parse(
         ));
     }
     let prompt_tokens = (prompt.len() as u64 / 4 + 4 * messages).max(1);
-    let max_len = sim.cfg.engine.max_model_len as u64;
+    let max_len = sim.cfg.model_len() as u64;
     if prompt_tokens + max_tokens.unwrap_or(0) > max_len {
         return Err(bad(
             format!(
@@ -449,7 +449,9 @@ fn choice_gen(sim: &Sim, p: &Parsed, api: Api, choice: u32) -> ChoiceGen {
             }
         }
     }
-    let cap = p.max_tokens.unwrap_or(u64::MAX);
+    // Without max_tokens, vLLM allows up to the model length.
+    let room = (sim.cfg.model_len() as u64).saturating_sub(p.prompt_tokens);
+    let cap = p.max_tokens.unwrap_or(room).min(room);
     g.target = natural.min(cap).max(1);
     g.finish = if natural <= cap {
         Finish::Stop

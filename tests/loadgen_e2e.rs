@@ -1,0 +1,136 @@
+//! The load generator against the simulated engine, directly and through
+//! the gateway: the client-side TTFVT of each request agrees with the
+//! gateway's recorded TTFVT for the same request within a few milliseconds.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use thinkgate_loadgen::cli::{EndpointArg, LoadArgs};
+
+fn args(url: String, out: Option<std::path::PathBuf>) -> LoadArgs {
+    LoadArgs {
+        url,
+        endpoint: EndpointArg::Chat,
+        model: None,
+        rate: "20".into(),
+        burstiness: 0.5,
+        constant: false,
+        concurrency: None,
+        num_requests: 40,
+        duration: Some(30.0),
+        seed: 3,
+        dataset: None,
+        prompt_template: thinkgate_loadgen::dataset::DEFAULT_TEMPLATE.into(),
+        max_tokens: None,
+        extra_body: None,
+        no_stream: false,
+        no_usage: false,
+        slo: "ttfvt=10s,e2e=60s".into(),
+        timeout: 120.0,
+        think_tags: "auto".into(),
+        out,
+        label: String::new(),
+        quiet: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_gateway_agree_on_ttfvt() {
+    let sim_cfg = thinkgate_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        time_scale: 20.0,
+        ..Default::default()
+    };
+    let (sim_addr, _sim, _t) = thinkgate_sim::server::spawn(sim_cfg).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("tg-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rec = dir.join("gw.jsonl");
+
+    // Directly against the engine.
+    let direct = thinkgate_loadgen::cli::execute(&args(format!("http://{sim_addr}"), None))
+        .await
+        .unwrap();
+    assert_eq!(direct.ok, 40, "{:?}", direct.errors);
+    assert!(
+        direct.accuracy.rate > 0.5,
+        "accuracy {}",
+        direct.accuracy.rate
+    );
+
+    // Through the gateway.
+    let gw = common::gateway(vec![format!("http://{sim_addr}")], |c| {
+        c.records = Some(rec.clone())
+    })
+    .await;
+    let out = dir.join("load");
+    let via = thinkgate_loadgen::cli::execute(&args(
+        format!("http://{}", gw.proxy_addr),
+        Some(out.clone()),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(via.ok, 40, "{:?}", via.errors);
+    gw.shutdown();
+    gw.wait().await;
+
+    let gw_ttfvt: HashMap<String, f64> = common::records(&rec)
+        .into_iter()
+        .filter(|r| r["path"] == "/v1/chat/completions")
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["t_first_visible_ns"].as_f64().unwrap() / 1e9,
+            )
+        })
+        .collect();
+    assert_eq!(gw_ttfvt.len(), 40, "one record per request");
+    let client: Vec<serde_json::Value> = std::fs::read_to_string(out.join("requests.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(client.len(), 40);
+    let mut diffs: Vec<f64> = client
+        .iter()
+        .map(|r| {
+            let id = r["request_id"]
+                .as_str()
+                .expect("x-thinkgate-request-id seen by the client");
+            r["ttfvt_s"].as_f64().unwrap() - gw_ttfvt[id]
+        })
+        .collect();
+    diffs.sort_by(f64::total_cmp);
+    let median = diffs[diffs.len() / 2];
+    eprintln!(
+        "client minus gateway TTFVT over {} requests: min {:.3} ms, median {:.3} ms, max {:.3} ms",
+        diffs.len(),
+        diffs[0] * 1e3,
+        median * 1e3,
+        diffs[diffs.len() - 1] * 1e3
+    );
+    // The client starts its clock before the gateway and sees each chunk
+    // after it: the difference is loopback transit, never negative beyond
+    // clock noise.
+    assert!(
+        diffs[0] > -0.001,
+        "client TTFVT below the gateway's: {diffs:?}"
+    );
+    assert!(
+        median < 0.003,
+        "median client-gateway TTFVT difference {median} s"
+    );
+    assert!(
+        diffs[diffs.len() - 1] < 0.020,
+        "max difference {:?}",
+        diffs.last()
+    );
+
+    // The summary file is the documented schema.
+    let s: thinkgate_loadgen::report::RunSummary =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s.schema, thinkgate_loadgen::report::SCHEMA);
+    assert_eq!(s.sent, 40);
+    assert!(s.latency_s["ttfvt"].p50 > s.latency_s["ttft"].p50);
+    assert!(s.by_backend.len() == 1);
+}
