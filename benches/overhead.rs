@@ -197,5 +197,6 @@ fn main() {
         println!("| gateway CPU per million chunks (s) | | {:.2} | |", gw_cpu / gw_chunks * 1e6);
         println!("({} latency samples per path; machine: {} cores)", d_all.len(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
         let _ = gw.kill();
+        let _ = gw.wait();
     });
 }

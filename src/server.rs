@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, SetRequestIdLayer};
 
 /// A running gateway.
 pub struct Gateway {
@@ -107,8 +108,11 @@ async fn serve_proxy(
     let svc = ServiceBuilder::new()
         // a bug must cost one request a 500, never the process or a connection
         .layer(CatchPanicLayer::custom(panic_response))
-        // the proxy: request ids, body limits and upstream timeouts are
-        // applied inside, where their errors become OpenAI-style bodies
+        // every request gets an `x-request-id` (the client's if it sent
+        // one); it is forwarded, so vLLM/SGLang log under the same id
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // the proxy; the body limit and the upstream-head timeout act
+        // inside, where their errors become OpenAI-style bodies and records
         .service(Proxy::new(Arc::clone(&shared)));
     let builder = http_builder(Duration::from_secs(shared.cfg.client_header_timeout_secs));
     let graceful = GracefulShutdown::new();

@@ -17,6 +17,11 @@ fn main() {
         }
         let s = o.finish(1);
         let el = t.elapsed().as_secs_f64();
-        println!("pieces of {piece}: {:.0} MB/s, {:.0} ns/event ({} events)", body.len() as f64 / el / 1e6, el * 1e9 / 200_000.0, s.reasoning_chunks + s.visible_chunks);
+        println!(
+            "pieces of {piece}: {:.0} MB/s, {:.0} ns/event ({} events)",
+            body.len() as f64 / el / 1e6,
+            el * 1e9 / 200_000.0,
+            s.reasoning_chunks + s.visible_chunks
+        );
     }
 }

@@ -205,14 +205,6 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         // The body was read whole (and maybe rewritten): send its length.
         hdrs.remove(http::header::CONTENT_LENGTH);
     }
-    if ctx.id.is_empty() {
-        ctx.id = uuid::Uuid::new_v4().simple().to_string();
-        if let Ok(v) = HeaderValue::from_str(&ctx.id) {
-            // vLLM and SGLang use X-Request-Id as their request id, which
-            // ties engine logs to gateway records.
-            hdrs.insert(headers::REQUEST_ID, v);
-        }
-    }
     *up_req.headers_mut() = hdrs;
 
     let secs = shared.cfg.upstream_header_timeout_secs;
