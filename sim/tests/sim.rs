@@ -453,3 +453,47 @@ async fn metrics_use_the_flavours_names() {
         }
     }
 }
+
+#[tokio::test]
+async fn stop_strings_and_continuous_usage() {
+    let c = client();
+    let (url, s) = sim(|_| {}).await;
+    // The answer always ends "The answer is \boxed{N}.": stopping at "answer"
+    // ends the stream before the boxed value, with finish_reason stop.
+    let mut v = chat(&s.cfg.model, "difficulty: easy. Compute 8 + 1.");
+    v["stream"] = true.into();
+    v["stop"] = serde_json::json!(["answer"]);
+    let (_, _, b) = post(&c, &format!("{url}/v1/chat/completions"), v).await;
+    let sum = observe(&b, BodyKind::Sse, ThinkTags::Auto);
+    assert_eq!(sum.finish_reason.as_deref(), Some("stop"));
+    assert!(!sum.text.unwrap()[0].content.contains("\\boxed"));
+
+    let mut v = chat(&s.cfg.model, "difficulty: easy. Compute 8 + 2.");
+    v["stream"] = true.into();
+    v["max_tokens"] = 5.into();
+    v["stream_options"] =
+        serde_json::json!({"include_usage": true, "continuous_usage_stats": true});
+    let (_, _, b) = post(&c, &format!("{url}/v1/chat/completions"), v).await;
+    let text = String::from_utf8_lossy(&b);
+    let usages: Vec<u64> = text
+        .split("\n\n")
+        .filter(|e| e.starts_with("data: {"))
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e[6..]).unwrap()["usage"]
+                ["completion_tokens"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        usages,
+        vec![0, 1, 2, 3, 4, 5, 5],
+        "cumulative usage on every chunk, then the usage chunk"
+    );
+    assert_eq!(
+        observe(&b, BodyKind::Sse, ThinkTags::Auto)
+            .finish_reason
+            .as_deref(),
+        Some("length")
+    );
+}
