@@ -92,7 +92,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         })
     };
     let load = LoadArgs {
-        url: format!("http://{}", gw.proxy_addr),
+        command: None,
+        url: Some(format!("http://{}", gw.proxy_addr)),
         endpoint: EndpointArg::Chat,
         model: None,
         rate: args.rate.to_string(),

@@ -10,10 +10,11 @@ use thinkgate_loadgen::cli::{EndpointArg, LoadArgs};
 
 fn args(url: String, out: Option<std::path::PathBuf>) -> LoadArgs {
     LoadArgs {
-        url,
+        command: None,
+        url: Some(url),
         endpoint: EndpointArg::Chat,
         model: None,
-        rate: "20".into(),
+        rate: "10".into(),
         burstiness: 0.5,
         constant: false,
         concurrency: None,
@@ -37,11 +38,15 @@ fn args(url: String, out: Option<std::path::PathBuf>) -> LoadArgs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_and_gateway_agree_on_ttfvt() {
-    let sim_cfg = thinkgate_sim::SimConfig {
+    // Short thinking and a gentle time scale keep the CPU of this debug
+    // build (engine, gateway and client in one process) low, so queueing in
+    // the test process does not blur the comparison.
+    let mut sim_cfg = thinkgate_sim::SimConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        time_scale: 20.0,
+        time_scale: 5.0,
         ..Default::default()
     };
+    sim_cfg.workload.think_median = [60.0, 120.0, 240.0];
     let (sim_addr, _sim, _t) = thinkgate_sim::server::spawn(sim_cfg).await.unwrap();
     let dir = std::env::temp_dir().join(format!("tg-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

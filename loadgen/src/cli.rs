@@ -21,10 +21,13 @@ pub enum EndpointArg {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LoadArgs {
+    #[command(subcommand)]
+    pub command: Option<LoadCommand>,
     /// Server base URL (gateway or engine), e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    pub url: String,
+    #[arg(long, required = true)]
+    pub url: Option<String>,
     /// API to call.
     #[arg(long, value_enum, default_value = "chat")]
     pub endpoint: EndpointArg,
@@ -90,6 +93,91 @@ pub struct LoadArgs {
     pub quiet: bool,
 }
 
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LoadCommand {
+    /// Compare two runs (B vs A) with bootstrap confidence intervals.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Run A: a --out directory, its summary.json, or a requests.jsonl.
+    pub a: PathBuf,
+    /// Run B (omit with --by-arm).
+    pub b: Option<PathBuf>,
+    /// Compare the gateway's experiment arms within run A (x-thinkgate-arm).
+    #[arg(long)]
+    pub by_arm: bool,
+    /// Exit non-zero when the whole 95% interval passes a threshold, e.g.
+    /// 'ttfvt.p99>10%', 'e2e.p50>0.5s', 'accuracy<-2pp'. Repeatable.
+    #[arg(long = "fail-if")]
+    pub fail_if: Vec<String>,
+    /// Bootstrap resamples.
+    #[arg(long, default_value_t = 2000)]
+    pub resamples: usize,
+    /// Seed of the resampling.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also write the comparison as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
+    use crate::compare;
+    let gates = args
+        .fail_if
+        .iter()
+        .map(|g| compare::FailIf::parse(g).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (a_name, a, b_name, b) = if args.by_arm {
+        anyhow::ensure!(
+            args.b.is_none(),
+            "--by-arm compares the arms of one run: give one run"
+        );
+        let arms = compare::by_arm(compare::load_run(&args.a)?);
+        anyhow::ensure!(
+            arms.len() == 2,
+            "--by-arm needs exactly two arms, found {:?}",
+            arms.keys().collect::<Vec<_>>()
+        );
+        let mut it = arms.into_iter();
+        let (Some((an, a)), Some((bn, b))) = (it.next(), it.next()) else {
+            anyhow::bail!("--by-arm needs exactly two arms");
+        };
+        (an, a, bn, b)
+    } else {
+        let Some(bp) = &args.b else {
+            anyhow::bail!("give two runs, or one with --by-arm");
+        };
+        (
+            args.a.display().to_string(),
+            compare::load_run(&args.a)?,
+            bp.display().to_string(),
+            compare::load_run(bp)?,
+        )
+    };
+    let deltas = compare::compare(&a, &b, args.resamples.max(100), args.seed);
+    print!("{}", compare::table(&a_name, &b_name, &deltas));
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&deltas)?)?;
+    }
+    let mut tripped = Vec::new();
+    for g in &gates {
+        match deltas.iter().find(|d| d.name == g.name) {
+            Some(d) if g.tripped(d) => tripped.push(g.name.clone()),
+            Some(_) => {}
+            None => anyhow::bail!("--fail-if names {:?}, which was not compared", g.name),
+        }
+    }
+    anyhow::ensure!(
+        tripped.is_empty(),
+        "regression: {} beyond threshold",
+        tripped.join(", ")
+    );
+    Ok(())
+}
+
 fn think_tags(s: &str) -> anyhow::Result<ThinkTags> {
     match s.replace('-', "_").as_str() {
         "auto" => Ok(ThinkTags::Auto),
@@ -118,7 +206,10 @@ pub async fn discover_model(
 /// Run a load from parsed arguments; returns the summary (also printed and
 /// written under `--out`).
 pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
-    let url = args.url.trim_end_matches('/').to_string();
+    let Some(url) = &args.url else {
+        anyhow::bail!("--url is required");
+    };
+    let url = url.trim_end_matches('/').to_string();
     let client = http_client();
     let model = match &args.model {
         Some(m) => m.clone(),
@@ -205,6 +296,9 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    if let Some(LoadCommand::Compare(c)) = &args.command {
+        return run_compare(c);
+    }
     let summary = execute(&args).await?;
     print!("{}", report::table(&summary));
     Ok(())

@@ -7,12 +7,14 @@
 //! - [`client`]: one request, measured;
 //! - [`grade`]: answer extraction and comparison;
 //! - [`run`]: open and closed loops;
-//! - [`report`]: `summary.json` and the text table.
+//! - [`report`]: `summary.json` and the text table;
+//! - [`compare`]: B vs A with bootstrap intervals and regression gates.
 #![forbid(unsafe_code)]
 
 pub mod arrivals;
 pub mod cli;
 pub mod client;
+pub mod compare;
 pub mod dataset;
 pub mod grade;
 pub mod report;
