@@ -16,10 +16,10 @@ use thinkgate_sim::SimConfig;
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Seconds of load (requests still in flight then are waited for).
-    #[arg(long, default_value_t = 45.0)]
+    #[arg(long, default_value_t = 40.0)]
     pub duration: f64,
     /// Mean requests per second.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 4.0)]
     pub rate: f64,
     /// Gamma shape of the arrivals (1 = Poisson, lower = burstier).
     #[arg(long, default_value_t = 0.5)]
@@ -27,8 +27,9 @@ pub struct DemoArgs {
     /// The engines run this many times faster than a real 7B on an H100.
     #[arg(long, default_value_t = 8.0)]
     pub time_scale: f64,
-    /// KV-cache blocks of 16 tokens per engine (small, so the cache fills).
-    #[arg(long, default_value_t = 1024)]
+    /// KV-cache blocks of 16 tokens per engine (65k tokens: small, so the
+    /// cache fills under bursts).
+    #[arg(long, default_value_t = 4096)]
     pub num_blocks: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -100,6 +101,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         burstiness: args.burstiness,
         constant: false,
         concurrency: None,
+        trace: None,
+        trace_speed: 1.0,
+        sweep: None,
         num_requests: ((args.rate * args.duration).ceil() as usize).max(1) * 2,
         duration: Some(args.duration),
         seed: args.seed,
@@ -113,6 +117,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         timeout: 600.0,
         think_tags: "auto".into(),
         out: args.out.clone(),
+        scrape: backends.clone(),
         label: "thinkgate demo: ASU measured at the client".into(),
         quiet: false,
     };

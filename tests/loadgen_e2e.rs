@@ -18,6 +18,9 @@ fn args(url: String, out: Option<std::path::PathBuf>) -> LoadArgs {
         burstiness: 0.5,
         constant: false,
         concurrency: None,
+        trace: None,
+        trace_speed: 1.0,
+        sweep: None,
         num_requests: 40,
         duration: Some(30.0),
         seed: 3,
@@ -31,6 +34,7 @@ fn args(url: String, out: Option<std::path::PathBuf>) -> LoadArgs {
         timeout: 120.0,
         think_tags: "auto".into(),
         out,
+        scrape: Vec::new(),
         label: String::new(),
         quiet: true,
     }

@@ -18,6 +18,8 @@ pub enum Arrivals {
     Gamma { rate: f64, burstiness: f64 },
     /// One request every `1/rate` s.
     Constant { rate: f64 },
+    /// Offsets replayed from a trace file.
+    Trace(Vec<Duration>),
 }
 
 impl Arrivals {
@@ -25,6 +27,7 @@ impl Arrivals {
     pub fn schedule(&self, n: usize, seed: u64) -> Result<Vec<Duration>, String> {
         let mut out = Vec::with_capacity(n);
         match *self {
+            Arrivals::Trace(ref offsets) => out.extend(offsets.iter().copied().take(n)),
             Arrivals::AllAtOnce => out.resize(n, Duration::ZERO),
             Arrivals::Constant { rate } => {
                 check_rate(rate)?;

@@ -43,6 +43,16 @@ pub struct LoadArgs {
     /// Evenly spaced sends instead of Gamma arrivals.
     #[arg(long)]
     pub constant: bool,
+    /// Replay the arrival times of a trace (CSV with a Timestamp column, e.g.
+    /// BurstGPT, or JSONL with "timestamp"), in seconds.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Replay the trace this many times faster.
+    #[arg(long, default_value_t = 1.0)]
+    pub trace_speed: f64,
+    /// Run once per value and print a table: rate=1,2,4 or max_tokens=1000,2000,4000.
+    #[arg(long)]
+    pub sweep: Option<String>,
     /// Closed loop: keep this many requests in flight (overrides --rate).
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -82,9 +92,13 @@ pub struct LoadArgs {
     /// Inline thinking markers in content: auto, starts-in-thinking, off.
     #[arg(long, default_value = "auto")]
     pub think_tags: String,
-    /// Write summary.json and requests.jsonl here.
+    /// Write summary.json, requests.jsonl, SVG plots and report.html here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Engine metrics URL(s) to sample KV-cache use from during the run
+    /// (e.g. http://vllm-0:8000/metrics); repeatable.
+    #[arg(long)]
+    pub scrape: Vec<String>,
     /// A name for this run in reports.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -229,6 +243,10 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
     let slo = Slo::parse(&args.slo).map_err(anyhow::Error::msg)?;
     let mode = match args.concurrency {
         Some(c) => Mode::Closed { concurrency: c },
+        None if args.trace.is_some() => {
+            let path = args.trace.as_deref().unwrap_or(std::path::Path::new(""));
+            Mode::Open(Arrivals::Trace(crate::trace::load(path, args.trace_speed)?))
+        }
         None if args.rate == "inf" => Mode::Open(Arrivals::AllAtOnce),
         None => {
             let rate: f64 = args
@@ -270,7 +288,33 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
         seed: args.seed,
         progress: !args.quiet,
     };
+    let scrape_urls: Vec<String> = args
+        .scrape
+        .iter()
+        .map(|u| {
+            if u.ends_with("/metrics") {
+                u.clone()
+            } else {
+                format!("{}/metrics", u.trim_end_matches('/'))
+            }
+        })
+        .collect();
+    let scraper = (!scrape_urls.is_empty()).then(|| {
+        crate::scrape::spawn(
+            http_client(),
+            scrape_urls,
+            std::time::Instant::now(),
+            Duration::from_millis(500),
+        )
+    });
     let results = run::run(&plan, target, Arc::new(items)).await?;
+    let kv: Vec<(f64, f64)> = match scraper {
+        Some((task, samples)) => {
+            task.abort();
+            samples.lock().map(|s| s.clone()).unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
     let run_info = serde_json::json!({
         "url": url, "model": model,
         "endpoint": format!("{:?}", args.endpoint).to_lowercase(),
@@ -278,7 +322,8 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
         "seed": args.seed, "max_tokens": args.max_tokens, "stream": !args.no_stream,
         "dataset": args.dataset.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "builtin-math".into()),
     });
-    let summary = report::summarize(&args.label, run_info, &results, slo);
+    let mut summary = report::summarize(&args.label, run_info, &results, slo);
+    summary.engine_kv = kv;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)?;
         std::fs::write(
@@ -291,15 +336,126 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
             f.write_all(b"\n")?;
         }
         f.flush()?;
+        write_plots(dir, &summary, &results)?;
     }
     Ok(summary)
+}
+
+/// SVG plots and the self-contained `report.html`.
+pub fn write_plots(
+    dir: &std::path::Path,
+    s: &RunSummary,
+    results: &[crate::client::RequestResult],
+) -> anyhow::Result<()> {
+    use crate::plots;
+    let plots = [
+        (
+            "Latency CDFs: TTFT, TTFVT, E2E",
+            "latency_cdf.svg",
+            plots::latency_cdf(results)?,
+        ),
+        (
+            "In flight, output tokens/s and engine KV use over the run",
+            "timeline.svg",
+            plots::timeline(s, &s.engine_kv)?,
+        ),
+        (
+            "Accuracy per difficulty",
+            "accuracy.svg",
+            plots::accuracy(s)?,
+        ),
+    ];
+    for (_, file, svg) in &plots {
+        std::fs::write(dir.join(file), svg)?;
+    }
+    let inline: Vec<(&str, String)> = plots.iter().map(|(t, _, svg)| (*t, svg.clone())).collect();
+    std::fs::write(
+        dir.join("report.html"),
+        plots::html(s, &report::table(s), &inline),
+    )?;
+    Ok(())
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if let Some(LoadCommand::Compare(c)) = &args.command {
         return run_compare(c);
     }
+    if let Some(sweep) = &args.sweep {
+        return run_sweep(&args, sweep).await;
+    }
     let summary = execute(&args).await?;
     print!("{}", report::table(&summary));
+    Ok(())
+}
+
+/// `--sweep rate=1,2,4` or `--sweep max_tokens=1000,2000`: one run per
+/// value, each in `OUT/<param>-<value>/`, then one table.
+async fn run_sweep(args: &LoadArgs, spec: &str) -> anyhow::Result<()> {
+    let (param, values) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--sweep: expected rate=1,2,4 or max_tokens=1000,2000"))?;
+    let values: Vec<&str> = values
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    anyhow::ensure!(!values.is_empty(), "--sweep: no values");
+    let mut rows = Vec::new();
+    for v in &values {
+        let mut a = args.clone();
+        a.sweep = None;
+        match param.trim() {
+            "rate" => a.rate = v.to_string(),
+            "max_tokens" => {
+                a.max_tokens = match *v {
+                    "none" | "unlimited" => None,
+                    n => Some(n.parse().map_err(|_| {
+                        anyhow::anyhow!("--sweep max_tokens: {n:?} is not a number")
+                    })?),
+                }
+            }
+            other => anyhow::bail!("--sweep: cannot sweep {other:?} (rate, max_tokens)"),
+        }
+        a.label = format!(
+            "{}{param}={v}",
+            if args.label.is_empty() {
+                String::new()
+            } else {
+                format!("{} ", args.label)
+            }
+        );
+        a.out = args
+            .out
+            .as_ref()
+            .map(|d| d.join(format!("{}-{v}", param.trim())));
+        eprintln!("sweep: {param}={v}");
+        let s = execute(&a).await?;
+        rows.push((v.to_string(), s));
+    }
+    println!(
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        param, "tok/s", "goodput", "TTFVT p50", "TTFVT p99", "E2E p99", "strag.", "accuracy"
+    );
+    for (v, s) in &rows {
+        println!(
+            "{:<12} {:>10.0} {:>10.2} {:>10.3} {:>10.3} {:>10.3} {:>9.2} {:>8.1}%",
+            v,
+            s.throughput.output_tokens_per_s,
+            s.throughput.goodput_requests_per_s,
+            s.latency_s["ttfvt"].p50,
+            s.latency_s["ttfvt"].p99,
+            s.latency_s["e2e"].p99,
+            s.straggler_ratio,
+            s.accuracy.rate * 100.0
+        );
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        let all: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(v, s)| serde_json::json!({"param": param, "value": v, "summary": s}))
+            .collect();
+        std::fs::write(dir.join("sweep.json"), serde_json::to_string_pretty(&all)?)?;
+    }
     Ok(())
 }

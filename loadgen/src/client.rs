@@ -86,7 +86,8 @@ pub struct Target {
 }
 
 impl Target {
-    fn body(&self, item: &Item) -> Bytes {
+    /// The request body for `item` (built ahead of its send time).
+    pub fn body(&self, item: &Item) -> Bytes {
         let prompt = crate::dataset::render_prompt(&self.template, item);
         let mut m = serde_json::Map::new();
         m.insert("model".into(), self.model.clone().into());

@@ -8,7 +8,8 @@
 //! - [`grade`]: answer extraction and comparison;
 //! - [`run`]: open and closed loops;
 //! - [`report`]: `summary.json` and the text table;
-//! - [`compare`]: B vs A with bootstrap intervals and regression gates.
+//! - [`compare`]: B vs A with bootstrap intervals and regression gates;
+//! - [`plots`], [`scrape`]: SVG plots, `report.html`, engine KV over time.
 #![forbid(unsafe_code)]
 
 pub mod arrivals;
@@ -17,5 +18,8 @@ pub mod client;
 pub mod compare;
 pub mod dataset;
 pub mod grade;
+pub mod plots;
 pub mod report;
 pub mod run;
+pub mod scrape;
+pub mod trace;

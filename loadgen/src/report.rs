@@ -145,6 +145,9 @@ pub struct RunSummary {
     pub send_lateness_s: Dist,
     pub by_backend: BTreeMap<String, BTreeMap<String, Dist>>,
     pub timeline: Vec<TimelinePoint>,
+    /// (seconds since start, mean engine KV use 0..1) from `--scrape`.
+    #[serde(default)]
+    pub engine_kv: Vec<(f64, f64)>,
 }
 
 fn error_kind(e: &str, status: u16) -> String {
@@ -265,6 +268,7 @@ pub fn summarize(
             })
             .collect(),
         timeline: timeline(results, start, end),
+        engine_kv: Vec::new(),
     }
 }
 
@@ -373,6 +377,13 @@ pub fn table(s: &RunSummary) -> String {
             o,
             "backend       {b}: {} req, TTFVT p50 {:.3} p99 {:.3}, E2E p99 {:.3}",
             m["e2e"].count, m["ttfvt"].p50, m["ttfvt"].p99, m["e2e"].p99
+        );
+    }
+    if let Some(peak) = s.engine_kv.iter().map(|p| p.1).reduce(f64::max) {
+        let _ = writeln!(
+            o,
+            "engine KV     peak {:.0}% (scraped, mean over engines)",
+            peak * 100.0
         );
     }
     let l = &s.send_lateness_s;
