@@ -115,16 +115,13 @@ fn quantile(sorted: &[f64], p: f64) -> f64 {
     sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// A named statistic of a sorted sample.
+pub type Stat = (&'static str, fn(&[f64]) -> f64);
+
 /// Percentile bootstrap of `f(B) - f(A)` for several statistics at once:
 /// each resample is drawn once and sorted once. `stats` map a sorted sample
 /// to a number.
-pub fn bootstrap(
-    a: &[f64],
-    b: &[f64],
-    stats: &[(&str, fn(&[f64]) -> f64)],
-    resamples: usize,
-    seed: u64,
-) -> Vec<Delta> {
+pub fn bootstrap(a: &[f64], b: &[f64], stats: &[Stat], resamples: usize, seed: u64) -> Vec<Delta> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let sorted = |v: &[f64]| {
         let mut v = v.to_vec();
@@ -177,7 +174,7 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-const STATS: &[(&str, fn(&[f64]) -> f64)] = &[
+const STATS: &[Stat] = &[
     ("p50", |v| quantile(v, 0.5)),
     ("p90", |v| quantile(v, 0.9)),
     ("p99", |v| quantile(v, 0.99)),

@@ -28,6 +28,9 @@ pub fn kv_usage(text: &str) -> Option<f64> {
     (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
 }
 
+/// KV samples shared with the sampling task.
+pub type Samples = std::sync::Arc<std::sync::Mutex<Vec<(f64, f64)>>>;
+
 /// Sample every `urls` each `every` until the returned handle is aborted;
 /// the samples are (seconds since `start`, mean KV use over the engines).
 pub fn spawn(
@@ -35,10 +38,7 @@ pub fn spawn(
     urls: Vec<String>,
     start: Instant,
     every: Duration,
-) -> (
-    tokio::task::JoinHandle<()>,
-    std::sync::Arc<std::sync::Mutex<Vec<(f64, f64)>>>,
-) {
+) -> (tokio::task::JoinHandle<()>, Samples) {
     let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let samples = std::sync::Arc::clone(&out);
     let task = tokio::spawn(async move {
