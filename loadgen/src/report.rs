@@ -422,3 +422,116 @@ mod tests {
         assert!(Slo::parse("e2e=abc").is_err());
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+    use crate::client::RequestResult;
+
+    fn result(i: usize, ok: bool, ttfvt: f64, correct: bool, diff: &str) -> RequestResult {
+        RequestResult {
+            index: i,
+            scheduled_s: i as f64 * 0.1,
+            lateness_s: 0.0001,
+            status: if ok { 200 } else { 502 },
+            error: (!ok).then(|| "http".into()),
+            difficulty: Some(diff.into()),
+            domain: Some("arithmetic".into()),
+            reference: "4".into(),
+            extracted: Some("4".into()),
+            correct,
+            backend: Some("b0".into()),
+            arm: None,
+            request_id: None,
+            done_at_s: i as f64 * 0.1 + ttfvt + 0.5,
+            ttft_s: Some(ttfvt / 4.0),
+            ttfvt_s: Some(ttfvt),
+            thinking_s: Some(ttfvt * 0.7),
+            e2e_s: ttfvt + 0.5,
+            tpot_s: Some(0.01),
+            itl_max_s: Some(0.02),
+            itl_mean_s: Some(0.01),
+            thinking_tokens: 300,
+            visible_tokens: 50,
+            token_source: thinkgate_asu::TokenSource::Usage,
+            finish_reason: Some("stop".into()),
+            summary: None,
+        }
+    }
+
+    /// `summary.json` keeps this shape (docs/loadgen.md): tools reading it
+    /// must not break silently. Change both together.
+    #[test]
+    fn summary_schema_is_stable() {
+        let rs: Vec<RequestResult> = (0..20)
+            .map(|i| {
+                result(
+                    i,
+                    i != 3,
+                    1.0 + i as f64 * 0.1,
+                    i % 4 != 0,
+                    ["easy", "hard"][i % 2],
+                )
+            })
+            .collect();
+        let s = summarize(
+            "t",
+            serde_json::json!({"url": "x"}),
+            &rs,
+            Slo::parse("ttfvt=2s").unwrap_or_default(),
+        );
+        let v = serde_json::to_value(&s).unwrap_or_default();
+        let keys: Vec<&str> = v
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            keys,
+            [
+                "schema",
+                "label",
+                "run",
+                "sent",
+                "ok",
+                "errors",
+                "duration_s",
+                "throughput",
+                "slo",
+                "goodput_fraction",
+                "latency_s",
+                "tokens",
+                "accuracy",
+                "accuracy_by_difficulty",
+                "accuracy_by_domain",
+                "straggler_ratio",
+                "send_lateness_s",
+                "by_backend",
+                "timeline",
+                "engine_kv"
+            ]
+        );
+        assert_eq!(v["schema"], SCHEMA);
+        for k in ["ttft", "ttfvt", "thinking", "e2e", "tpot", "itl_max"] {
+            for f in ["count", "mean", "p50", "p90", "p99", "max"] {
+                assert!(v["latency_s"][k][f].is_number(), "latency_s.{k}.{f}");
+            }
+        }
+        for k in [
+            "output_tokens_per_s",
+            "thinking_tokens_per_s",
+            "visible_tokens_per_s",
+            "requests_per_s",
+            "goodput_requests_per_s",
+        ] {
+            assert!(v["throughput"][k].is_number(), "throughput.{k}");
+        }
+        assert_eq!(v["errors"]["http_502"], 1);
+        assert_eq!(v["accuracy"]["graded"], 20);
+        assert_eq!(v["accuracy_by_difficulty"]["easy"]["graded"], 10);
+        // Requests with TTFVT <= 2 s met the SLO: 1.0..=2.0 s are i = 0..=10, minus the error.
+        assert_eq!((s.goodput_fraction * 20.0).round() as i64, 10);
+        assert!(v["timeline"][0]["in_flight"].is_number());
+        let back: RunSummary = serde_json::from_value(v).unwrap_or_else(|_| unreachable!());
+        assert_eq!(back, s);
+    }
+}
