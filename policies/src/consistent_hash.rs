@@ -12,7 +12,7 @@
 use crate::{Candidate, Policy, RequestInfo};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HashKey {
     /// The session/user key; requests without one use the prefix.

@@ -11,7 +11,7 @@ use crate::{Candidate, Policy, RequestInfo};
 use rand::Rng;
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
     Inflight,

@@ -11,9 +11,10 @@ use crate::Policy;
 use serde::Deserialize;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PolicyConfig {
+    #[default]
     RoundRobin,
     Random,
     Weighted,
@@ -35,12 +36,6 @@ pub enum PolicyConfig {
 
 fn default_load_factor() -> f64 {
     1.25
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        PolicyConfig::RoundRobin
-    }
 }
 
 /// Every built-in policy, for tests and docs.
