@@ -49,6 +49,31 @@ pub struct ServeArgs {
     /// Upstream engine base URL; repeat (or comma-separate) for several.
     #[arg(long = "upstream", env = "THINKGATE_UPSTREAMS", value_delimiter = ',')]
     pub upstreams: Vec<String>,
+    /// Routing policy by name (round_robin, random, weighted, least_request, least_tokens, least_kv,
+    /// p2c, consistent_hash, difficulty_aware); parameters go in the [routing] table of the file.
+    #[arg(long, env = "THINKGATE_POLICY")]
+    pub policy: Option<String>,
+    /// Route only to backends of this pool.
+    #[arg(long, env = "THINKGATE_POOL")]
+    pub pool: Option<String>,
+    /// Active health check period, ms (0: off).
+    #[arg(long, env = "THINKGATE_HEALTH_INTERVAL_MS")]
+    pub health_interval_ms: Option<u64>,
+    /// Engine /metrics scrape period, ms (0: off).
+    #[arg(long, env = "THINKGATE_SCRAPE_INTERVAL_MS")]
+    pub scrape_interval_ms: Option<u64>,
+    /// Consecutive connect failures that eject a backend.
+    #[arg(long, env = "THINKGATE_EJECT_AFTER_FAILURES")]
+    pub eject_after_failures: Option<u32>,
+    /// Rest of an ejected backend when active checks are off, s.
+    #[arg(long, env = "THINKGATE_EJECT_SECS")]
+    pub eject_secs: Option<u64>,
+    /// Header with a session key for affinity (else the `user` field).
+    #[arg(long, env = "THINKGATE_SESSION_HEADER")]
+    pub session_header: Option<String>,
+    /// Prompt bytes hashed into the prefix key.
+    #[arg(long, env = "THINKGATE_PREFIX_BYTES")]
+    pub prefix_bytes: Option<usize>,
     /// Add stream_options.include_usage to streamed requests that lack it (and hide the usage event).
     #[arg(long, env = "THINKGATE_INJECT_USAGE", num_args = 0..=1, default_missing_value = "true")]
     pub inject_usage: Option<bool>,
@@ -121,6 +146,12 @@ impl ServeArgs {
         set!(
             listen,
             admin,
+            health_interval_ms,
+            scrape_interval_ms,
+            eject_after_failures,
+            eject_secs,
+            session_header,
+            prefix_bytes,
             inject_usage,
             passthrough_strict,
             response_headers,
@@ -143,6 +174,14 @@ impl ServeArgs {
         }
         if !self.upstreams.is_empty() {
             c.upstreams = self.upstreams.clone();
+        }
+        if self.pool.is_some() {
+            c.pool = self.pool.clone();
+        }
+        if let Some(p) = &self.policy {
+            // Same parser as the file, so names and errors are the same.
+            c.routing = toml::from_str(&format!("type = {:?}", p))
+                .map_err(|e| ConfigError::Invalid(format!("--policy {p:?}: {e}")))?;
         }
         Ok(c)
     }

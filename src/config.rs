@@ -7,6 +7,31 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thinkgate_asu::{Markers, ObserverConfig, ThinkTags};
+use thinkgate_policies::PolicyConfig;
+
+/// One backend engine (`[[backends]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Base URL, `http://host:port`.
+    pub url: String,
+    /// Relative share for the `weighted` policy.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Pool name (e.g. `short`, `long`).
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// Models it serves; empty: any.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_pool() -> String {
+    "default".into()
+}
 
 /// The effective gateway configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,9 +41,27 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/stats`).
     pub admin: SocketAddr,
-    /// Upstream engines, as base URLs (`http://host:port`). Requests go to
-    /// them in turn until routing policies arrive.
+    /// Upstream engines, as base URLs (`http://host:port`): shorthand for
+    /// `[[backends]]` entries with default weight and pool.
     pub upstreams: Vec<String>,
+    /// Backend engines with weight, pool and models.
+    pub backends: Vec<BackendConfig>,
+    /// The routing policy (`[routing]`, `type = "least_kv"`, ...).
+    pub routing: PolicyConfig,
+    /// Route only to this pool (default: all backends).
+    pub pool: Option<String>,
+    /// Active health check (`GET /health`) period, ms; 0 turns it off.
+    pub health_interval_ms: u64,
+    /// Engine `/metrics` scrape period, ms; 0 turns it off.
+    pub scrape_interval_ms: u64,
+    /// Consecutive connect failures that eject a backend.
+    pub eject_after_failures: u32,
+    /// Without active health checks, how long an ejected backend rests.
+    pub eject_secs: u64,
+    /// Header carrying a session key for affinity (else the `user` field).
+    pub session_header: String,
+    /// Bytes of the prompt hashed into the prefix key.
+    pub prefix_bytes: usize,
     /// Add `stream_options.include_usage` to streamed requests that lack it,
     /// and remove the usage-only event before it reaches the client.
     pub inject_usage: bool,
@@ -63,6 +106,15 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin: SocketAddr::from(([0, 0, 0, 0], 9090)),
             upstreams: Vec::new(),
+            backends: Vec::new(),
+            routing: PolicyConfig::default(),
+            pool: None,
+            health_interval_ms: 2_000,
+            scrape_interval_ms: 1_000,
+            eject_after_failures: 3,
+            eject_secs: 10,
+            session_header: "x-thinkgate-session".into(),
+            prefix_bytes: 64,
             inject_usage: true,
             passthrough_strict: false,
             response_headers: true,
@@ -96,19 +148,39 @@ impl Config {
 
     /// Check what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.upstreams.is_empty() {
+        let all = self.all_backends();
+        if all.is_empty() {
             return Err(ConfigError::Invalid(
-                "at least one upstream is required (--upstream URL)".into(),
+                "at least one upstream is required (--upstream URL or [[backends]])".into(),
             ));
         }
-        for u in &self.upstreams {
-            crate::proxy::upstream::parse_base(u)?;
+        for b in &all {
+            crate::proxy::upstream::parse_base(&b.url)?;
+        }
+        if let Some(p) = &self.pool {
+            if !all.iter().any(|b| &b.pool == p) {
+                return Err(ConfigError::Invalid(format!("pool {p:?} has no backend")));
+            }
         }
         self.markers()?;
         if self.records_queue == 0 {
             return Err(ConfigError::Invalid("records_queue must be > 0".into()));
         }
         Ok(())
+    }
+
+    /// `upstreams` (shorthand) followed by `backends`.
+    pub fn all_backends(&self) -> Vec<BackendConfig> {
+        self.upstreams
+            .iter()
+            .map(|u| BackendConfig {
+                url: u.clone(),
+                weight: 1,
+                pool: default_pool(),
+                models: Vec::new(),
+            })
+            .chain(self.backends.iter().cloned())
+            .collect()
     }
 
     pub fn markers(&self) -> Result<Markers, ConfigError> {

@@ -26,8 +26,8 @@ pub enum GatewayError {
     BodyTooLarge { limit: usize },
     #[error("request body could not be read: {0}")]
     BodyRead(String),
-    #[error("no upstream is configured")]
-    NoUpstream,
+    #[error("{0}")]
+    NoBackend(String),
 }
 
 impl GatewayError {
@@ -37,7 +37,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyRead(_) => StatusCode::BAD_REQUEST,
-            GatewayError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -47,7 +47,7 @@ impl GatewayError {
                 Fault::Upstream
             }
             GatewayError::BodyTooLarge { .. } | GatewayError::BodyRead(_) => Fault::Client,
-            GatewayError::NoUpstream => Fault::Gateway,
+            GatewayError::NoBackend(_) => Fault::Upstream,
         }
     }
 
@@ -58,7 +58,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::BodyTooLarge { .. } => "invalid_request_error",
             GatewayError::BodyRead(_) => "invalid_request_error",
-            GatewayError::NoUpstream => "service_unavailable",
+            GatewayError::NoBackend(_) => "no_healthy_backend",
         }
     }
 
@@ -66,7 +66,12 @@ impl GatewayError {
     /// send it.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let status = self.status();
-        error_response(status, self.kind(), &self.to_string())
+        let mut r = error_response(status, self.kind(), &self.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 

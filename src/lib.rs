@@ -7,6 +7,8 @@
 //! visible tokens. Parts, in the order a request meets them:
 //! - [`server`]: listeners (HTTP/1.1 + h2c), admin endpoints, drain;
 //! - [`proxy`]: the forwarding service, request inspection, upstreams;
+//! - [`fleet`]: backends' live state, routing through `thinkgate-policies`,
+//!   health checks and engine scraping;
 //! - [`stream`]: the observed response body (framing and splitting live in
 //!   the `thinkgate-asu` crate, shared with the load generator);
 //! - [`record`], [`metrics`]: where each settled request goes.
@@ -16,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod proxy;
 pub mod record;

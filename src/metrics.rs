@@ -27,6 +27,9 @@ pub const INFLIGHT: &str = "thinkgate_inflight_requests";
 pub const INFLIGHT_THINKING: &str = "thinkgate_inflight_thinking_requests";
 pub const RECORDS_DROPPED: &str = "thinkgate_records_dropped_total";
 pub const USAGE_INJECTED: &str = "thinkgate_usage_injected_total";
+pub const BACKEND_HEALTHY: &str = "thinkgate_backend_healthy";
+pub const BACKEND_KV: &str = "thinkgate_backend_kv_usage";
+pub const NO_BACKEND: &str = "thinkgate_no_backend_total";
 
 /// Latency buckets: 5 ms to 30 minutes (reasoning requests run for minutes).
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -260,6 +263,20 @@ impl Labels {
             histogram!(VISIBLE_TOKENS, &p).record(s.visible_tokens as f64);
         }
     }
+}
+
+pub fn backend_health(backend: &SharedString, ok: bool) {
+    gauge!(BACKEND_HEALTHY, "backend" => backend.clone()).set(if ok { 1.0 } else { 0.0 });
+}
+
+pub fn backend_kv(backend: &SharedString, kv: Option<f64>) {
+    if let Some(v) = kv {
+        gauge!(BACKEND_KV, "backend" => backend.clone()).set(v);
+    }
+}
+
+pub fn no_backend() {
+    counter!(NO_BACKEND).increment(1);
 }
 
 pub fn records_dropped() {

@@ -66,6 +66,9 @@ pub struct RequestRecord {
     pub stream_requested: bool,
     pub usage_injected: bool,
     pub t_upstream_ns: Option<u64>,
+    /// The routing policy's prediction of thinking tokens, when it made one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_thinking_tokens: Option<f64>,
     #[serde(flatten)]
     pub asu: Option<Summary>,
 }

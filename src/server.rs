@@ -49,15 +49,21 @@ impl Gateway {
         let proxy_addr = proxy_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let shared = Arc::new(Shared::new(cfg, recorder)?);
+        let probes = crate::fleet::probe::spawn(
+            Arc::clone(&shared.fleet),
+            shared.client.clone(),
+            Duration::from_millis(shared.cfg.health_interval_ms),
+            Duration::from_millis(shared.cfg.scrape_interval_ms),
+        );
         let (stop, stop_rx) = watch::channel(false);
         let admin = tokio::spawn(serve_admin(admin_listener, Arc::clone(&shared), handle));
-        let done = tokio::spawn(serve_proxy(
-            proxy_listener,
-            Arc::clone(&shared),
-            stop_rx,
-            recorder_task,
-            admin,
-        ));
+        let shared2 = Arc::clone(&shared);
+        let done = tokio::spawn(async move {
+            serve_proxy(proxy_listener, shared2, stop_rx, recorder_task, admin).await;
+            for p in probes {
+                p.abort();
+            }
+        });
         Ok(Self {
             proxy_addr,
             admin_addr,
@@ -211,10 +217,33 @@ fn admin_route(
             }
         }
         "/stats" => {
-            let body = match shared.recorder.stats.lock() {
-                Ok(mut s) => s.summary().to_string(),
-                Err(_) => "{}".to_string(),
+            let mut v = match shared.recorder.stats.lock() {
+                Ok(mut s) => s.summary(),
+                Err(_) => serde_json::json!({}),
             };
+            let policy = shared.fleet.policy.as_ref();
+            v["policy"] = serde_json::json!(policy.name());
+            if let Some(extra) = policy
+                .stats()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            {
+                v["policy_stats"] = extra;
+            }
+            v["backends"] = shared
+                .fleet
+                .backends
+                .iter()
+                .map(|b| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    serde_json::json!({
+                        "url": b.upstream.name.as_ref(), "pool": b.pool, "healthy": b.healthy.load(Relaxed),
+                        "inflight": b.inflight.load(Relaxed), "inflight_tokens": b.inflight_tokens.load(Relaxed),
+                        "inflight_thinking": b.inflight_thinking.load(Relaxed), "kv_usage": b.kv_usage.get(),
+                        "running": b.running.get(), "waiting": b.waiting.get(),
+                    })
+                })
+                .collect();
+            let body = v.to_string();
             text(StatusCode::OK, "application/json", body)
         }
         _ => error_response(

@@ -68,7 +68,9 @@ async fn timestamps_match_the_upstream_schedule() {
     };
     // The gateway stamps a chunk when it passes, a little after the upstream
     // sent it and measured from t_recv, a little before the upstream had the
-    // request: the difference is loopback transit, well under 5 ms.
+    // request: the difference is loopback transit, well under 5 ms. (The
+    // upstream notes its send time after the send returns, by which time the
+    // gateway may already have the bytes: a few microseconds the other way.)
     for (field, i) in [
         ("t_first_token_ns", 1),
         ("t_think_start_ns", 1),

@@ -6,10 +6,12 @@
 //! - [`sse`]: incremental SSE framing over arbitrarily split bytes;
 //! - [`think`]: inline `<think>` splitting, markers split anywhere;
 //! - [`wire`]: the response fields that measurement reads, borrowed;
+//! - [`engine`]: engine state (KV use, queues) from Prometheus text;
 //! - [`observe`]: the per-request observer that turns a body into a
 //!   [`Summary`] of timestamps and counts.
 #![forbid(unsafe_code)]
 
+pub mod engine;
 pub mod observe;
 pub mod sse;
 pub mod think;

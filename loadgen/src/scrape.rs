@@ -6,26 +6,10 @@ use crate::client::HttpClient;
 use http_body_util::{BodyExt, Full};
 use std::time::{Duration, Instant};
 
-const KV_NAMES: &[&str] = &[
-    "vllm:kv_cache_usage_perc",
-    "vllm:gpu_cache_usage_perc",
-    "sglang:token_usage",
-];
-
-/// The KV use in a metrics text: the mean over its series (one per model or
-/// engine), or `None` when the engine exports no known gauge.
+/// The KV use in a metrics text (mean over its series), or `None` when the
+/// engine exports no known gauge.
 pub fn kv_usage(text: &str) -> Option<f64> {
-    let vals: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            KV_NAMES
-                .iter()
-                .any(|n| l.split(['{', ' ']).next() == Some(*n))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+    thinkgate_asu::engine::parse(text).kv_usage
 }
 
 /// KV samples shared with the sampling task.

@@ -8,14 +8,17 @@
 //! cache).
 
 use crate::error::GatewayError;
+use crate::fleet::Backend;
 use crate::metrics::Labels;
 use crate::proxy::request::{Endpoint, Features};
 use crate::proxy::Shared;
 use crate::record::{Outcome, RequestRecord};
 use metrics::SharedString;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use thinkgate_asu::Summary;
+use thinkgate_policies::{Completion, RequestInfo};
 
 pub struct RequestCtx {
     shared: Arc<Shared>,
@@ -36,6 +39,11 @@ pub struct RequestCtx {
     thinking: bool,
     /// Counted in the in-flight gauge (from `set_backend` to settling).
     inflight: bool,
+    /// The chosen backend, its routing view of this request, and the tokens
+    /// this request has added to the backend's in-flight estimate.
+    backend: Option<Arc<Backend>>,
+    route: RequestInfo,
+    tokens_added: i64,
     settled: bool,
 }
 
@@ -71,6 +79,9 @@ impl RequestCtx {
             usage_injected: false,
             thinking: false,
             inflight: false,
+            backend: None,
+            route: RequestInfo::default(),
+            tokens_added: 0,
             settled: false,
         }
     }
@@ -81,15 +92,35 @@ impl RequestCtx {
         self.features = f;
     }
 
-    /// Called once an upstream was chosen: from here the request is in
-    /// flight on that backend.
-    pub fn set_backend(&mut self, name: SharedString) {
-        self.labels.backend = name;
+    /// Called once a backend was chosen: from here the request is in flight
+    /// on it (the gauge and the backend's live counters).
+    pub fn set_backend(&mut self, backend: Arc<Backend>, route: RequestInfo) {
+        self.labels.backend = backend.upstream.name.clone();
         self.labels.inflight(1.0);
         self.inflight = true;
+        backend.inflight.fetch_add(1, Ordering::Relaxed);
+        self.tokens_added = route.prompt_tokens as i64;
+        backend
+            .inflight_tokens
+            .fetch_add(self.tokens_added, Ordering::Relaxed);
+        self.backend = Some(backend);
+        self.route = route;
     }
 
-    pub fn backend(&self) -> &SharedString {
+    /// The stream has produced `tokens` output tokens so far (counted
+    /// chunks): keep the backend's in-flight token estimate current.
+    pub fn set_output_tokens(&mut self, tokens: u64) {
+        let total = self.route.prompt_tokens as i64 + tokens as i64;
+        let delta = total - self.tokens_added;
+        if delta != 0 {
+            if let Some(b) = &self.backend {
+                b.inflight_tokens.fetch_add(delta, Ordering::Relaxed);
+            }
+            self.tokens_added = total;
+        }
+    }
+
+    pub fn backend_name(&self) -> &SharedString {
         &self.labels.backend
     }
 
@@ -102,6 +133,10 @@ impl RequestCtx {
         if on != self.thinking {
             self.thinking = on;
             self.labels.inflight_thinking(if on { 1.0 } else { -1.0 });
+            if let Some(b) = &self.backend {
+                b.inflight_thinking
+                    .fetch_add(if on { 1 } else { -1 }, Ordering::Relaxed);
+            }
         }
     }
 
@@ -148,6 +183,22 @@ impl RequestCtx {
         if self.inflight {
             self.labels.inflight(-1.0);
         }
+        if let Some(b) = self.backend.take() {
+            b.inflight.fetch_sub(1, Ordering::Relaxed);
+            b.inflight_tokens
+                .fetch_sub(self.tokens_added, Ordering::Relaxed);
+            if let Some(t) = summary.as_ref().and_then(|s| s.ttft()) {
+                b.observe_ttft(t);
+            }
+            let done = Completion {
+                ok: outcome == Outcome::Completed && (200..300).contains(&self.status),
+                thinking_tokens: summary.as_ref().map_or(0, |s| s.thinking_tokens),
+                visible_tokens: summary.as_ref().map_or(0, |s| s.visible_tokens),
+                ttft_s: summary.as_ref().and_then(|s| s.ttft()),
+                e2e_s: summary.as_ref().map_or(0.0, |s| s.e2e()),
+            };
+            self.shared.fleet.observe(&self.route, &b, &done);
+        }
         if outcome == Outcome::ClientGone {
             self.labels.client_disconnect();
         }
@@ -173,6 +224,7 @@ impl RequestCtx {
             stream_requested: self.features.stream,
             usage_injected: self.usage_injected,
             t_upstream_ns: self.t_upstream_ns,
+            predicted_thinking_tokens: self.route.predicted_thinking,
             asu: summary,
         });
     }

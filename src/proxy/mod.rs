@@ -21,12 +21,12 @@ use request::{Endpoint, Features};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use thinkgate_asu::{BodyKind, Observer, ObserverConfig};
-use upstream::{Upstream, UpstreamClient};
+use upstream::UpstreamClient;
 
 /// The body of every response the proxy sends.
 pub type ResponseBody = Either<ObservedBody, Full<Bytes>>;
@@ -34,9 +34,8 @@ pub type ResponseBody = Either<ObservedBody, Full<Bytes>>;
 /// State shared by all requests of one gateway.
 pub struct Shared {
     pub cfg: Config,
-    client: UpstreamClient,
-    upstreams: Vec<Upstream>,
-    next: AtomicUsize,
+    pub client: UpstreamClient,
+    pub fleet: Arc<crate::fleet::Fleet>,
     observer: Arc<ObserverConfig>,
     /// Same as `observer`, with usage-event stripping on.
     observer_strip: Arc<ObserverConfig>,
@@ -48,11 +47,12 @@ pub struct Shared {
 impl Shared {
     pub fn new(cfg: Config, recorder: Recorder) -> Result<Self, crate::error::ConfigError> {
         cfg.validate()?;
-        let upstreams = cfg
-            .upstreams
-            .iter()
-            .map(|u| upstream::parse_base(u))
-            .collect::<Result<Vec<_>, _>>()?;
+        let fleet = crate::fleet::Fleet::new(
+            &cfg.all_backends(),
+            &cfg.routing,
+            cfg.eject_after_failures,
+            cfg.eject_secs,
+        )?;
         let obs = cfg.observer_config()?;
         let strip = ObserverConfig {
             strip_usage_only: true,
@@ -63,8 +63,7 @@ impl Shared {
                 Duration::from_millis(cfg.connect_timeout_ms),
                 cfg.pool_max_idle_per_host,
             ),
-            upstreams,
-            next: AtomicUsize::new(0),
+            fleet: Arc::new(fleet),
             observer: Arc::new(obs),
             observer_strip: Arc::new(strip),
             recorder,
@@ -72,16 +71,6 @@ impl Shared {
             draining: AtomicBool::new(false),
             cfg,
         })
-    }
-
-    /// Round robin over the configured upstreams (routing policies replace
-    /// this with the policies crate).
-    fn pick(&self) -> Option<&Upstream> {
-        if self.upstreams.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len();
-        self.upstreams.get(i)
     }
 }
 
@@ -140,6 +129,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     // the model and stream flags, and to inject usage; every other body
     // streams through untouched.
     let mut injected = false;
+    let mut features = Features::default();
     let up_body = if endpoint.is_inference() {
         let bytes = match Limited::new(body, shared.cfg.max_request_body_bytes)
             .collect()
@@ -160,7 +150,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
                 return gateway_error(&mut ctx, err);
             }
         };
-        let features = Features::parse(&bytes);
+        features = Features::parse_with_prefix(&bytes, shared.cfg.prefix_bytes);
         let bytes = if shared.cfg.injects_usage() && features.wants_injection() {
             match request::inject_include_usage(&bytes) {
                 Some(b) => {
@@ -172,7 +162,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         } else {
             bytes
         };
-        ctx.set_features(features);
+        ctx.set_features(features.clone());
         Either::Left(Full::new(bytes))
     } else {
         Either::Right(body)
@@ -181,10 +171,16 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         ctx.note_usage_injected();
     }
 
-    let Some(up) = shared.pick() else {
-        return gateway_error(&mut ctx, GatewayError::NoUpstream);
+    let mut info = request::route_info(&features, &parts.headers, &shared.cfg.session_header);
+    let backend = match shared.fleet.pick(&mut info, shared.cfg.pool.as_deref()) {
+        Ok(b) => b,
+        Err(e) => {
+            crate::metrics::no_backend();
+            return gateway_error(&mut ctx, GatewayError::NoBackend(e.to_string()));
+        }
     };
-    ctx.set_backend(up.name.clone());
+    ctx.set_backend(Arc::clone(&backend), info);
+    let up = &backend.upstream;
     let uri = match up.uri_for(parts.uri.path_and_query()) {
         Ok(u) => u,
         Err(e) => {
@@ -213,6 +209,9 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
+            if e.is_connect() {
+                shared.fleet.on_failure(&backend);
+            }
             let reason = error_chain(&e);
             let backend = up.name.to_string();
             return gateway_error(
@@ -225,6 +224,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
             return gateway_error(&mut ctx, GatewayError::UpstreamTimeout { backend, secs });
         }
     };
+    backend.on_success();
     ctx.t_upstream_ns = Some(ctx.elapsed_ns());
     ctx.status = resp.status().as_u16();
     let (mut rparts, rbody) = resp.into_parts();
@@ -246,7 +246,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         if let Ok(v) = HeaderValue::from_str(&ctx.id) {
             rparts.headers.insert(headers::TG_REQUEST_ID, v);
         }
-        if let Ok(v) = HeaderValue::from_str(ctx.backend()) {
+        if let Ok(v) = HeaderValue::from_str(ctx.backend_name()) {
             rparts.headers.insert(headers::TG_BACKEND, v);
         }
     }

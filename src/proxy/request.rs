@@ -47,6 +47,14 @@ pub struct Features {
     pub max_tokens: Option<u64>,
     /// The body parsed as the expected JSON object.
     pub parsed: bool,
+    /// Bytes of prompt text (message contents, or the completion prompt).
+    pub prompt_bytes: usize,
+    /// Hash of the first `prefix_bytes` bytes of that text.
+    pub prefix_hash: u64,
+    /// `chat_template_kwargs.enable_thinking` (default true).
+    pub thinking: bool,
+    /// The OpenAI `user` field.
+    pub user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +71,57 @@ struct Head<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    #[serde(borrow, default)]
+    messages: Option<Vec<MessageHead<'a>>>,
+    #[serde(borrow, default)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    #[serde(default)]
+    chat_template_kwargs: Option<TemplateKwargs>,
+}
+
+#[derive(Deserialize)]
+struct MessageHead<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct TemplateKwargs {
+    #[serde(default)]
+    enable_thinking: Option<bool>,
+}
+
+/// FNV-1a over the prompt's first bytes (stable across replicas).
+#[derive(Debug)]
+struct PrefixHasher {
+    h: u64,
+    left: usize,
+    bytes: usize,
+}
+
+impl PrefixHasher {
+    fn new(limit: usize) -> Self {
+        Self {
+            h: 0xcbf2_9ce4_8422_2325,
+            left: limit,
+            bytes: 0,
+        }
+    }
+
+    /// Feed a JSON value: a string's text, or the raw JSON of anything else
+    /// (content parts).
+    fn feed(&mut self, raw: &RawValue) {
+        let text: Cow<'_, str> =
+            serde_json::from_str::<Cow<'_, str>>(raw.get()).unwrap_or(Cow::Borrowed(raw.get()));
+        self.bytes += text.len();
+        for b in text.as_bytes().iter().take(self.left) {
+            self.h ^= u64::from(*b);
+            self.h = self.h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.left = self.left.saturating_sub(text.len());
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -84,9 +143,23 @@ impl Features {
     /// Read the fields; a body that is not the expected JSON gives defaults
     /// (the engine will answer it with its own error, unchanged).
     pub fn parse(body: &[u8]) -> Self {
+        Self::parse_with_prefix(body, 64)
+    }
+
+    /// As [`Features::parse`], hashing the first `prefix_bytes` of the prompt.
+    pub fn parse_with_prefix(body: &[u8], prefix_bytes: usize) -> Self {
         let Ok(h) = serde_json::from_slice::<Head<'_>>(body) else {
             return Self::default();
         };
+        let mut prefix = PrefixHasher::new(prefix_bytes);
+        for m in h.messages.iter().flatten() {
+            if let Some(c) = m.content {
+                prefix.feed(c);
+            }
+        }
+        if let Some(p) = h.prompt {
+            prefix.feed(p);
+        }
         let so = h
             .stream_options
             .and_then(|r| serde_json::from_str::<StreamOptions<'_>>(r.get()).ok())
@@ -99,6 +172,13 @@ impl Features {
             n: h.n.unwrap_or(1),
             max_tokens: h.max_completion_tokens.or(h.max_tokens),
             parsed: true,
+            prompt_bytes: prefix.bytes,
+            prefix_hash: prefix.h,
+            thinking: h
+                .chat_template_kwargs
+                .and_then(|k| k.enable_thinking)
+                .unwrap_or(true),
+            user: h.user.map(|u| u.chars().take(256).collect()),
         }
     }
 
@@ -107,6 +187,40 @@ impl Features {
         // With continuous_usage_stats, turning include_usage on would add
         // usage to every chunk the client sees: leave such requests alone.
         self.parsed && self.stream && !self.include_usage && !self.continuous_usage
+    }
+}
+
+/// Thinking tokens a difficulty hint stands for (`x-thinkgate-difficulty`:
+/// `easy`, `medium`, `hard`, or a number of tokens).
+pub fn difficulty_hint(v: &str) -> Option<f64> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "easy" => Some(300.0),
+        "medium" => Some(1500.0),
+        "hard" => Some(6000.0),
+        n => n.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0),
+    }
+}
+
+/// What routing policies know about a request.
+pub fn route_info(
+    f: &Features,
+    headers: &http::HeaderMap,
+    session_header: &str,
+) -> thinkgate_policies::RequestInfo {
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    thinkgate_policies::RequestInfo {
+        model: f.model.clone(),
+        prompt_bytes: f.prompt_bytes,
+        prompt_tokens: (f.prompt_bytes / 4) as u64,
+        max_tokens: f.max_tokens,
+        thinking: f.thinking,
+        session: h(session_header)
+            .map(|s| s.chars().take(256).collect())
+            .or_else(|| f.user.clone()),
+        prefix_hash: f.prefix_hash,
+        difficulty_hint: h("x-thinkgate-difficulty").and_then(difficulty_hint),
+        priority: h("x-thinkgate-priority").and_then(|p| p.trim().parse().ok()),
+        predicted_thinking: None,
     }
 }
 

@@ -75,6 +75,8 @@ impl Body for ObservedBody {
                                 let fed_before = obs.fed();
                                 obs.feed(&data, ctx.elapsed_ns());
                                 ctx.set_thinking(obs.in_thinking());
+                                let s = obs.peek();
+                                ctx.set_output_tokens(s.reasoning_chunks + s.visible_chunks);
                                 if let Some(st) = this.strip.as_mut() {
                                     data = st.process(
                                         data,

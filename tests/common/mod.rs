@@ -205,6 +205,10 @@ pub async fn gateway(upstreams: Vec<String>, tweak: impl FnOnce(&mut Config)) ->
         admin: "127.0.0.1:0".parse().unwrap(),
         upstreams,
         drain_timeout_secs: 5,
+        // Probes would add /health and /metrics requests to the scripted
+        // upstreams' logs; tests of probing turn them back on.
+        health_interval_ms: 0,
+        scrape_interval_ms: 0,
         ..Config::default()
     };
     tweak(&mut cfg);

@@ -1,0 +1,224 @@
+//! The backends and their live state, and routing over them.
+//!
+//! Every counter a policy reads is an atomic updated on the request path
+//! (in flight, in-flight tokens, thinking streams, EWMA of TTFT) or by the
+//! probe task (health, scraped engine state): no locks. A pick takes a
+//! snapshot of the candidates and hands it to the configured policy through
+//! `thinkgate_policies::select`, which never offers an unhealthy backend.
+
+pub mod probe;
+
+use crate::config::BackendConfig;
+use crate::error::ConfigError;
+use crate::proxy::upstream::{parse_base, Upstream};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use thinkgate_policies::{
+    Candidate, Completion, EngineState, NoBackend, Policy, PolicyConfig, RequestInfo,
+};
+
+/// An `f64` in an atomic (NaN = unknown).
+#[derive(Debug)]
+pub struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    pub fn unknown() -> Self {
+        Self(AtomicU64::new(f64::NAN.to_bits()))
+    }
+    pub fn get(&self) -> Option<f64> {
+        let v = f64::from_bits(self.0.load(Ordering::Relaxed));
+        (!v.is_nan()).then_some(v)
+    }
+    pub fn set(&self, v: Option<f64>) {
+        self.0
+            .store(v.unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// One backend engine and what the gateway knows of it now.
+#[derive(Debug)]
+pub struct Backend {
+    pub index: usize,
+    pub upstream: Upstream,
+    pub pool: String,
+    pub weight: u32,
+    /// Models it serves (empty: any).
+    pub models: Vec<String>,
+    pub inflight: AtomicI64,
+    pub inflight_tokens: AtomicI64,
+    pub inflight_thinking: AtomicI64,
+    ewma_ttft: AtomicF64,
+    pub healthy: AtomicBool,
+    failures: AtomicU32,
+    /// When passive ejection ends without an active check (ms since start).
+    ejected_until_ms: AtomicU64,
+    pub kv_usage: AtomicF64,
+    pub running: AtomicF64,
+    pub waiting: AtomicF64,
+    pub preemptions: AtomicF64,
+}
+
+impl Backend {
+    fn new(index: usize, cfg: &BackendConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            index,
+            upstream: parse_base(&cfg.url)?,
+            pool: cfg.pool.clone(),
+            weight: cfg.weight,
+            models: cfg.models.clone(),
+            inflight: AtomicI64::new(0),
+            inflight_tokens: AtomicI64::new(0),
+            inflight_thinking: AtomicI64::new(0),
+            ewma_ttft: AtomicF64::unknown(),
+            healthy: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            kv_usage: AtomicF64::unknown(),
+            running: AtomicF64::unknown(),
+            waiting: AtomicF64::unknown(),
+            preemptions: AtomicF64::unknown(),
+        })
+    }
+
+    fn serves(&self, model: Option<&str>) -> bool {
+        self.models.is_empty() || model.is_some_and(|m| self.models.iter().any(|x| x == m))
+    }
+
+    fn candidate(&self) -> Candidate {
+        let n = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
+        Candidate {
+            index: self.index,
+            name: self.upstream.name.to_string(),
+            pool: self.pool.clone(),
+            weight: self.weight,
+            healthy: self.healthy.load(Ordering::Relaxed),
+            inflight: n(&self.inflight),
+            inflight_tokens: n(&self.inflight_tokens),
+            inflight_thinking: n(&self.inflight_thinking),
+            ewma_ttft_s: self.ewma_ttft.get().unwrap_or(0.0),
+            ewma_tpot_s: 0.0,
+            engine: EngineState {
+                kv_usage: self.kv_usage.get(),
+                running: self.running.get(),
+                waiting: self.waiting.get(),
+                preemptions: self.preemptions.get(),
+            },
+        }
+    }
+
+    /// A response head arrived: the backend works.
+    pub fn on_success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Fold a TTFT sample into the EWMA (weight 0.2).
+    pub fn observe_ttft(&self, s: f64) {
+        let next = match self.ewma_ttft.get() {
+            Some(old) => old * 0.8 + s * 0.2,
+            None => s,
+        };
+        self.ewma_ttft.set(Some(next));
+    }
+}
+
+/// All backends, the routing policy, and ejection settings.
+#[derive(Debug)]
+pub struct Fleet {
+    pub backends: Vec<Arc<Backend>>,
+    pub policy: Arc<dyn Policy>,
+    eject_after: u32,
+    eject_ms: u64,
+    start: Instant,
+}
+
+impl Fleet {
+    pub fn new(
+        backends: &[BackendConfig],
+        routing: &PolicyConfig,
+        eject_after: u32,
+        eject_secs: u64,
+    ) -> Result<Self, ConfigError> {
+        let backends = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Backend::new(i, b).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = backends
+            .iter()
+            .map(|b| b.upstream.name.to_string())
+            .collect();
+        Ok(Self {
+            policy: thinkgate_policies::build(routing, &names),
+            backends,
+            eject_after: eject_after.max(1),
+            eject_ms: eject_secs.saturating_mul(1000),
+            start: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Choose a backend for `req` (which `prepare` may annotate).
+    pub fn pick(
+        &self,
+        req: &mut RequestInfo,
+        pool: Option<&str>,
+    ) -> Result<Arc<Backend>, NoBackend> {
+        self.readmit_expired();
+        self.policy.prepare(req);
+        let candidates: Vec<Candidate> = self
+            .backends
+            .iter()
+            .filter(|b| b.serves(req.model.as_deref()))
+            .map(|b| b.candidate())
+            .collect();
+        let i = thinkgate_policies::select(self.policy.as_ref(), req, &candidates, pool)?;
+        self.backends
+            .get(i)
+            .cloned()
+            .ok_or(NoBackend { pool: None })
+    }
+
+    /// The request on `b` finished.
+    pub fn observe(&self, req: &RequestInfo, b: &Backend, done: &Completion) {
+        self.policy.observe(req, b.index, done);
+    }
+
+    /// Connecting to `b` failed: eject it after `eject_after` in a row.
+    pub fn on_failure(&self, b: &Backend) {
+        let n = b.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.eject_after && b.healthy.swap(false, Ordering::Relaxed) {
+            b.ejected_until_ms
+                .store(self.now_ms() + self.eject_ms, Ordering::Relaxed);
+            tracing::warn!(backend = %b.upstream.name, failures = n, "backend ejected");
+        }
+    }
+
+    /// Without active health checks, an ejected backend gets another try
+    /// after the ejection time.
+    fn readmit_expired(&self) {
+        let now = self.now_ms();
+        for b in &self.backends {
+            let until = b.ejected_until_ms.load(Ordering::Relaxed);
+            if until != 0 && now >= until && !b.healthy.load(Ordering::Relaxed) {
+                b.ejected_until_ms.store(0, Ordering::Relaxed);
+                b.failures.store(0, Ordering::Relaxed);
+                b.healthy.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Set by an active health check.
+    pub fn set_health(&self, b: &Backend, ok: bool) {
+        if ok {
+            b.failures.store(0, Ordering::Relaxed);
+            b.ejected_until_ms.store(0, Ordering::Relaxed);
+        }
+        if b.healthy.swap(ok, Ordering::Relaxed) != ok {
+            tracing::info!(backend = %b.upstream.name, healthy = ok, "backend health changed");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Routing through the gateway: policies over live state, passive ejection,
+//! active health checks, engine scraping, model filters, 503 when no backend.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use std::time::Duration;
+use thinkgate::config::BackendConfig;
+use thinkgate_policies::PolicyConfig;
+
+/// Streams hang (a long thinker); plain requests answer at once. `/metrics`
+/// reports `kv`; `/health` answers `health`.
+async fn engine(kv: f64, health: u16) -> Upstream {
+    upstream(move |parts, _| match parts.uri.path() {
+        "/metrics" => Script::json(&format!("vllm:kv_cache_usage_perc{{model_name=\"m\"}} {kv}\nvllm:num_requests_waiting{{model_name=\"m\"}} 0\n")),
+        "/health" => {
+            let mut s = Script::json("");
+            s.status = health;
+            s
+        }
+        _ if parts.headers.get("x-stream").is_some() => {
+            let mut s = Script::sse(vec![(Duration::ZERO, Bytes::from_static(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning\":\"hm\"}}]}\n\n"))]);
+            s.end = End::Hang;
+            s
+        }
+        _ => Script::json(r#"{"choices":[]}"#),
+    })
+    .await
+}
+
+fn req(
+    gw: &thinkgate::server::Gateway,
+    stream: bool,
+) -> http::Request<http_body_util::Full<Bytes>> {
+    let mut r = post(
+        format!("http://{}/v1/chat/completions", gw.proxy_addr),
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    if stream {
+        r.headers_mut()
+            .insert("x-stream", http::HeaderValue::from_static("1"));
+    }
+    r
+}
+
+#[tokio::test]
+async fn least_request_avoids_the_backend_holding_a_long_stream() {
+    let (a, b) = (engine(0.0, 200).await, engine(0.0, 200).await);
+    let gw = gateway(vec![a.url(), b.url()], |c| {
+        c.routing = PolicyConfig::LeastRequest
+    })
+    .await;
+    let c = client();
+    let long = c.request(req(&gw, true)).await.unwrap();
+    let busy = long.headers()["x-thinkgate-backend"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..4 {
+        let got = send(&c, req(&gw, false)).await;
+        assert_eq!(got.status, 200);
+        assert_ne!(got.headers["x-thinkgate-backend"].to_str().unwrap(), busy);
+    }
+    drop(long);
+}
+
+#[tokio::test]
+async fn failing_backend_is_ejected_and_none_left_is_503() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    let live = engine(0.0, 200).await;
+    let gw = gateway(vec![dead.clone(), live.url()], |c| {
+        c.routing = PolicyConfig::RoundRobin;
+        c.eject_after_failures = 2;
+        c.eject_secs = 3600;
+    })
+    .await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(send(&c, req(&gw, false)).await.status.as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert!(statuses[4..].iter().all(|s| *s == 200), "{statuses:?}");
+
+    let gw = gateway(vec![dead], |c| c.eject_after_failures = 1).await;
+    assert_eq!(send(&c, req(&gw, false)).await.status, 502);
+    let got = send(&c, req(&gw, false)).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.headers["retry-after"], "1");
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(v["error"]["type"], "no_healthy_backend");
+}
+
+#[tokio::test]
+async fn active_health_checks_and_least_kv_follow_the_engines() {
+    let sick = engine(0.0, 503).await;
+    let full = engine(0.95, 200).await;
+    let roomy = engine(0.10, 200).await;
+    let gw = gateway(vec![sick.url(), full.url(), roomy.url()], |c| {
+        c.routing = PolicyConfig::LeastKv;
+        c.health_interval_ms = 50;
+        c.scrape_interval_ms = 50;
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = client();
+    for _ in 0..5 {
+        let got = send(&c, req(&gw, false)).await;
+        assert_eq!(
+            got.headers["x-thinkgate-backend"].to_str().unwrap(),
+            roomy.url()
+        );
+    }
+    let admin = format!("http://{}", gw.admin_addr);
+    let stats: serde_json::Value = serde_json::from_slice(
+        &send(
+            &c,
+            http::Request::get(format!("{admin}/stats"))
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .body,
+    )
+    .unwrap();
+    assert_eq!(stats["policy"], "least_kv");
+    assert_eq!(stats["backends"][0]["healthy"], false);
+    assert_eq!(stats["backends"][1]["kv_usage"], 0.95);
+    let m = scrape(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "thinkgate_backend_healthy",
+            &[("backend", sick.url().as_str())]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "thinkgate_backend_kv_usage",
+            &[("backend", roomy.url().as_str())]
+        ),
+        Some(0.1)
+    );
+}
+
+#[tokio::test]
+async fn backends_only_get_models_they_serve() {
+    let (a, b) = (engine(0.0, 200).await, engine(0.0, 200).await);
+    let gw = gateway(vec![], |c| {
+        c.backends = vec![
+            BackendConfig {
+                url: a.url(),
+                weight: 1,
+                pool: "default".into(),
+                models: vec!["small".into()],
+            },
+            BackendConfig {
+                url: b.url(),
+                weight: 1,
+                pool: "default".into(),
+                models: vec!["m".into()],
+            },
+        ];
+    })
+    .await;
+    let c = client();
+    for _ in 0..4 {
+        assert_eq!(
+            send(&c, req(&gw, false)).await.headers["x-thinkgate-backend"]
+                .to_str()
+                .unwrap(),
+            b.url()
+        );
+    }
+}
