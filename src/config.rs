@@ -26,6 +26,43 @@ pub struct BackendConfig {
     pub models: Vec<String>,
 }
 
+/// How requests are assigned to experiment arms.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignBy {
+    /// The session key (`session_header`, else the `user` field); requests
+    /// without one are assigned at random.
+    #[default]
+    Session,
+    /// Each request at random.
+    Random,
+}
+
+/// One arm of an A/B experiment (`[[experiment.arms]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmConfig {
+    pub name: String,
+    /// Relative share of requests.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// This arm's routing policy.
+    #[serde(default)]
+    pub routing: PolicyConfig,
+    /// Route this arm's requests only to this pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+/// An A/B experiment over routing policies (`[experiment]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    #[serde(default)]
+    pub assign_by: AssignBy,
+    pub arms: Vec<ArmConfig>,
+}
+
 fn one() -> u32 {
     1
 }
@@ -50,6 +87,9 @@ pub struct Config {
     pub routing: PolicyConfig,
     /// Route only to this pool (default: all backends).
     pub pool: Option<String>,
+    /// An A/B experiment: arms with their own policy and pool, replacing
+    /// `routing` and `pool` while set.
+    pub experiment: Option<ExperimentConfig>,
     /// Active health check (`GET /health`) period, ms; 0 turns it off.
     pub health_interval_ms: u64,
     /// Engine `/metrics` scrape period, ms; 0 turns it off.
@@ -109,6 +149,7 @@ impl Default for Config {
             backends: Vec::new(),
             routing: PolicyConfig::default(),
             pool: None,
+            experiment: None,
             health_interval_ms: 2_000,
             scrape_interval_ms: 1_000,
             eject_after_failures: 3,
@@ -157,9 +198,28 @@ impl Config {
         for b in &all {
             crate::proxy::upstream::parse_base(&b.url)?;
         }
-        if let Some(p) = &self.pool {
+        let arm_pools = self
+            .experiment
+            .iter()
+            .flat_map(|e| e.arms.iter().filter_map(|a| a.pool.as_ref()));
+        for p in self.pool.iter().chain(arm_pools) {
             if !all.iter().any(|b| &b.pool == p) {
                 return Err(ConfigError::Invalid(format!("pool {p:?} has no backend")));
+            }
+        }
+        if let Some(e) = &self.experiment {
+            if e.arms.is_empty() || e.arms.iter().all(|a| a.weight == 0) {
+                return Err(ConfigError::Invalid(
+                    "an experiment needs arms with weight > 0".into(),
+                ));
+            }
+            let mut names: Vec<&str> = e.arms.iter().map(|a| a.name.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            if names.len() != e.arms.len() || names.iter().any(|n| n.is_empty() || n.len() > 64) {
+                return Err(ConfigError::Invalid(
+                    "experiment arm names must be unique, 1..=64 chars".into(),
+                ));
             }
         }
         self.markers()?;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use thinkgate_loadgen::cli::{EndpointArg, LoadArgs};
+use thinkgate_loadgen::cli::LoadArgs;
 use thinkgate_sim::SimConfig;
 
 #[derive(Debug, Args)]
@@ -93,33 +93,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         })
     };
     let load = LoadArgs {
-        command: None,
-        url: Some(format!("http://{}", gw.proxy_addr)),
-        endpoint: EndpointArg::Chat,
-        model: None,
         rate: args.rate.to_string(),
         burstiness: args.burstiness,
-        constant: false,
-        concurrency: None,
-        trace: None,
-        trace_speed: 1.0,
-        sweep: None,
         num_requests: ((args.rate * args.duration).ceil() as usize).max(1) * 2,
         duration: Some(args.duration),
         seed: args.seed,
-        dataset: None,
-        prompt_template: thinkgate_loadgen::dataset::DEFAULT_TEMPLATE.into(),
-        max_tokens: None,
-        extra_body: None,
-        no_stream: false,
-        no_usage: false,
-        slo: "ttfvt=10s,e2e=60s".into(),
         timeout: 600.0,
-        think_tags: "auto".into(),
         out: args.out.clone(),
         scrape: backends.clone(),
         label: "thinkgate demo: ASU measured at the client".into(),
-        quiet: false,
+        ..LoadArgs::new(format!("http://{}", gw.proxy_addr))
     };
     let summary = thinkgate_loadgen::cli::execute(&load).await?;
     sampler.abort();

@@ -174,14 +174,25 @@ impl LabelSet {
 pub struct Labels {
     pub backend: SharedString,
     pub model: SharedString,
+    /// Experiment arm (`default` without an experiment).
+    pub arm: SharedString,
 }
 
+type Pairs<const N: usize> = [(&'static str, SharedString); N];
+
 impl Labels {
-    fn pairs(&self) -> [(&'static str, SharedString); 2] {
+    fn pairs(&self) -> Pairs<3> {
         [
             ("backend", self.backend.clone()),
             ("model", self.model.clone()),
+            ("arm", self.arm.clone()),
         ]
+    }
+
+    /// The common labels plus one more.
+    fn plus(&self, key: &'static str, value: SharedString) -> Pairs<4> {
+        let [b, m, a] = self.pairs();
+        [b, m, a, (key, value)]
     }
 
     pub fn inflight(&self, delta: f64) {
@@ -193,24 +204,15 @@ impl Labels {
     }
 
     pub fn request(&self, status: u16, outcome: &'static str) {
-        let [b, m] = self.pairs();
-        counter!(
-            REQUESTS,
-            &[
-                b,
-                m,
-                ("status", status_label(status)),
-                ("outcome", SharedString::const_str(outcome))
-            ]
-        )
-        .increment(1);
+        let [b, m, a, s] = self.plus("status", status_label(status));
+        let labels = [b, m, a, s, ("outcome", SharedString::const_str(outcome))];
+        counter!(REQUESTS, &labels).increment(1);
     }
 
     pub fn upstream_error(&self, kind: &'static str) {
-        let [b, m] = self.pairs();
         counter!(
             UPSTREAM_ERRORS,
-            &[b, m, ("kind", SharedString::const_str(kind))]
+            &self.plus("kind", SharedString::const_str(kind))
         )
         .increment(1);
     }
@@ -233,19 +235,14 @@ impl Labels {
         if let Some(v) = s.ttfvt() {
             histogram!(TTFVT, &p).record(v);
         }
-        let [b, m] = p.clone();
         counter!(
             OUTPUT_TOKENS,
-            &[
-                b.clone(),
-                m.clone(),
-                ("kind", SharedString::const_str("thinking"))
-            ]
+            &self.plus("kind", SharedString::const_str("thinking"))
         )
         .increment(s.thinking_tokens);
         counter!(
             OUTPUT_TOKENS,
-            &[b, m, ("kind", SharedString::const_str("visible"))]
+            &self.plus("kind", SharedString::const_str("visible"))
         )
         .increment(s.visible_tokens);
         if !complete {

@@ -57,6 +57,8 @@ pub struct RequestRecord {
     pub path: String,
     pub model: Option<String>,
     pub backend: String,
+    /// Experiment arm (`default` without an experiment).
+    pub arm: String,
     pub status: u16,
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -221,14 +221,18 @@ fn admin_route(
                 Ok(mut s) => s.summary(),
                 Err(_) => serde_json::json!({}),
             };
-            let policy = shared.fleet.policy.as_ref();
-            v["policy"] = serde_json::json!(policy.name());
-            if let Some(extra) = policy
-                .stats()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            {
-                v["policy_stats"] = extra;
-            }
+            v["arms"] = shared
+                .fleet
+                .arms
+                .iter()
+                .map(|a| {
+                    let mut arm = serde_json::json!({"name": a.name.as_ref(), "weight": a.weight, "policy": a.policy.name(), "pool": a.pool});
+                    if let Some(extra) = a.policy.stats().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
+                        arm["policy_stats"] = extra;
+                    }
+                    arm
+                })
+                .collect();
             v["backends"] = shared
                 .fleet
                 .backends

@@ -6,37 +6,19 @@
 mod common;
 
 use std::collections::HashMap;
-use thinkgate_loadgen::cli::{EndpointArg, LoadArgs};
+use thinkgate_loadgen::cli::LoadArgs;
 
 fn args(url: String, out: Option<std::path::PathBuf>) -> LoadArgs {
     LoadArgs {
-        command: None,
-        url: Some(url),
-        endpoint: EndpointArg::Chat,
-        model: None,
         rate: "10".into(),
         burstiness: 0.5,
-        constant: false,
-        concurrency: None,
-        trace: None,
-        trace_speed: 1.0,
-        sweep: None,
         num_requests: 40,
         duration: Some(30.0),
         seed: 3,
-        dataset: None,
-        prompt_template: thinkgate_loadgen::dataset::DEFAULT_TEMPLATE.into(),
-        max_tokens: None,
-        extra_body: None,
-        no_stream: false,
-        no_usage: false,
-        slo: "ttfvt=10s,e2e=60s".into(),
         timeout: 120.0,
-        think_tags: "auto".into(),
         out,
-        scrape: Vec::new(),
-        label: String::new(),
         quiet: true,
+        ..LoadArgs::new(url)
     }
 }
 

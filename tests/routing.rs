@@ -131,7 +131,7 @@ async fn active_health_checks_and_least_kv_follow_the_engines() {
         .body,
     )
     .unwrap();
-    assert_eq!(stats["policy"], "least_kv");
+    assert_eq!(stats["arms"][0]["policy"], "least_kv");
     assert_eq!(stats["backends"][0]["healthy"], false);
     assert_eq!(stats["backends"][1]["kv_usage"], 0.95);
     let m = scrape(&gw).await;
@@ -181,5 +181,83 @@ async fn backends_only_get_models_they_serve() {
                 .unwrap(),
             b.url()
         );
+    }
+}
+
+#[tokio::test]
+async fn experiment_arms_are_sticky_by_session_and_labelled() {
+    use thinkgate::config::{ArmConfig, AssignBy, ExperimentConfig};
+    let (a, b) = (engine(0.0, 200).await, engine(0.0, 200).await);
+    let arms = vec![
+        ArmConfig {
+            name: "rr".into(),
+            weight: 1,
+            routing: PolicyConfig::RoundRobin,
+            pool: None,
+        },
+        ArmConfig {
+            name: "lr".into(),
+            weight: 1,
+            routing: PolicyConfig::LeastRequest,
+            pool: None,
+        },
+    ];
+    let gw = gateway(vec![a.url(), b.url()], |c| {
+        c.experiment = Some(ExperimentConfig {
+            assign_by: AssignBy::Session,
+            arms: arms.clone(),
+        });
+    })
+    .await;
+    let c = client();
+    let mut seen = std::collections::BTreeMap::new();
+    for user in 0..40 {
+        for _ in 0..3 {
+            let mut r = req(&gw, false);
+            r.headers_mut().insert(
+                "x-thinkgate-session",
+                http::HeaderValue::from_str(&format!("user-{user}")).unwrap(),
+            );
+            let got = send(&c, r).await;
+            let arm = got.headers["x-thinkgate-arm"].to_str().unwrap().to_string();
+            let prev = seen.entry(user).or_insert_with(|| arm.clone());
+            assert_eq!(*prev, arm, "a session stays in its arm");
+        }
+    }
+    let n_rr = seen.values().filter(|a| *a == "rr").count();
+    assert!(
+        (8..=32).contains(&n_rr),
+        "both arms get sessions: {n_rr} of 40 in rr"
+    );
+    let m = scrape(&gw).await;
+    let per_arm = |arm| {
+        metric(
+            &m,
+            "thinkgate_requests_total",
+            &[("model", "m"), ("arm", arm)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(per_arm("rr") + per_arm("lr"), 120.0);
+    assert_eq!(per_arm("rr"), (n_rr * 3) as f64);
+
+    // Bad experiments are startup errors.
+    for bad in [
+        vec![],
+        vec![arms[0].clone(), arms[0].clone()],
+        vec![ArmConfig {
+            pool: Some("nowhere".into()),
+            ..arms[0].clone()
+        }],
+    ] {
+        let mut cfg = thinkgate::config::Config {
+            upstreams: vec![a.url()],
+            ..Default::default()
+        };
+        cfg.experiment = Some(ExperimentConfig {
+            assign_by: AssignBy::Random,
+            arms: bad,
+        });
+        assert!(cfg.validate().is_err());
     }
 }

@@ -192,6 +192,43 @@ fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl LoadArgs {
+    /// A run against `url` with the command line's defaults (for programs
+    /// that drive the load generator as a library: the demo, benchmarks,
+    /// tests).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            command: None,
+            url: Some(url.into()),
+            endpoint: EndpointArg::Chat,
+            model: None,
+            rate: "4".into(),
+            burstiness: 1.0,
+            constant: false,
+            trace: None,
+            trace_speed: 1.0,
+            sweep: None,
+            concurrency: None,
+            num_requests: 100,
+            duration: None,
+            seed: 1,
+            dataset: None,
+            prompt_template: dataset::DEFAULT_TEMPLATE.into(),
+            max_tokens: None,
+            extra_body: None,
+            no_stream: false,
+            no_usage: false,
+            slo: "ttfvt=10s,e2e=60s".into(),
+            timeout: 1800.0,
+            think_tags: "auto".into(),
+            out: None,
+            scrape: Vec::new(),
+            label: String::new(),
+            quiet: false,
+        }
+    }
+}
+
 fn think_tags(s: &str) -> anyhow::Result<ThinkTags> {
     match s.replace('-', "_").as_str() {
         "auto" => Ok(ThinkTags::Auto),

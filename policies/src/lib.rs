@@ -6,6 +6,7 @@
 //! learn from completions. It never sees an unhealthy backend (the caller's
 //! [`select`] filters them) and never does I/O. See `README.md` for how to
 //! add one.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
 pub mod consistent_hash;

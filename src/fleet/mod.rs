@@ -8,7 +8,7 @@
 
 pub mod probe;
 
-use crate::config::BackendConfig;
+use crate::config::{AssignBy, BackendConfig, Config};
 use crate::error::ConfigError;
 use crate::proxy::upstream::{parse_base, Upstream};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -122,24 +122,31 @@ impl Backend {
     }
 }
 
-/// All backends, the routing policy, and ejection settings.
+/// One routing arm: a policy over a pool. Without an experiment there is
+/// one arm, `default`.
+#[derive(Debug)]
+pub struct Arm {
+    pub name: metrics::SharedString,
+    pub weight: u32,
+    pub policy: Arc<dyn Policy>,
+    pub pool: Option<String>,
+}
+
+/// All backends, the routing arms, and ejection settings.
 #[derive(Debug)]
 pub struct Fleet {
     pub backends: Vec<Arc<Backend>>,
-    pub policy: Arc<dyn Policy>,
+    pub arms: Vec<Arm>,
+    assign_by: AssignBy,
     eject_after: u32,
     eject_ms: u64,
     start: Instant,
 }
 
 impl Fleet {
-    pub fn new(
-        backends: &[BackendConfig],
-        routing: &PolicyConfig,
-        eject_after: u32,
-        eject_secs: u64,
-    ) -> Result<Self, ConfigError> {
-        let backends = backends
+    pub fn new(cfg: &Config) -> Result<Self, ConfigError> {
+        let backends = cfg
+            .all_backends()
             .iter()
             .enumerate()
             .map(|(i, b)| Backend::new(i, b).map(Arc::new))
@@ -148,13 +155,61 @@ impl Fleet {
             .iter()
             .map(|b| b.upstream.name.to_string())
             .collect();
-        Ok(Self {
+        let arm = |name: &str, weight: u32, routing: &PolicyConfig, pool: &Option<String>| Arm {
+            name: metrics::SharedString::from(Arc::<str>::from(name)),
+            weight,
             policy: thinkgate_policies::build(routing, &names),
+            pool: pool.clone(),
+        };
+        let (arms, assign_by) = match &cfg.experiment {
+            Some(e) => (
+                e.arms
+                    .iter()
+                    .map(|a| arm(&a.name, a.weight, &a.routing, &a.pool))
+                    .collect(),
+                e.assign_by.clone(),
+            ),
+            None => (
+                vec![arm("default", 1, &cfg.routing, &cfg.pool)],
+                AssignBy::Session,
+            ),
+        };
+        Ok(Self {
             backends,
-            eject_after: eject_after.max(1),
-            eject_ms: eject_secs.saturating_mul(1000),
+            arms,
+            assign_by,
+            eject_after: cfg.eject_after_failures.max(1),
+            eject_ms: cfg.eject_secs.saturating_mul(1000),
             start: Instant::now(),
         })
+    }
+
+    /// The arm of a request: a stable hash of its session key (the same on
+    /// every gateway replica, no shared store), or random without one.
+    pub fn assign(&self, req: &RequestInfo) -> usize {
+        if self.arms.len() == 1 {
+            return 0;
+        }
+        let total: u64 = self
+            .arms
+            .iter()
+            .map(|a| u64::from(a.weight))
+            .sum::<u64>()
+            .max(1);
+        let x = match (&self.assign_by, &req.session) {
+            (AssignBy::Session, Some(s)) => {
+                thinkgate_policies::consistent_hash::stable_hash(s.as_bytes()) % total
+            }
+            _ => rand::random::<u64>() % total,
+        };
+        let mut acc = 0;
+        for (i, a) in self.arms.iter().enumerate() {
+            acc += u64::from(a.weight);
+            if x < acc {
+                return i;
+            }
+        }
+        self.arms.len() - 1
     }
 
     fn now_ms(&self) -> u64 {
@@ -162,29 +217,33 @@ impl Fleet {
     }
 
     /// Choose a backend for `req` (which `prepare` may annotate).
-    pub fn pick(
-        &self,
-        req: &mut RequestInfo,
-        pool: Option<&str>,
-    ) -> Result<Arc<Backend>, NoBackend> {
+    /// Choose a backend for `req` (which the arm's policy may annotate) in
+    /// arm `arm` (see [`Fleet::assign`]).
+    pub fn pick(&self, arm: usize, req: &mut RequestInfo) -> Result<Arc<Backend>, NoBackend> {
         self.readmit_expired();
-        self.policy.prepare(req);
+        let Some(arm) = self.arms.get(arm) else {
+            return Err(NoBackend { pool: None });
+        };
+        arm.policy.prepare(req);
         let candidates: Vec<Candidate> = self
             .backends
             .iter()
             .filter(|b| b.serves(req.model.as_deref()))
             .map(|b| b.candidate())
             .collect();
-        let i = thinkgate_policies::select(self.policy.as_ref(), req, &candidates, pool)?;
+        let i =
+            thinkgate_policies::select(arm.policy.as_ref(), req, &candidates, arm.pool.as_deref())?;
         self.backends
             .get(i)
             .cloned()
             .ok_or(NoBackend { pool: None })
     }
 
-    /// The request on `b` finished.
-    pub fn observe(&self, req: &RequestInfo, b: &Backend, done: &Completion) {
-        self.policy.observe(req, b.index, done);
+    /// The request on `b`, routed by arm `arm`, finished.
+    pub fn observe(&self, arm: usize, req: &RequestInfo, b: &Backend, done: &Completion) {
+        if let Some(a) = self.arms.get(arm) {
+            a.policy.observe(req, b.index, done);
+        }
     }
 
     /// Connecting to `b` failed: eject it after `eject_after` in a row.

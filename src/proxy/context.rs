@@ -42,6 +42,7 @@ pub struct RequestCtx {
     /// The chosen backend, its routing view of this request, and the tokens
     /// this request has added to the backend's in-flight estimate.
     backend: Option<Arc<Backend>>,
+    arm: usize,
     route: RequestInfo,
     tokens_added: i64,
     settled: bool,
@@ -59,6 +60,7 @@ impl RequestCtx {
         let labels = Labels {
             backend: SharedString::const_str("none"),
             model: SharedString::const_str("unknown"),
+            arm: SharedString::const_str("default"),
         };
         let start_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -80,6 +82,7 @@ impl RequestCtx {
             thinking: false,
             inflight: false,
             backend: None,
+            arm: 0,
             route: RequestInfo::default(),
             tokens_added: 0,
             settled: false,
@@ -90,6 +93,18 @@ impl RequestCtx {
     pub fn set_features(&mut self, f: Features) {
         self.labels.model = self.shared.models.get(f.model.as_deref());
         self.features = f;
+    }
+
+    /// The experiment arm this request belongs to.
+    pub fn set_arm(&mut self, arm: usize) {
+        self.arm = arm;
+        if let Some(a) = self.shared.fleet.arms.get(arm) {
+            self.labels.arm = a.name.clone();
+        }
+    }
+
+    pub fn arm_name(&self) -> &SharedString {
+        &self.labels.arm
     }
 
     /// Called once a backend was chosen: from here the request is in flight
@@ -197,7 +212,7 @@ impl RequestCtx {
                 ttft_s: summary.as_ref().and_then(|s| s.ttft()),
                 e2e_s: summary.as_ref().map_or(0.0, |s| s.e2e()),
             };
-            self.shared.fleet.observe(&self.route, &b, &done);
+            self.shared.fleet.observe(self.arm, &self.route, &b, &done);
         }
         if outcome == Outcome::ClientGone {
             self.labels.client_disconnect();
@@ -217,6 +232,7 @@ impl RequestCtx {
             path: std::mem::take(&mut self.path),
             model: self.features.model.take(),
             backend: self.labels.backend.to_string(),
+            arm: self.labels.arm.to_string(),
             status: self.status,
             outcome,
             fault: err.map(GatewayError::fault),

@@ -9,6 +9,8 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// `response_headers = false` or `--passthrough-strict`).
 pub const TG_REQUEST_ID: &str = "x-thinkgate-request-id";
 pub const TG_BACKEND: &str = "x-thinkgate-backend";
+/// Only when an experiment is configured.
+pub const TG_ARM: &str = "x-thinkgate-arm";
 
 /// RFC 9110 7.6.1 hop-by-hop headers, plus the legacy ones proxies drop.
 const HOP_BY_HOP: &[&str] = &[

@@ -47,12 +47,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(cfg: Config, recorder: Recorder) -> Result<Self, crate::error::ConfigError> {
         cfg.validate()?;
-        let fleet = crate::fleet::Fleet::new(
-            &cfg.all_backends(),
-            &cfg.routing,
-            cfg.eject_after_failures,
-            cfg.eject_secs,
-        )?;
+        let fleet = crate::fleet::Fleet::new(&cfg)?;
         let obs = cfg.observer_config()?;
         let strip = ObserverConfig {
             strip_usage_only: true,
@@ -172,7 +167,9 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     }
 
     let mut info = request::route_info(&features, &parts.headers, &shared.cfg.session_header);
-    let backend = match shared.fleet.pick(&mut info, shared.cfg.pool.as_deref()) {
+    let arm = shared.fleet.assign(&info);
+    ctx.set_arm(arm);
+    let backend = match shared.fleet.pick(arm, &mut info) {
         Ok(b) => b,
         Err(e) => {
             crate::metrics::no_backend();
@@ -248,6 +245,11 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         }
         if let Ok(v) = HeaderValue::from_str(ctx.backend_name()) {
             rparts.headers.insert(headers::TG_BACKEND, v);
+        }
+        if shared.fleet.arms.len() > 1 {
+            if let Ok(v) = HeaderValue::from_str(ctx.arm_name()) {
+                rparts.headers.insert(headers::TG_ARM, v);
+            }
         }
     }
     let cfg = if strip {
