@@ -72,7 +72,7 @@ async fn run(
     ))
     .await
     .unwrap();
-    if let Some(p) = gw.shared.fleet.arms[0].policy.stats() {
+    if let Some(p) = gw.shared.fleet.load().arms[0].policy.stats() {
         eprintln!("{policy}: {p}");
     }
     gw.shutdown();

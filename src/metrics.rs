@@ -30,6 +30,7 @@ pub const USAGE_INJECTED: &str = "thinkgate_usage_injected_total";
 pub const BACKEND_HEALTHY: &str = "thinkgate_backend_healthy";
 pub const BACKEND_KV: &str = "thinkgate_backend_kv_usage";
 pub const NO_BACKEND: &str = "thinkgate_no_backend_total";
+pub const CONFIG_RELOADS: &str = "thinkgate_config_reloads_total";
 
 /// Latency buckets: 5 ms to 30 minutes (reasoning requests run for minutes).
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -270,6 +271,10 @@ pub fn backend_kv(backend: &SharedString, kv: Option<f64>) {
     if let Some(v) = kv {
         gauge!(BACKEND_KV, "backend" => backend.clone()).set(v);
     }
+}
+
+pub fn config_reload(ok: bool) {
+    counter!(CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 pub fn no_backend() {

@@ -49,20 +49,20 @@ impl Gateway {
         let proxy_addr = proxy_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let shared = Arc::new(Shared::new(cfg, recorder)?);
-        let probes = crate::fleet::probe::spawn(
-            Arc::clone(&shared.fleet),
-            shared.client.clone(),
-            Duration::from_millis(shared.cfg.health_interval_ms),
-            Duration::from_millis(shared.cfg.scrape_interval_ms),
-        );
+        shared.restart_probes();
         let (stop, stop_rx) = watch::channel(false);
         let admin = tokio::spawn(serve_admin(admin_listener, Arc::clone(&shared), handle));
         let shared2 = Arc::clone(&shared);
         let done = tokio::spawn(async move {
-            serve_proxy(proxy_listener, shared2, stop_rx, recorder_task, admin).await;
-            for p in probes {
-                p.abort();
-            }
+            serve_proxy(
+                proxy_listener,
+                Arc::clone(&shared2),
+                stop_rx,
+                recorder_task,
+                admin,
+            )
+            .await;
+            shared2.stop_probes();
         });
         Ok(Self {
             proxy_addr,
@@ -221,8 +221,8 @@ fn admin_route(
                 Ok(mut s) => s.summary(),
                 Err(_) => serde_json::json!({}),
             };
-            v["arms"] = shared
-                .fleet
+            let fleet = shared.fleet.load_full();
+            v["arms"] = fleet
                 .arms
                 .iter()
                 .map(|a| {
@@ -233,8 +233,7 @@ fn admin_route(
                     arm
                 })
                 .collect();
-            v["backends"] = shared
-                .fleet
+            v["backends"] = fleet
                 .backends
                 .iter()
                 .map(|b| {

@@ -149,3 +149,83 @@ async fn sigterm_drains_in_flight_streams_then_exits_zero() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn config_file_change_and_sighup_reload_routing() {
+    let a = upstream(|_, _| Script::json(r#"{"from":"a"}"#)).await;
+    let b = upstream(|_, _| Script::json(r#"{"from":"b"}"#)).await;
+    let dir = std::env::temp_dir().join(format!("tg-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tg.toml");
+    let write = |url: &str, extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "upstreams = [\"{url}\"]\nhealth_interval_ms = 0\nscrape_interval_ms = 0\n{extra}"
+            ),
+        )
+        .unwrap()
+    };
+    write(&a.url(), "");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let proxy = line
+        .split("proxy=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let c = client();
+    let ask = || {
+        post(
+            format!("http://{proxy}/v1/chat/completions"),
+            r#"{"model":"m"}"#,
+        )
+    };
+    assert_eq!(send(&c, ask()).await.body, &br#"{"from":"a"}"#[..]);
+    // A file change is picked up within the 1 s poll.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    write(&b.url(), "");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while send(&c, ask()).await.body != &br#"{"from":"b"}"#[..] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "file change not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SIGHUP re-reads the file at once (the poll could also see this write;
+    // the test shows the signal path works and does not disturb serving).
+    write(&a.url(), "");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while send(&c, ask()).await.body != &br#"{"from":"a"}"#[..] {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}

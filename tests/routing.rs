@@ -261,3 +261,62 @@ async fn experiment_arms_are_sticky_by_session_and_labelled() {
         assert!(cfg.validate().is_err());
     }
 }
+
+#[tokio::test]
+async fn hot_reload_routes_new_requests_and_leaves_streams_alone() {
+    let chunk = Bytes::from_static(
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
+    );
+    let slow = upstream(move |_, _| {
+        let mut c = vec![(Duration::from_millis(60), chunk.clone()); 8];
+        c.push((Duration::ZERO, Bytes::from_static(b"data: [DONE]\n\n")));
+        Script::sse(c)
+    })
+    .await;
+    let other = engine(0.0, 200).await;
+    let gw = gateway(vec![slow.url()], |_| {}).await;
+    let c = client();
+    let stream = {
+        let c = c.clone();
+        let r = req(&gw, false);
+        tokio::spawn(async move { send(&c, r).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut cfg = gw.shared.cfg.clone();
+    cfg.upstreams = vec![other.url()];
+    cfg.routing = PolicyConfig::LeastRequest;
+    gw.shared.reload(&cfg).unwrap();
+    let got = send(&c, req(&gw, false)).await;
+    assert_eq!(
+        got.headers["x-thinkgate-backend"].to_str().unwrap(),
+        other.url()
+    );
+    let old = stream.await.unwrap();
+    assert!(
+        old.body.ends_with(b"data: [DONE]\n\n"),
+        "the in-flight stream finished on its backend"
+    );
+    assert_eq!(
+        old.headers["x-thinkgate-backend"].to_str().unwrap(),
+        slow.url()
+    );
+    // A bad config is refused and the running one stays.
+    let mut bad = cfg.clone();
+    bad.upstreams = vec!["ftp://nope".into()];
+    assert!(gw.shared.reload(&bad).is_err());
+    assert_eq!(
+        send(&c, req(&gw, false)).await.headers["x-thinkgate-backend"]
+            .to_str()
+            .unwrap(),
+        other.url()
+    );
+    let m = scrape(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "thinkgate_inflight_requests",
+            &[("backend", slow.url().as_str())]
+        ),
+        Some(0.0)
+    );
+}

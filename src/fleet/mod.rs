@@ -130,6 +130,8 @@ pub struct Arm {
     pub weight: u32,
     pub policy: Arc<dyn Policy>,
     pub pool: Option<String>,
+    /// The policy's config, serialized (to keep the policy across reloads).
+    config: String,
 }
 
 /// All backends, the routing arms, and ejection settings.
@@ -145,21 +147,54 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(cfg: &Config) -> Result<Self, ConfigError> {
+        Self::reloaded(cfg, None)
+    }
+
+    /// A fleet for `cfg` that keeps what it can of `previous` (a hot
+    /// reload): a backend with the same URL at the same position keeps its
+    /// live state, and an arm with the same name, policy config and backends
+    /// keeps its policy (and what it has learned).
+    pub fn reloaded(cfg: &Config, previous: Option<&Fleet>) -> Result<Self, ConfigError> {
         let backends = cfg
             .all_backends()
             .iter()
             .enumerate()
-            .map(|(i, b)| Backend::new(i, b).map(Arc::new))
+            .map(|(i, b)| {
+                let keep = previous.and_then(|p| p.backends.get(i)).filter(|old| {
+                    *old.upstream.name == *b.url.trim_end_matches('/')
+                        && old.pool == b.pool
+                        && old.weight == b.weight
+                        && old.models == b.models
+                });
+                match keep {
+                    Some(old) => Ok(Arc::clone(old)),
+                    None => Backend::new(i, b).map(Arc::new),
+                }
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let names: Vec<String> = backends
             .iter()
             .map(|b| b.upstream.name.to_string())
             .collect();
-        let arm = |name: &str, weight: u32, routing: &PolicyConfig, pool: &Option<String>| Arm {
-            name: metrics::SharedString::from(Arc::<str>::from(name)),
-            weight,
-            policy: thinkgate_policies::build(routing, &names),
-            pool: pool.clone(),
+        let same_backends = previous.is_some_and(|p| {
+            p.backends
+                .iter()
+                .map(|b| b.upstream.name.to_string())
+                .eq(names.iter().cloned())
+        });
+        let arm = |name: &str, weight: u32, routing: &PolicyConfig, pool: &Option<String>| {
+            let key = serde_json::to_string(routing).unwrap_or_default();
+            let kept = previous
+                .filter(|_| same_backends)
+                .and_then(|p| p.arms.iter().find(|a| &*a.name == name && a.config == key))
+                .map(|a| Arc::clone(&a.policy));
+            Arm {
+                name: metrics::SharedString::from(Arc::<str>::from(name)),
+                weight,
+                policy: kept.unwrap_or_else(|| thinkgate_policies::build(routing, &names)),
+                pool: pool.clone(),
+                config: key,
+            }
         };
         let (arms, assign_by) = match &cfg.experiment {
             Some(e) => (

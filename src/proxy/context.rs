@@ -8,7 +8,7 @@
 //! cache).
 
 use crate::error::GatewayError;
-use crate::fleet::Backend;
+use crate::fleet::{Backend, Fleet};
 use crate::metrics::Labels;
 use crate::proxy::request::{Endpoint, Features};
 use crate::proxy::Shared;
@@ -42,6 +42,8 @@ pub struct RequestCtx {
     /// The chosen backend, its routing view of this request, and the tokens
     /// this request has added to the backend's in-flight estimate.
     backend: Option<Arc<Backend>>,
+    /// The fleet this request was routed by (kept across hot reloads).
+    fleet: Option<Arc<Fleet>>,
     arm: usize,
     route: RequestInfo,
     tokens_added: i64,
@@ -82,6 +84,7 @@ impl RequestCtx {
             thinking: false,
             inflight: false,
             backend: None,
+            fleet: None,
             arm: 0,
             route: RequestInfo::default(),
             tokens_added: 0,
@@ -95,12 +98,13 @@ impl RequestCtx {
         self.features = f;
     }
 
-    /// The experiment arm this request belongs to.
-    pub fn set_arm(&mut self, arm: usize) {
+    /// The fleet and experiment arm this request is routed by.
+    pub fn set_arm(&mut self, fleet: Arc<Fleet>, arm: usize) {
         self.arm = arm;
-        if let Some(a) = self.shared.fleet.arms.get(arm) {
+        if let Some(a) = fleet.arms.get(arm) {
             self.labels.arm = a.name.clone();
         }
+        self.fleet = Some(fleet);
     }
 
     pub fn arm_name(&self) -> &SharedString {
@@ -212,7 +216,9 @@ impl RequestCtx {
                 ttft_s: summary.as_ref().and_then(|s| s.ttft()),
                 e2e_s: summary.as_ref().map_or(0.0, |s| s.e2e()),
             };
-            self.shared.fleet.observe(self.arm, &self.route, &b, &done);
+            if let Some(f) = &self.fleet {
+                f.observe(self.arm, &self.route, &b, &done);
+            }
         }
         if outcome == Outcome::ClientGone {
             self.labels.client_disconnect();

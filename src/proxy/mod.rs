@@ -35,16 +35,54 @@ pub type ResponseBody = Either<ObservedBody, Full<Bytes>>;
 pub struct Shared {
     pub cfg: Config,
     pub client: UpstreamClient,
-    pub fleet: Arc<crate::fleet::Fleet>,
+    /// Swapped whole on a hot reload; a request keeps the fleet it started with.
+    pub fleet: arc_swap::ArcSwap<crate::fleet::Fleet>,
     observer: Arc<ObserverConfig>,
     /// Same as `observer`, with usage-event stripping on.
     observer_strip: Arc<ObserverConfig>,
     pub recorder: Recorder,
     pub models: LabelSet,
     pub draining: AtomicBool,
+    /// The fleet's probe tasks (restarted on reload, stopped on shutdown).
+    pub probes: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
+    /// (Re)start the probes of the current fleet.
+    pub fn restart_probes(&self) {
+        let fresh = crate::fleet::probe::spawn(
+            self.fleet.load_full(),
+            self.client.clone(),
+            Duration::from_millis(self.cfg.health_interval_ms),
+            Duration::from_millis(self.cfg.scrape_interval_ms),
+        );
+        if let Ok(mut p) = self.probes.lock() {
+            for old in p.drain(..) {
+                old.abort();
+            }
+            *p = fresh;
+        }
+    }
+
+    pub fn stop_probes(&self) {
+        if let Ok(mut p) = self.probes.lock() {
+            for old in p.drain(..) {
+                old.abort();
+            }
+        }
+    }
+
+    /// Hot reload: route new requests by `cfg`'s backends, routing,
+    /// experiment and pool. In-flight requests keep the fleet they started
+    /// with. Other settings (listeners, timeouts, limits) need a restart.
+    pub fn reload(&self, cfg: &Config) -> Result<(), crate::error::ConfigError> {
+        cfg.validate()?;
+        let next = crate::fleet::Fleet::reloaded(cfg, Some(&self.fleet.load()))?;
+        self.fleet.store(Arc::new(next));
+        self.restart_probes();
+        Ok(())
+    }
+
     pub fn new(cfg: Config, recorder: Recorder) -> Result<Self, crate::error::ConfigError> {
         cfg.validate()?;
         let fleet = crate::fleet::Fleet::new(&cfg)?;
@@ -58,12 +96,13 @@ impl Shared {
                 Duration::from_millis(cfg.connect_timeout_ms),
                 cfg.pool_max_idle_per_host,
             ),
-            fleet: Arc::new(fleet),
+            fleet: arc_swap::ArcSwap::from_pointee(fleet),
             observer: Arc::new(obs),
             observer_strip: Arc::new(strip),
             recorder,
             models: LabelSet::new(cfg.max_model_labels),
             draining: AtomicBool::new(false),
+            probes: std::sync::Mutex::new(Vec::new()),
             cfg,
         })
     }
@@ -167,9 +206,10 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     }
 
     let mut info = request::route_info(&features, &parts.headers, &shared.cfg.session_header);
-    let arm = shared.fleet.assign(&info);
-    ctx.set_arm(arm);
-    let backend = match shared.fleet.pick(arm, &mut info) {
+    let fleet = shared.fleet.load_full();
+    let arm = fleet.assign(&info);
+    ctx.set_arm(Arc::clone(&fleet), arm);
+    let backend = match fleet.pick(arm, &mut info) {
         Ok(b) => b,
         Err(e) => {
             crate::metrics::no_backend();
@@ -207,7 +247,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             if e.is_connect() {
-                shared.fleet.on_failure(&backend);
+                fleet.on_failure(&backend);
             }
             let reason = error_chain(&e);
             let backend = up.name.to_string();
@@ -246,7 +286,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         if let Ok(v) = HeaderValue::from_str(ctx.backend_name()) {
             rparts.headers.insert(headers::TG_BACKEND, v);
         }
-        if shared.fleet.arms.len() > 1 {
+        if fleet.arms.len() > 1 {
             if let Ok(v) = HeaderValue::from_str(ctx.arm_name()) {
                 rparts.headers.insert(headers::TG_ARM, v);
             }
