@@ -205,7 +205,7 @@ async fn config_file_change_and_sighup_reload_routing() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     write(&b.url(), "");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while send(&c, ask()).await.body != &br#"{"from":"b"}"#[..] {
+    while send(&c, ask()).await.body != br#"{"from":"b"}"#[..] {
         assert!(
             std::time::Instant::now() < deadline,
             "file change not applied"
@@ -222,7 +222,7 @@ async fn config_file_change_and_sighup_reload_routing() {
         .unwrap()
         .success());
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while send(&c, ask()).await.body != &br#"{"from":"a"}"#[..] {
+    while send(&c, ask()).await.body != br#"{"from":"a"}"#[..] {
         assert!(std::time::Instant::now() < deadline, "SIGHUP not applied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
