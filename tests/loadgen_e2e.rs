@@ -125,3 +125,54 @@ async fn client_and_gateway_agree_on_ttfvt() {
     assert!(s.latency_s["ttfvt"].p50 > s.latency_s["ttft"].p50);
     assert!(s.by_backend.len() == 1);
 }
+
+/// A load run through a two-arm experiment: the client sees each request's
+/// arm, and `compare --by-arm` splits the run by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_by_arm_on_an_experiment_run() {
+    use thinkgate::config::{ArmConfig, AssignBy, ExperimentConfig};
+    use thinkgate_policies::PolicyConfig;
+    let mut sim_cfg = thinkgate_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        time_scale: 50.0,
+        ..Default::default()
+    };
+    sim_cfg.workload.think_median = [60.0, 120.0, 240.0];
+    let (sim_addr, _sim, _t) = thinkgate_sim::server::spawn(sim_cfg).await.unwrap();
+    let gw = common::gateway(vec![format!("http://{sim_addr}")], |c| {
+        c.experiment = Some(ExperimentConfig {
+            assign_by: AssignBy::Random,
+            arms: vec![
+                ArmConfig {
+                    name: "a".into(),
+                    weight: 1,
+                    routing: PolicyConfig::RoundRobin,
+                    pool: None,
+                },
+                ArmConfig {
+                    name: "b".into(),
+                    weight: 1,
+                    routing: PolicyConfig::LeastTokens,
+                    pool: None,
+                },
+            ],
+        });
+    })
+    .await;
+    let out = std::env::temp_dir().join(format!("tg-arms-{}", std::process::id()));
+    let mut a = args(format!("http://{}", gw.proxy_addr), Some(out.clone()));
+    a.num_requests = 60;
+    a.rate = "40".into();
+    let s = thinkgate_loadgen::cli::execute(&a).await.unwrap();
+    assert_eq!(s.ok, 60);
+    let runs =
+        thinkgate_loadgen::compare::by_arm(thinkgate_loadgen::compare::load_run(&out).unwrap());
+    assert_eq!(
+        runs.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(runs["a"].len() + runs["b"].len(), 60);
+    let deltas = thinkgate_loadgen::compare::compare(&runs["a"], &runs["b"], 200, 1);
+    assert!(deltas.iter().any(|d| d.name == "ttfvt.p50"));
+    assert!(deltas.iter().any(|d| d.name == "accuracy"));
+}
