@@ -24,6 +24,22 @@ pub struct BackendConfig {
     /// Models it serves; empty: any.
     #[serde(default)]
     pub models: Vec<String>,
+    /// The engine behind it (its wire quirks and native features, see
+    /// WIRE.md); scraping reads every engine's metric names either way.
+    #[serde(default)]
+    pub flavor: Flavor,
+}
+
+/// Which engine a backend runs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    #[default]
+    Vllm,
+    Sglang,
+    Llamacpp,
+    /// Any other OpenAI-compatible server.
+    Openai,
 }
 
 /// How requests are assigned to experiment arms.
@@ -238,6 +254,7 @@ impl Config {
                 weight: 1,
                 pool: default_pool(),
                 models: Vec::new(),
+                flavor: Flavor::default(),
             })
             .chain(self.backends.iter().cloned())
             .collect()

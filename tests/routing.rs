@@ -163,12 +163,14 @@ async fn backends_only_get_models_they_serve() {
                 weight: 1,
                 pool: "default".into(),
                 models: vec!["small".into()],
+                flavor: Default::default(),
             },
             BackendConfig {
                 url: b.url(),
                 weight: 1,
                 pool: "default".into(),
                 models: vec!["m".into()],
+                flavor: Default::default(),
             },
         ];
     })

@@ -49,6 +49,8 @@ pub struct Backend {
     pub inflight_tokens: AtomicI64,
     pub inflight_thinking: AtomicI64,
     ewma_ttft: AtomicF64,
+    ewma_tpot: AtomicF64,
+    pub flavor: crate::config::Flavor,
     pub healthy: AtomicBool,
     failures: AtomicU32,
     /// When passive ejection ends without an active check (ms since start).
@@ -71,6 +73,8 @@ impl Backend {
             inflight_tokens: AtomicI64::new(0),
             inflight_thinking: AtomicI64::new(0),
             ewma_ttft: AtomicF64::unknown(),
+            ewma_tpot: AtomicF64::unknown(),
+            flavor: cfg.flavor,
             healthy: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -97,7 +101,7 @@ impl Backend {
             inflight_tokens: n(&self.inflight_tokens),
             inflight_thinking: n(&self.inflight_thinking),
             ewma_ttft_s: self.ewma_ttft.get().unwrap_or(0.0),
-            ewma_tpot_s: 0.0,
+            ewma_tpot_s: self.ewma_tpot.get().unwrap_or(0.0),
             engine: EngineState {
                 kv_usage: self.kv_usage.get(),
                 running: self.running.get(),
@@ -112,13 +116,13 @@ impl Backend {
         self.failures.store(0, Ordering::Relaxed);
     }
 
-    /// Fold a TTFT sample into the EWMA (weight 0.2).
-    pub fn observe_ttft(&self, s: f64) {
-        let next = match self.ewma_ttft.get() {
-            Some(old) => old * 0.8 + s * 0.2,
-            None => s,
-        };
-        self.ewma_ttft.set(Some(next));
+    /// Fold a finished request's TTFT and TPOT into the EWMAs (weight 0.2).
+    pub fn observe_latency(&self, ttft: Option<f64>, tpot: Option<f64>) {
+        for (ewma, v) in [(&self.ewma_ttft, ttft), (&self.ewma_tpot, tpot)] {
+            if let Some(v) = v {
+                ewma.set(Some(ewma.get().map_or(v, |old| old * 0.8 + v * 0.2)));
+            }
+        }
     }
 }
 
@@ -165,6 +169,7 @@ impl Fleet {
                         && old.pool == b.pool
                         && old.weight == b.weight
                         && old.models == b.models
+                        && old.flavor == b.flavor
                 });
                 match keep {
                     Some(old) => Ok(Arc::clone(old)),

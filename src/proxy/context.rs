@@ -206,8 +206,8 @@ impl RequestCtx {
             b.inflight.fetch_sub(1, Ordering::Relaxed);
             b.inflight_tokens
                 .fetch_sub(self.tokens_added, Ordering::Relaxed);
-            if let Some(t) = summary.as_ref().and_then(|s| s.ttft()) {
-                b.observe_ttft(t);
+            if let Some(s) = &summary {
+                b.observe_latency(s.ttft(), s.tpot());
             }
             let done = Completion {
                 ok: outcome == Outcome::Completed && (200..300).contains(&self.status),
