@@ -12,6 +12,32 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_thinkgate");
 
+/// Start `thinkgate serve` on port 0 with `args`; returns the child and the
+/// proxy and admin addresses it printed.
+fn serve(args: &[&std::ffi::OsStr]) -> (std::process::Child, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let field = |name: &str| {
+        line.split(name)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    (child, field("proxy="), field("admin="))
+}
+
 #[test]
 fn print_config_applies_file_then_env_then_flags() {
     let dir = std::env::temp_dir().join(format!("tg-cfg-{}", std::process::id()));
@@ -72,33 +98,8 @@ async fn sigterm_drains_in_flight_streams_then_exits_zero() {
         Script::sse(chunks)
     })
     .await;
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--upstream",
-            &up.url(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let proxy = line
-        .split("proxy=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let admin = line.split("admin=").nth(1).unwrap().trim().to_string();
+    let url = up.url();
+    let (mut child, proxy, admin) = serve(&["--upstream".as_ref(), url.as_ref()]);
 
     let c = client();
     let resp = c.request(post(
@@ -167,32 +168,7 @@ async fn config_file_change_and_sighup_reload_routing() {
         .unwrap()
     };
     write(&a.url(), "");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let proxy = line
-        .split("proxy=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let (mut child, proxy, _admin) = serve(&["--config".as_ref(), file.as_os_str()]);
     let c = client();
     let ask = || {
         post(
