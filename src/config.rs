@@ -68,6 +68,13 @@ pub struct ArmConfig {
     /// Route this arm's requests only to this pool.
     #[serde(default)]
     pub pool: Option<String>,
+    /// This arm's thinking budget (tokens; 0: unlimited even if
+    /// `[straggler]` sets one).
+    #[serde(default)]
+    pub thinking_budget: Option<u64>,
+    /// This arm's end-to-end deadline (ms; 0: none).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 /// An A/B experiment over routing policies (`[experiment]`).
@@ -154,6 +161,9 @@ pub struct Config {
     pub stats_window_secs: u64,
     /// Distinct `model` label values before new ones are reported as `other`.
     pub max_model_labels: usize,
+    /// Thinking budgets, deadlines, hedging, retries, long-thinker
+    /// isolation (`[straggler]`; reloaded with the fleet).
+    pub straggler: crate::straggler::StragglerConfig,
 }
 
 impl Default for Config {
@@ -189,6 +199,7 @@ impl Default for Config {
             drain_timeout_secs: 600,
             stats_window_secs: 300,
             max_model_labels: 64,
+            straggler: Default::default(),
         }
     }
 }
@@ -239,6 +250,7 @@ impl Config {
             }
         }
         self.markers()?;
+        self.straggler.validate().map_err(ConfigError::Invalid)?;
         if self.records_queue == 0 {
             return Err(ConfigError::Invalid("records_queue must be > 0".into()));
         }

@@ -28,6 +28,8 @@ pub enum GatewayError {
     BodyRead(String),
     #[error("{0}")]
     NoBackend(String),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl GatewayError {
@@ -38,6 +40,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyRead(_) => StatusCode::BAD_REQUEST,
             GatewayError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -46,7 +49,9 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. } => {
                 Fault::Upstream
             }
-            GatewayError::BodyTooLarge { .. } | GatewayError::BodyRead(_) => Fault::Client,
+            GatewayError::BodyTooLarge { .. }
+            | GatewayError::BodyRead(_)
+            | GatewayError::BadRequest(_) => Fault::Client,
             GatewayError::NoBackend(_) => Fault::Upstream,
         }
     }
@@ -59,6 +64,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "invalid_request_error",
             GatewayError::BodyRead(_) => "invalid_request_error",
             GatewayError::NoBackend(_) => "no_healthy_backend",
+            GatewayError::BadRequest(_) => "invalid_request_error",
         }
     }
 

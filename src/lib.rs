@@ -24,4 +24,5 @@ pub mod proxy;
 pub mod record;
 pub mod run;
 pub mod server;
+pub mod straggler;
 pub mod stream;

@@ -31,6 +31,12 @@ pub const BACKEND_HEALTHY: &str = "thinkgate_backend_healthy";
 pub const BACKEND_KV: &str = "thinkgate_backend_kv_usage";
 pub const NO_BACKEND: &str = "thinkgate_no_backend_total";
 pub const CONFIG_RELOADS: &str = "thinkgate_config_reloads_total";
+pub const FORCED_ANSWERS: &str = "thinkgate_forced_answers_total";
+pub const FORCED_THINKING_TOKENS: &str = "thinkgate_forced_thinking_tokens";
+pub const FORCED_FALLBACKS: &str = "thinkgate_forced_fallbacks_total";
+pub const HEDGES: &str = "thinkgate_hedges_total";
+pub const RETRIES: &str = "thinkgate_retries_total";
+pub const DEADLINE_HITS: &str = "thinkgate_deadline_hits_total";
 
 /// Latency buckets: 5 ms to 30 minutes (reasoning requests run for minutes).
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -126,6 +132,16 @@ fn describe() {
         Unit::Count,
         "Streamed requests to which the gateway added stream_options.include_usage."
     );
+    describe_counter!(FORCED_ANSWERS, Unit::Count, "Answers the gateway forced by trigger (budget, deadline): the first leg was aborted and a continuation answered.");
+    describe_histogram!(FORCED_THINKING_TOKENS, Unit::Count, "Thinking tokens a forced request had spent when it was cut (the tokens it would have gone on to think are unknowable; see docs/stragglers.md).");
+    describe_counter!(FORCED_FALLBACKS, Unit::Count, "Forced answers that could not be continued: the stream was ended with finish_reason length.");
+    describe_counter!(HEDGES, Unit::Count, "Hedges before the first token by result: sent, won (the hedge answered first), wasted (the original did).");
+    describe_counter!(RETRIES, Unit::Count, "Requests sent again to another backend after failing before any byte reached the client, by reason.");
+    describe_counter!(
+        DEADLINE_HITS,
+        Unit::Count,
+        "Responses the gateway ended at their hard deadline."
+    );
 }
 
 /// Bounded interning of label values that come from clients (`model`), so a
@@ -220,6 +236,32 @@ impl Labels {
 
     pub fn client_disconnect(&self) {
         counter!(CLIENT_DISCONNECTS, &self.pairs()).increment(1);
+    }
+
+    pub fn straggler_retry(&self, reason: &str) {
+        let reason = match reason {
+            "connect" | "reset" | "timeout" => SharedString::from(reason.to_string()),
+            s => SharedString::from(s.chars().take(3).collect::<String>()),
+        };
+        counter!(RETRIES, "arm" => self.arm.clone(), "reason" => reason).increment(1);
+    }
+
+    pub fn straggler_hedge(&self, result: &'static str) {
+        counter!(HEDGES, "arm" => self.arm.clone(), "result" => result).increment(1);
+    }
+
+    pub fn straggler_forced(&self, trigger: &'static str, thinking_tokens: u64) {
+        counter!(FORCED_ANSWERS, "arm" => self.arm.clone(), "trigger" => trigger).increment(1);
+        histogram!(FORCED_THINKING_TOKENS, "arm" => self.arm.clone())
+            .record(thinking_tokens as f64);
+    }
+
+    pub fn straggler_fallback(&self) {
+        counter!(FORCED_FALLBACKS, "arm" => self.arm.clone()).increment(1);
+    }
+
+    pub fn straggler_deadline(&self) {
+        counter!(DEADLINE_HITS, "arm" => self.arm.clone()).increment(1);
     }
 
     pub fn usage_injected(&self) {

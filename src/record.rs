@@ -71,6 +71,15 @@ pub struct RequestRecord {
     /// The routing policy's prediction of thinking tokens, when it made one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predicted_thinking_tokens: Option<f64>,
+    /// Thinking budget enforced (tokens), when one applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking_budget: Option<u64>,
+    /// End-to-end deadline enforced (ms), when one applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Straggler actions taken (retries, hedges, forced answers), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<crate::straggler::action::Action>,
     #[serde(flatten)]
     pub asu: Option<Summary>,
 }

@@ -144,12 +144,16 @@ async fn compare_by_arm_on_an_experiment_run() {
             assign_by: AssignBy::Random,
             arms: vec![
                 ArmConfig {
+                    thinking_budget: None,
+                    deadline_ms: None,
                     name: "a".into(),
                     weight: 1,
                     routing: PolicyConfig::RoundRobin,
                     pool: None,
                 },
                 ArmConfig {
+                    thinking_budget: None,
+                    deadline_ms: None,
                     name: "b".into(),
                     weight: 1,
                     routing: PolicyConfig::LeastTokens,

@@ -76,6 +76,7 @@ async fn failing_backend_is_ejected_and_none_left_is_503() {
         c.routing = PolicyConfig::RoundRobin;
         c.eject_after_failures = 2;
         c.eject_secs = 3600;
+        c.straggler.retries = 0;
     })
     .await;
     let c = client();
@@ -89,6 +90,18 @@ async fn failing_backend_is_ejected_and_none_left_is_503() {
         "{statuses:?}"
     );
     assert!(statuses[4..].iter().all(|s| *s == 200), "{statuses:?}");
+
+    // With the default retry, the client never sees the dead backend.
+    let gw = gateway(vec![dead.clone(), live.url()], |c| {
+        c.routing = PolicyConfig::RoundRobin;
+        c.eject_after_failures = 100;
+    })
+    .await;
+    for _ in 0..6 {
+        let got = send(&c, req(&gw, false)).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.headers["x-thinkgate-backend"], live.url().as_str());
+    }
 
     let gw = gateway(vec![dead], |c| c.eject_after_failures = 1).await;
     assert_eq!(send(&c, req(&gw, false)).await.status, 502);
@@ -192,12 +205,16 @@ async fn experiment_arms_are_sticky_by_session_and_labelled() {
     let (a, b) = (engine(0.0, 200).await, engine(0.0, 200).await);
     let arms = vec![
         ArmConfig {
+            thinking_budget: None,
+            deadline_ms: None,
             name: "rr".into(),
             weight: 1,
             routing: PolicyConfig::RoundRobin,
             pool: None,
         },
         ArmConfig {
+            thinking_budget: None,
+            deadline_ms: None,
             name: "lr".into(),
             weight: 1,
             routing: PolicyConfig::LeastRequest,

@@ -330,6 +330,45 @@ impl Observer {
         self.st.s.reasoning_chunks
     }
 
+    /// Whether choice 0 is still thinking as far as a budget is concerned:
+    /// nothing visible yet, and either reasoning has started or text is
+    /// waiting for a close marker (the R1 form, which has no open tag).
+    pub fn still_thinking(&self) -> bool {
+        self.st.s.t_first_visible_ns.is_none()
+            && (self.st.s.t_think_start_ns.is_some()
+                || self
+                    .st
+                    .choices
+                    .first()
+                    .is_some_and(|c| c.undecided.chunks > 0))
+    }
+
+    /// Thinking tokens of choice 0 so far, counting text still waiting for a
+    /// close marker (one per content-bearing chunk, as engines stream one
+    /// token per chunk by default).
+    pub fn thinking_so_far(&self) -> u64 {
+        let undecided = self.st.choices.first().map_or(0, |c| c.undecided.chunks);
+        self.st.s.reasoning_chunks + undecided
+    }
+
+    /// Choice 0 carried its reasoning in `reasoning`/`reasoning_content`
+    /// fields (not inline tags).
+    pub fn reasoning_in_fields(&self) -> bool {
+        self.st
+            .choices
+            .first()
+            .is_some_and(|c| c.saw_reasoning_field)
+    }
+
+    /// The thinking text of choice 0 so far, including text still waiting
+    /// for a close marker. `None` unless `capture_text` is on.
+    pub fn thinking_text(&self) -> Option<String> {
+        let t = self.st.choices.first()?.text.as_ref()?;
+        let mut s = t.0.reasoning.clone();
+        s.push_str(&t.1);
+        Some(s)
+    }
+
     /// End of the body at `t_done_ns`: settle undecided text, counts and
     /// derived values.
     pub fn finish(mut self, t_done_ns: u64) -> Summary {

@@ -211,6 +211,10 @@ struct Parsed {
     thinking_enabled: bool,
     already_thought: u64,
     closed: bool,
+    /// The engine's own thinking budget (vLLM `thinking_token_budget`,
+    /// llama.cpp `thinking_budget_tokens`; SGLang has none without a logit
+    /// processor).
+    thinking_budget: Option<u64>,
     continuing: bool,
     salt: u64,
 }
@@ -342,7 +346,8 @@ fn parse(
             Some("max_tokens"),
         ));
     }
-    let prompt_tokens = (prompt.len() as u64 / 4 + 4 * messages).max(1);
+    // A continued message's thinking is prompt now (the engine prefills it).
+    let prompt_tokens = (prompt.len() as u64 / 4 + 4 * messages).max(1) + already_thought;
     let max_len = sim.cfg.model_len() as u64;
     if prompt_tokens + max_tokens.unwrap_or(0) > max_len {
         return Err(bad(
@@ -396,6 +401,12 @@ fn parse(
         closed,
         continuing,
         salt,
+        thinking_budget: match sim.cfg.flavor {
+            Flavor::Vllm => v.get("thinking_token_budget"),
+            Flavor::Llamacpp => v.get("thinking_budget_tokens"),
+            Flavor::Sglang => None,
+        }
+        .and_then(Value::as_u64),
     })
 }
 
@@ -409,6 +420,7 @@ fn choice_gen(sim: &Sim, p: &Parsed, api: Api, choice: u32) -> ChoiceGen {
         p.thinking_enabled,
         p.already_thought,
         p.closed,
+        p.thinking_budget,
     );
     let mode = sim.cfg.reasoning;
     let inline =

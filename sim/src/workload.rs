@@ -200,7 +200,9 @@ pub fn accuracy(cfg: &WorkloadConfig, d: Difficulty, natural: u64, spent: u64) -
 
 /// Draw the plan of choice `choice` of a request whose prompt is `prompt`.
 /// `already_thought`: thinking tokens in a continued assistant message, with
-/// `closed` when that message already ended thinking.
+/// `closed` when that message already ended thinking. `budget`: an
+/// engine-enforced thinking budget (vLLM `thinking_token_budget`), which
+/// ends thinking early as the sampler would.
 #[expect(clippy::too_many_arguments)]
 pub fn plan(
     cfg: &WorkloadConfig,
@@ -211,6 +213,7 @@ pub fn plan(
     thinking_enabled: bool,
     already_thought: u64,
     closed: bool,
+    budget: Option<u64>,
 ) -> Plan {
     let d = difficulty(prompt, cfg);
     let base =
@@ -232,9 +235,10 @@ pub fn plan(
     } else if closed {
         (already_thought, 0)
     } else {
+        let reach = natural.min(budget.unwrap_or(u64::MAX));
         (
-            natural.max(already_thought),
-            natural.saturating_sub(already_thought),
+            reach.max(already_thought),
+            reach.saturating_sub(already_thought),
         )
     };
     let p = if thinking_enabled {
@@ -372,8 +376,8 @@ mod tests {
             Difficulty::Hard
         );
         assert_eq!(difficulty("[easy] Compute 1+1", &c), Difficulty::Easy);
-        let a = plan(&c, 1, "Compute 2+2", 0, 0, true, 0, false);
-        let b = plan(&c, 1, "Compute 2+2", 0, 0, true, 0, false);
+        let a = plan(&c, 1, "Compute 2+2", 0, 0, true, 0, false, None);
+        let b = plan(&c, 1, "Compute 2+2", 0, 0, true, 0, false, None);
         assert_eq!(
             (a.natural_think, a.answer, a.correct, a.stated),
             (b.natural_think, b.answer, b.correct, b.stated)

@@ -59,6 +59,26 @@ pub struct Backend {
     pub running: AtomicF64,
     pub waiting: AtomicF64,
     pub preemptions: AtomicF64,
+    /// Recent TTFTs, for hedging after a percentile.
+    pub ttft_ring: crate::straggler::hedge::TtftRing,
+}
+
+/// A request leg counted on a backend while it lives (a hedge, or a
+/// forced answer's continuation): in-flight +1 now, -1 on drop.
+#[derive(Debug)]
+pub struct LegLoad(Arc<Backend>);
+
+impl LegLoad {
+    pub fn new(b: Arc<Backend>) -> Self {
+        b.inflight.fetch_add(1, Ordering::Relaxed);
+        Self(b)
+    }
+}
+
+impl Drop for LegLoad {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Backend {
@@ -82,6 +102,7 @@ impl Backend {
             running: AtomicF64::unknown(),
             waiting: AtomicF64::unknown(),
             preemptions: AtomicF64::unknown(),
+            ttft_ring: Default::default(),
         })
     }
 
@@ -118,6 +139,9 @@ impl Backend {
 
     /// Fold a finished request's TTFT and TPOT into the EWMAs (weight 0.2).
     pub fn observe_latency(&self, ttft: Option<f64>, tpot: Option<f64>) {
+        if let Some(t) = ttft {
+            self.ttft_ring.push(t);
+        }
         for (ewma, v) in [(&self.ewma_ttft, ttft), (&self.ewma_tpot, tpot)] {
             if let Some(v) = v {
                 ewma.set(Some(ewma.get().map_or(v, |old| old * 0.8 + v * 0.2)));
@@ -134,6 +158,8 @@ pub struct Arm {
     pub weight: u32,
     pub policy: Arc<dyn Policy>,
     pub pool: Option<String>,
+    /// The arm's thinking budget and deadline (override `[straggler]`).
+    pub limits: crate::straggler::ArmLimits,
     /// The policy's config, serialized (to keep the policy across reloads).
     config: String,
 }
@@ -143,6 +169,8 @@ pub struct Arm {
 pub struct Fleet {
     pub backends: Vec<Arc<Backend>>,
     pub arms: Vec<Arm>,
+    /// Straggler settings (reloaded with the fleet).
+    pub straggler: Arc<crate::straggler::StragglerConfig>,
     assign_by: AssignBy,
     eject_after: u32,
     eject_ms: u64,
@@ -187,7 +215,11 @@ impl Fleet {
                 .map(|b| b.upstream.name.to_string())
                 .eq(names.iter().cloned())
         });
-        let arm = |name: &str, weight: u32, routing: &PolicyConfig, pool: &Option<String>| {
+        let arm = |name: &str,
+                   weight: u32,
+                   routing: &PolicyConfig,
+                   pool: &Option<String>,
+                   limits: crate::straggler::ArmLimits| {
             let key = serde_json::to_string(routing).unwrap_or_default();
             let kept = previous
                 .filter(|_| same_backends)
@@ -198,6 +230,7 @@ impl Fleet {
                 weight,
                 policy: kept.unwrap_or_else(|| thinkgate_policies::build(routing, &names)),
                 pool: pool.clone(),
+                limits,
                 config: key,
             }
         };
@@ -205,18 +238,31 @@ impl Fleet {
             Some(e) => (
                 e.arms
                     .iter()
-                    .map(|a| arm(&a.name, a.weight, &a.routing, &a.pool))
+                    .map(|a| {
+                        let limits = crate::straggler::ArmLimits {
+                            thinking_budget: a.thinking_budget,
+                            deadline_ms: a.deadline_ms,
+                        };
+                        arm(&a.name, a.weight, &a.routing, &a.pool, limits)
+                    })
                     .collect(),
                 e.assign_by.clone(),
             ),
             None => (
-                vec![arm("default", 1, &cfg.routing, &cfg.pool)],
+                vec![arm(
+                    "default",
+                    1,
+                    &cfg.routing,
+                    &cfg.pool,
+                    crate::straggler::ArmLimits::default(),
+                )],
                 AssignBy::Session,
             ),
         };
         Ok(Self {
             backends,
             arms,
+            straggler: Arc::new(cfg.straggler.clone()),
             assign_by,
             eject_after: cfg.eject_after_failures.max(1),
             eject_ms: cfg.eject_secs.saturating_mul(1000),
@@ -256,21 +302,45 @@ impl Fleet {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Choose a backend for `req` (which `prepare` may annotate).
     /// Choose a backend for `req` (which the arm's policy may annotate) in
     /// arm `arm` (see [`Fleet::assign`]).
     pub fn pick(&self, arm: usize, req: &mut RequestInfo) -> Result<Arc<Backend>, NoBackend> {
+        self.pick_excluding(arm, req, &[])
+    }
+
+    /// As [`Fleet::pick`], never choosing a backend in `exclude` (a retry or
+    /// a hedge goes elsewhere). With `max_thinking_per_backend`, backends
+    /// holding that many thinking streams are offered only if every other
+    /// one is too.
+    pub fn pick_excluding(
+        &self,
+        arm: usize,
+        req: &mut RequestInfo,
+        exclude: &[usize],
+    ) -> Result<Arc<Backend>, NoBackend> {
         self.readmit_expired();
         let Some(arm) = self.arms.get(arm) else {
             return Err(NoBackend { pool: None });
         };
-        arm.policy.prepare(req);
-        let candidates: Vec<Candidate> = self
+        if exclude.is_empty() {
+            arm.policy.prepare(req);
+        }
+        let mut candidates: Vec<Candidate> = self
             .backends
             .iter()
-            .filter(|b| b.serves(req.model.as_deref()))
+            .filter(|b| b.serves(req.model.as_deref()) && !exclude.contains(&b.index))
             .map(|b| b.candidate())
             .collect();
+        if let Some(cap) = self.straggler.max_thinking_per_backend {
+            let open = |c: &Candidate| {
+                c.healthy
+                    && c.inflight_thinking < cap
+                    && arm.pool.as_deref().is_none_or(|p| c.pool == p)
+            };
+            if candidates.iter().any(open) {
+                candidates.retain(|c| c.inflight_thinking < cap);
+            }
+        }
         let i =
             thinkgate_policies::select(arm.policy.as_ref(), req, &candidates, arm.pool.as_deref())?;
         self.backends

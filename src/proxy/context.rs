@@ -13,6 +13,8 @@ use crate::metrics::Labels;
 use crate::proxy::request::{Endpoint, Features};
 use crate::proxy::Shared;
 use crate::record::{Outcome, RequestRecord};
+use crate::straggler::action::Action;
+use crate::straggler::Plan;
 use metrics::SharedString;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -48,6 +50,10 @@ pub struct RequestCtx {
     route: RequestInfo,
     tokens_added: i64,
     settled: bool,
+    /// Straggler actions taken, in order.
+    actions: Vec<Action>,
+    /// The budget and deadline enforced on this request.
+    pub plan: Plan,
 }
 
 impl RequestCtx {
@@ -89,6 +95,8 @@ impl RequestCtx {
             route: RequestInfo::default(),
             tokens_added: 0,
             settled: false,
+            actions: Vec::new(),
+            plan: Plan::default(),
         }
     }
 
@@ -124,6 +132,40 @@ impl RequestCtx {
             .fetch_add(self.tokens_added, Ordering::Relaxed);
         self.backend = Some(backend);
         self.route = route;
+    }
+
+    /// The request moves to `backend` (a retry, or a hedge that won): the
+    /// live counters follow it.
+    pub fn switch_backend(&mut self, backend: Arc<Backend>) {
+        let thinking = self.thinking;
+        self.set_thinking(false);
+        if let Some(old) = self.backend.take() {
+            old.inflight.fetch_sub(1, Ordering::Relaxed);
+            old.inflight_tokens
+                .fetch_sub(self.tokens_added, Ordering::Relaxed);
+        }
+        if self.inflight {
+            self.labels.inflight(-1.0);
+            self.inflight = false;
+        }
+        let route = std::mem::take(&mut self.route);
+        self.set_backend(backend, route);
+        self.set_thinking(thinking);
+    }
+
+    /// Note (and count) a straggler action.
+    pub fn act(&mut self, a: Action) {
+        a.count(&self.labels);
+        self.actions.push(a);
+    }
+
+    /// The routing view of this request.
+    pub fn route(&self) -> &RequestInfo {
+        &self.route
+    }
+
+    pub fn arm_index(&self) -> usize {
+        self.arm
     }
 
     /// The stream has produced `tokens` output tokens so far (counted
@@ -247,6 +289,9 @@ impl RequestCtx {
             usage_injected: self.usage_injected,
             t_upstream_ns: self.t_upstream_ns,
             predicted_thinking_tokens: self.route.predicted_thinking,
+            thinking_budget: self.plan.budget,
+            deadline_ms: self.plan.deadline.map(|d| d.as_millis() as u64),
+            actions: std::mem::take(&mut self.actions),
             asu: summary,
         });
     }

@@ -5,16 +5,18 @@
 pub mod context;
 pub mod headers;
 pub mod request;
+pub mod send;
 pub mod upstream;
 
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::metrics::LabelSet;
 use crate::record::Recorder;
+use crate::straggler::Plan;
 use crate::stream::body::ObservedBody;
 use bytes::Bytes;
 use context::RequestCtx;
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use request::{Endpoint, Features};
@@ -28,8 +30,7 @@ use std::time::{Duration, Instant};
 use thinkgate_asu::{BodyKind, Observer, ObserverConfig};
 use upstream::UpstreamClient;
 
-/// The body of every response the proxy sends.
-pub type ResponseBody = Either<ObservedBody, Full<Bytes>>;
+pub use crate::stream::response::ResponseBody;
 
 /// State shared by all requests of one gateway.
 pub struct Shared {
@@ -37,9 +38,16 @@ pub struct Shared {
     pub client: UpstreamClient,
     /// Swapped whole on a hot reload; a request keeps the fleet it started with.
     pub fleet: arc_swap::ArcSwap<crate::fleet::Fleet>,
-    observer: Arc<ObserverConfig>,
+    pub(crate) observer: Arc<ObserverConfig>,
     /// Same as `observer`, with usage-event stripping on.
     observer_strip: Arc<ObserverConfig>,
+    /// For a managed request's first leg: text captured (a forced answer
+    /// needs the thinking so far), with and without usage stripping.
+    pub(crate) observer_capture: Arc<ObserverConfig>,
+    pub(crate) observer_capture_strip: Arc<ObserverConfig>,
+    pub(crate) markers: thinkgate_asu::Markers,
+    /// Bounds hedges to `max_ratio` of requests over time.
+    pub(crate) hedge_budget: crate::straggler::hedge::HedgeBudget,
     pub recorder: Recorder,
     pub models: LabelSet,
     pub draining: AtomicBool,
@@ -91,7 +99,19 @@ impl Shared {
             strip_usage_only: true,
             ..obs.clone()
         };
+        let capture = ObserverConfig {
+            capture_text: true,
+            ..obs.clone()
+        };
+        let capture_strip = ObserverConfig {
+            strip_usage_only: true,
+            ..capture.clone()
+        };
         Ok(Self {
+            markers: cfg.markers()?,
+            observer_capture: Arc::new(capture),
+            observer_capture_strip: Arc::new(capture_strip),
+            hedge_budget: Default::default(),
             client: upstream::client(
                 Duration::from_millis(cfg.connect_timeout_ms),
                 cfg.pool_max_idle_per_host,
@@ -105,6 +125,31 @@ impl Shared {
             probes: std::sync::Mutex::new(Vec::new()),
             cfg,
         })
+    }
+}
+
+impl Shared {
+    /// The `x-thinkgate-*` response headers, when they are on.
+    pub(crate) fn add_response_headers(
+        &self,
+        h: &mut http::HeaderMap,
+        ctx: &RequestCtx,
+        fleet: &crate::fleet::Fleet,
+    ) {
+        if !self.cfg.adds_response_headers() {
+            return;
+        }
+        if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+            h.insert(headers::TG_REQUEST_ID, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(ctx.backend_name()) {
+            h.insert(headers::TG_BACKEND, v);
+        }
+        if fleet.arms.len() > 1 {
+            if let Ok(v) = HeaderValue::from_str(ctx.arm_name()) {
+                h.insert(headers::TG_ARM, v);
+            }
+        }
     }
 }
 
@@ -137,7 +182,7 @@ impl tower::Service<Request<Incoming>> for Proxy {
 
 fn gateway_error(ctx: &mut RequestCtx, err: GatewayError) -> Response<ResponseBody> {
     ctx.fail(&err);
-    err.to_response().map(Either::Right)
+    err.to_response().map(ResponseBody::Full)
 }
 
 async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -164,6 +209,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     // streams through untouched.
     let mut injected = false;
     let mut features = Features::default();
+    let mut original = Bytes::new();
     let up_body = if endpoint.is_inference() {
         let bytes = match Limited::new(body, shared.cfg.max_request_body_bytes)
             .collect()
@@ -185,6 +231,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
             }
         };
         features = Features::parse_with_prefix(&bytes, shared.cfg.prefix_bytes);
+        original = bytes.clone();
         let bytes = if shared.cfg.injects_usage() && features.wants_injection() {
             match request::inject_include_usage(&bytes) {
                 Some(b) => {
@@ -209,6 +256,21 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     let fleet = shared.fleet.load_full();
     let arm = fleet.assign(&info);
     ctx.set_arm(Arc::clone(&fleet), arm);
+    let limits = fleet.arms.get(arm).map(|a| a.limits).unwrap_or_default();
+    let plan = if endpoint.is_inference() && !shared.cfg.passthrough_strict {
+        match Plan::resolve(
+            &fleet.straggler,
+            limits,
+            features.model.as_deref(),
+            &parts.headers,
+            true,
+        ) {
+            Ok(p) => p,
+            Err(e) => return gateway_error(&mut ctx, e),
+        }
+    } else {
+        Plan::default()
+    };
     let backend = match fleet.pick(arm, &mut info) {
         Ok(b) => b,
         Err(e) => {
@@ -217,51 +279,66 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         }
     };
     ctx.set_backend(Arc::clone(&backend), info);
-    let up = &backend.upstream;
-    let uri = match up.uri_for(parts.uri.path_and_query()) {
-        Ok(u) => u,
-        Err(e) => {
-            return gateway_error(
-                &mut ctx,
-                GatewayError::BodyRead(format!("bad request target: {e}")),
-            )
-        }
-    };
-    let mut up_req = Request::new(up_body);
-    *up_req.method_mut() = parts.method;
-    *up_req.uri_mut() = uri;
-    *up_req.version_mut() = Version::HTTP_11;
     let mut hdrs = parts.headers;
     headers::remove_hop_by_hop(&mut hdrs);
     hdrs.remove(http::header::HOST);
+    hdrs.remove(crate::straggler::BUDGET_HEADER);
+    hdrs.remove(crate::straggler::DEADLINE_HEADER);
     if endpoint.is_inference() {
         // The body was read whole (and maybe rewritten): send its length.
         hdrs.remove(http::header::CONTENT_LENGTH);
     }
-    *up_req.headers_mut() = hdrs;
-
-    let secs = shared.cfg.upstream_header_timeout_secs;
-    let resp = match tokio::time::timeout(Duration::from_secs(secs), shared.client.request(up_req))
-        .await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            if e.is_connect() {
-                fleet.on_failure(&backend);
+    // A managed request needs one choice and a body it can rewrite.
+    let managed = plan.manages() && features.parsed && features.n <= 1;
+    if managed {
+        let native = plan.budget.filter(|_| fleet.straggler.native_budget);
+        let client_streams = features.stream;
+        let leg_body = if client_streams && native.is_none() {
+            match &up_body {
+                Either::Left(f) => Some(f.clone()),
+                Either::Right(_) => None,
             }
-            let reason = error_chain(&e);
-            let backend = up.name.to_string();
-            return gateway_error(
-                &mut ctx,
-                GatewayError::UpstreamUnreachable { backend, reason },
-            );
+        } else {
+            crate::straggler::driver::first_leg_body(
+                &original,
+                client_streams,
+                native,
+                backend.flavor,
+            )
+            .map(Full::new)
+        };
+        if let Some(leg_body) = leg_body {
+            ctx.plan = plan;
+            let m = crate::straggler::driver::Managed {
+                shared: Arc::clone(&shared),
+                fleet: Arc::clone(&fleet),
+                ctx,
+                backend,
+                out: send::Outgoing {
+                    method: parts.method,
+                    path_q: parts.uri.path_and_query().cloned(),
+                    headers: hdrs,
+                    body: Some(Either::Left(leg_body)),
+                },
+                original,
+                client_streams,
+                client_wants_usage: features.include_usage,
+                injected: injected && client_streams,
+            };
+            return crate::straggler::driver::respond(m).await;
         }
-        Err(_) => {
-            let backend = up.name.to_string();
-            return gateway_error(&mut ctx, GatewayError::UpstreamTimeout { backend, secs });
-        }
+    }
+
+    let mut out = send::Outgoing {
+        method: parts.method,
+        path_q: parts.uri.path_and_query().cloned(),
+        headers: hdrs,
+        body: Some(up_body),
     };
-    backend.on_success();
+    let resp = match send::send(&shared, &fleet, &mut ctx, backend, &mut out).await {
+        Ok((_, r)) => r,
+        Err(e) => return gateway_error(&mut ctx, e),
+    };
     ctx.t_upstream_ns = Some(ctx.elapsed_ns());
     ctx.status = resp.status().as_u16();
     let (mut rparts, rbody) = resp.into_parts();
@@ -279,19 +356,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     if strip {
         rparts.headers.remove(http::header::CONTENT_LENGTH);
     }
-    if shared.cfg.adds_response_headers() {
-        if let Ok(v) = HeaderValue::from_str(&ctx.id) {
-            rparts.headers.insert(headers::TG_REQUEST_ID, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(ctx.backend_name()) {
-            rparts.headers.insert(headers::TG_BACKEND, v);
-        }
-        if fleet.arms.len() > 1 {
-            if let Ok(v) = HeaderValue::from_str(ctx.arm_name()) {
-                rparts.headers.insert(headers::TG_ARM, v);
-            }
-        }
-    }
+    shared.add_response_headers(&mut rparts.headers, &ctx, &fleet);
     let cfg = if strip {
         &shared.observer_strip
     } else {
@@ -300,17 +365,6 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     let obs = Observer::new(Arc::clone(cfg), kind);
     Response::from_parts(
         rparts,
-        Either::Left(ObservedBody::new(rbody, obs, ctx, strip)),
+        ResponseBody::Observed(ObservedBody::new(rbody, obs, ctx, strip)),
     )
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

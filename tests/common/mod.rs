@@ -151,7 +151,14 @@ async fn serve_script(
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
     tokio::spawn(async move {
         for (delay, bytes) in script.chunks {
-            tokio::time::sleep(delay).await;
+            // A client that leaves during a delay is seen at once.
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = tx.closed() => {
+                    *client_gone.lock().unwrap() = Some(Instant::now());
+                    return;
+                }
+            }
             if tx.send(Ok(Frame::data(bytes))).await.is_err() {
                 *client_gone.lock().unwrap() = Some(Instant::now());
                 return;

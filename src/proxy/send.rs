@@ -1,0 +1,152 @@
+//! Sending a request upstream, with retries on another backend for failures
+//! that happen before any byte could reach the client: connect errors,
+//! connections reset before the response head, and the configured 5xx
+//! statuses. A retry never repeats output the client saw, because the
+//! client has seen nothing yet.
+
+use crate::error::GatewayError;
+use crate::fleet::{Backend, Fleet};
+use crate::proxy::context::RequestCtx;
+use crate::proxy::upstream::UpstreamBody;
+use crate::proxy::Shared;
+use crate::straggler::action::Action;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What to send; the body is replayable for retries only when it is bytes.
+pub struct Outgoing {
+    pub method: Method,
+    pub path_q: Option<http::uri::PathAndQuery>,
+    pub headers: HeaderMap,
+    pub body: Option<UpstreamBody>,
+}
+
+impl Outgoing {
+    fn replayable(&self) -> bool {
+        matches!(self.body, Some(Either::Left(_)))
+    }
+
+    pub(crate) fn request_for(
+        &mut self,
+        b: &Backend,
+    ) -> Result<Request<UpstreamBody>, GatewayError> {
+        let uri = b
+            .upstream
+            .uri_for(self.path_q.as_ref())
+            .map_err(|e| GatewayError::BadRequest(format!("bad request target: {e}")))?;
+        let body = match &self.body {
+            Some(Either::Left(full)) => Either::Left(full.clone()),
+            _ => self.body.take().ok_or_else(|| {
+                GatewayError::BodyRead("request body already sent upstream".into())
+            })?,
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        Ok(req)
+    }
+}
+
+/// Full bytes as an upstream body.
+pub fn bytes_body(b: Bytes) -> Option<UpstreamBody> {
+    Some(Either::Left(Full::new(b)))
+}
+
+/// Send `out` to `backend`, retrying elsewhere per `[straggler]`. On
+/// success the request's context is on the backend that answered.
+pub async fn send(
+    shared: &Shared,
+    fleet: &Fleet,
+    ctx: &mut RequestCtx,
+    mut backend: Arc<Backend>,
+    out: &mut Outgoing,
+) -> Result<(Arc<Backend>, Response<Incoming>), GatewayError> {
+    let cfg = &fleet.straggler;
+    let secs = shared.cfg.upstream_header_timeout_secs;
+    let mut tried = vec![backend.index];
+    loop {
+        let req = out.request_for(&backend)?;
+        let res = tokio::time::timeout(Duration::from_secs(secs), shared.client.request(req)).await;
+        let can_retry = out.replayable() && (tried.len() as u32) <= cfg.retries;
+        let failed = match res {
+            Ok(Ok(resp)) => {
+                backend.on_success();
+                let status = resp.status().as_u16();
+                if !(can_retry && cfg.retry_statuses.contains(&status)) {
+                    return Ok((backend, resp));
+                }
+                Failed::Status(resp)
+            }
+            Ok(Err(e)) => {
+                let reason = if e.is_connect() {
+                    fleet.on_failure(&backend);
+                    "connect"
+                } else {
+                    "reset"
+                };
+                Failed::Error(
+                    reason,
+                    GatewayError::UpstreamUnreachable {
+                        backend: backend.upstream.name.to_string(),
+                        reason: error_chain(&e),
+                    },
+                )
+            }
+            Err(_) => {
+                return Err(GatewayError::UpstreamTimeout {
+                    backend: backend.upstream.name.to_string(),
+                    secs,
+                })
+            }
+        };
+        let next = if can_retry {
+            let mut info = ctx.route().clone();
+            fleet
+                .pick_excluding(ctx.arm_index(), &mut info, &tried)
+                .ok()
+        } else {
+            None
+        };
+        let Some(next) = next else {
+            // Nowhere else to go: the failure stands, as the engine gave it.
+            return match failed {
+                Failed::Status(resp) => Ok((backend, resp)),
+                Failed::Error(_, e) => Err(e),
+            };
+        };
+        let reason = match failed {
+            Failed::Status(resp) => resp.status().as_u16().to_string(),
+            Failed::Error(r, _) => r.to_string(),
+        };
+        ctx.act(Action::Retry {
+            backend: backend.upstream.name.to_string(),
+            reason,
+        });
+        tried.push(next.index);
+        ctx.switch_backend(Arc::clone(&next));
+        backend = next;
+    }
+}
+
+enum Failed {
+    /// A status the config retries (the response is dropped on retry).
+    Status(Response<Incoming>),
+    Error(&'static str, GatewayError),
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

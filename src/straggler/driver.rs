@@ -1,0 +1,767 @@
+//! The managed path: drives a request's upstream legs and writes what the
+//! client receives.
+//!
+//! 1. **First leg**, sent with retries (`proxy::send`). With hedging, its
+//!    output is held until its first token; if none comes within the hedge
+//!    delay, a duplicate goes to another backend, the first to produce a
+//!    token wins and the other is dropped (the engine aborts it). Nothing
+//!    reaches the client before the winner is known.
+//! 2. The winner's bytes pass to the client on SSE event boundaries,
+//!    untouched. When thinking reaches the budget (or the deadline minus the
+//!    answer reserve passes while thinking), the leg is dropped at once (the
+//!    engine aborts it and frees its KV cache) and a **continuation** goes
+//!    out (`continuation`): its events are rewritten into the first leg's
+//!    identity (`events`) and follow in the same response, ending with the
+//!    summed usage (if the client asked for usage) and one `[DONE]`.
+//! 3. At the hard deadline the response ends cleanly with
+//!    `finish_reason: "length"`.
+//!
+//! A client that asked for no stream gets one JSON body assembled from the
+//! same events (the first leg streams upstream). Per chunk the path costs a
+//! channel send and the observer; only a forced answer's continuation is
+//! parsed into JSON values.
+
+use crate::config::Flavor;
+use crate::error::GatewayError;
+use crate::fleet::{Backend, Fleet, LegLoad};
+use crate::proxy::context::RequestCtx;
+use crate::proxy::request::Endpoint;
+use crate::proxy::send::{self, bytes_body, Outgoing};
+use crate::proxy::{headers, Shared};
+use crate::record::Outcome;
+use crate::straggler::action::{Action, Trigger};
+use crate::straggler::continuation::{self, Forced};
+use crate::straggler::events::{self, Assembler, Identity, Rewritten};
+use crate::stream::body::ObservedBody;
+use crate::stream::response::{ChannelBody, ResponseBody};
+use crate::stream::strip::UsageStripper;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thinkgate_asu::sse::SseFramer;
+use thinkgate_asu::{BodyKind, Observer};
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+
+/// Chunks in flight between the task and the client connection.
+const CHANNEL_DEPTH: usize = 16;
+
+/// A managed request, ready to send.
+pub struct Managed {
+    pub shared: Arc<Shared>,
+    pub fleet: Arc<Fleet>,
+    pub ctx: RequestCtx,
+    pub backend: Arc<Backend>,
+    /// The first leg (its body may differ from the client's: streamed for a
+    /// non-streamed client, usage injected, a native budget).
+    pub out: Outgoing,
+    /// The body the client sent, for the continuation.
+    pub original: Bytes,
+    pub client_streams: bool,
+    /// The client asked for `stream_options.include_usage`.
+    pub client_wants_usage: bool,
+    /// The gateway added `include_usage` to a streamed first leg: usage-only
+    /// events are kept from the client.
+    pub injected: bool,
+}
+
+/// Serve a managed request (see the module docs).
+pub async fn respond(mut m: Managed) -> Response<ResponseBody> {
+    let fleet = Arc::clone(&m.fleet);
+    if m.ctx.plan.hedge {
+        m.shared
+            .hedge_budget
+            .on_request(fleet.straggler.hedge.max_ratio);
+    }
+    let backend = Arc::clone(&m.backend);
+    let (backend, resp) = match send::send(&m.shared, &fleet, &mut m.ctx, backend, &mut m.out).await
+    {
+        Ok(x) => x,
+        Err(e) => return fail(&mut m.ctx, e),
+    };
+    m.ctx.t_upstream_ns = Some(m.ctx.elapsed_ns());
+    m.ctx.status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if !resp.status().is_success() || BodyKind::from_content_type(ct) != BodyKind::Sse {
+        // An error, or an engine that did not stream: forwarded as is.
+        let (mut parts, body) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        let kind = BodyKind::from_content_type(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let obs = Observer::new(Arc::clone(&m.shared.observer), kind);
+        return Response::from_parts(
+            parts,
+            ResponseBody::Observed(ObservedBody::new(body, obs, m.ctx, false)),
+        );
+    }
+    let mut leg = Leg::new(&m, backend, resp, None);
+    if m.ctx.plan.hedge {
+        leg = hedge(&mut m, leg).await;
+    }
+    // (A deadline that passed while the leg was held ends it in `run`.)
+    let mut head = leg.head.take().unwrap_or_else(empty_parts);
+    headers::remove_hop_by_hop(&mut head.headers);
+    head.headers.remove(header::CONTENT_LENGTH);
+    m.shared
+        .add_response_headers(&mut head.headers, &m.ctx, &fleet);
+    if m.client_streams {
+        let (tx, body) = ChannelBody::new(CHANNEL_DEPTH);
+        let view = View::stream(&m, tx);
+        tokio::spawn(run(m, leg, view));
+        Response::from_parts(head, ResponseBody::Channel(body))
+    } else {
+        let view = View::assemble(&m);
+        let (status, body) = run(m, leg, view).await;
+        head.status = status;
+        head.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Response::from_parts(head, ResponseBody::Full(Full::new(body)))
+    }
+}
+
+fn empty_parts() -> http::response::Parts {
+    Response::new(()).into_parts().0
+}
+
+fn fail(ctx: &mut RequestCtx, err: GatewayError) -> Response<ResponseBody> {
+    ctx.fail(&err);
+    err.to_response().map(ResponseBody::Full)
+}
+
+/// One upstream leg that streams reasoning: its observer (thinking count
+/// and text) and the bytes it has released on event boundaries.
+struct Leg {
+    backend: Arc<Backend>,
+    head: Option<http::response::Parts>,
+    /// An end seen while the leg was held, delivered by the next `step`.
+    pending: Option<Step>,
+    body: Incoming,
+    obs: Observer,
+    strip: UsageStripper,
+    /// Bytes released while the leg was held (hedging).
+    held: Vec<Bytes>,
+    /// The response identity, from its first chunk.
+    ident: Option<Identity>,
+    endpoint: Endpoint,
+    t_recv: Instant,
+    /// A hedge counts on its backend until it wins (then the context does).
+    load: Option<LegLoad>,
+}
+
+enum Step {
+    /// Complete events (possibly none).
+    Bytes(Bytes),
+    /// The body ended; the bytes of an unfinished event, if any.
+    End(Bytes),
+    Reset,
+}
+
+impl Leg {
+    fn new(
+        m: &Managed,
+        backend: Arc<Backend>,
+        resp: Response<Incoming>,
+        load: Option<LegLoad>,
+    ) -> Self {
+        let (head, body) = resp.into_parts();
+        let cfg = if m.injected {
+            &m.shared.observer_capture_strip
+        } else {
+            &m.shared.observer_capture
+        };
+        Self {
+            backend,
+            head: Some(head),
+            pending: None,
+            body,
+            obs: Observer::new(Arc::clone(cfg), BodyKind::Sse),
+            strip: UsageStripper::default(),
+            held: Vec::new(),
+            ident: None,
+            endpoint: m.ctx.endpoint,
+            t_recv: m.ctx.t_recv,
+            load,
+        }
+    }
+
+    async fn step(&mut self) -> Step {
+        if let Some(s) = self.pending.take() {
+            return s;
+        }
+        match self.body.frame().await {
+            Some(Ok(f)) => {
+                let Ok(data) = f.into_data() else {
+                    return Step::Bytes(Bytes::new());
+                };
+                let before = self.obs.fed();
+                self.obs
+                    .feed(&data, self.t_recv.elapsed().as_nanos() as u64);
+                let out =
+                    self.strip
+                        .process(data, before, self.obs.boundary(), self.obs.strip_ranges());
+                if self.ident.is_none() && !out.is_empty() {
+                    self.ident = first_identity(self.endpoint, &out);
+                }
+                Step::Bytes(out)
+            }
+            Some(Err(_)) => Step::Reset,
+            None => Step::End(self.strip.flush()),
+        }
+    }
+
+    fn has_token(&self) -> bool {
+        self.obs.peek().t_first_token_ns.is_some()
+    }
+}
+
+/// The identity in the first `data: {...}` event of complete-event bytes.
+fn first_identity(endpoint: Endpoint, bytes: &[u8]) -> Option<Identity> {
+    let mut found = None;
+    let mut framer = SseFramer::default();
+    framer.feed(bytes, |ev| {
+        if found.is_none() {
+            found = Identity::from_chunk(endpoint, ev.data);
+        }
+    });
+    found
+}
+
+/// How long to wait for a first token before hedging `b`.
+fn hedge_delay(cfg: &crate::straggler::HedgeConfig, b: &Backend) -> Option<Duration> {
+    let pct = cfg
+        .after_percentile
+        .and_then(|p| b.ttft_ring.percentile_ms(p))
+        .map(|ms| ms.max(cfg.min_after_ms));
+    pct.or(cfg.after_ms).map(Duration::from_millis)
+}
+
+/// Hold `a` until its first token; past the hedge delay race a duplicate.
+/// Returns the leg that goes on; the other is dropped, which aborts it
+/// upstream.
+async fn hedge(m: &mut Managed, mut a: Leg) -> Leg {
+    let fleet = Arc::clone(&m.fleet);
+    let delay = hedge_delay(&fleet.straggler.hedge, &a.backend);
+    let t_hedge = delay.map(|d| tokio::time::Instant::now() + d);
+    let deadline = at(m.ctx.t_recv, m.ctx.plan.deadline);
+    let mut b: Option<Leg> = None;
+    let mut hedged = false;
+    loop {
+        if a.has_token() || a.pending.is_some() {
+            break;
+        }
+        if b.as_ref().is_some_and(Leg::has_token) {
+            if let Some(won) = b.take() {
+                return promote(m, won);
+            }
+        }
+        tokio::select! {
+            // Past the deadline: `run` ends the response cleanly.
+            _ = sleep_opt(deadline), if deadline.is_some() => break,
+            s = a.step() => match s {
+                Step::Bytes(x) => a.held.push(x),
+                end => match b.take() {
+                    // The original failed first: the hedge carries on.
+                    Some(l) => a = promote(m, l),
+                    None => a.pending = Some(end),
+                },
+            },
+            s = step_opt(&mut b), if b.is_some() => match s {
+                Step::Bytes(x) => {
+                    if let Some(l) = b.as_mut() {
+                        l.held.push(x);
+                    }
+                }
+                _ => {
+                    if let Some(l) = b.take() {
+                        m.ctx.act(Action::HedgeWasted {
+                            backend: l.backend.upstream.name.to_string(),
+                        });
+                    }
+                }
+            },
+            _ = sleep_opt(t_hedge), if !hedged && t_hedge.is_some() => {
+                hedged = true;
+                if m.shared.hedge_budget.try_spend() {
+                    if let Some(leg) = open_hedge(m, &a).await {
+                        m.ctx.act(Action::HedgeSent {
+                            backend: leg.backend.upstream.name.to_string(),
+                            after_ms: delay.map_or(0, |d| d.as_millis() as u64),
+                        });
+                        b = Some(leg);
+                    }
+                }
+            },
+        }
+    }
+    if let Some(l) = b {
+        m.ctx.act(Action::HedgeWasted {
+            backend: l.backend.upstream.name.to_string(),
+        });
+    }
+    a
+}
+
+/// The hedge goes on: the request's context moves to its backend.
+fn promote(m: &mut Managed, mut won: Leg) -> Leg {
+    m.ctx.act(Action::HedgeWon {
+        backend: won.backend.upstream.name.to_string(),
+    });
+    m.ctx.switch_backend(Arc::clone(&won.backend));
+    won.load = None;
+    won
+}
+
+async fn step_opt(l: &mut Option<Leg>) -> Step {
+    match l {
+        Some(l) => l.step().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Send the hedge: the same first-leg request to another healthy backend
+/// (no retries: the original is still running).
+async fn open_hedge(m: &mut Managed, a: &Leg) -> Option<Leg> {
+    let mut info = m.ctx.route().clone();
+    let other = m
+        .fleet
+        .pick_excluding(m.ctx.arm_index(), &mut info, &[a.backend.index])
+        .ok()?;
+    let load = LegLoad::new(Arc::clone(&other));
+    let mut out = Outgoing {
+        method: m.out.method.clone(),
+        path_q: m.out.path_q.clone(),
+        headers: m.out.headers.clone(),
+        body: match &m.out.body {
+            Some(http_body_util::Either::Left(f)) => Some(http_body_util::Either::Left(f.clone())),
+            _ => return None,
+        },
+    };
+    let req = out.request_for(&other).ok()?;
+    let resp = m.shared.client.request(req).await.ok()?;
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if !resp.status().is_success() || BodyKind::from_content_type(ct) != BodyKind::Sse {
+        return None;
+    }
+    Some(Leg::new(m, other, resp, Some(load)))
+}
+
+/// Where the client's bytes go.
+enum Sink {
+    Channel(mpsc::Sender<Bytes>),
+    Assemble(Box<(SseFramer, Assembler)>),
+}
+
+/// The client's view of the response: what it receives, observed.
+struct View {
+    obs: Observer,
+    sink: Sink,
+    t_recv: Instant,
+}
+
+/// The client went away.
+struct Gone;
+
+impl View {
+    fn stream(m: &Managed, tx: mpsc::Sender<Bytes>) -> Self {
+        Self {
+            obs: Observer::new(Arc::clone(&m.shared.observer), BodyKind::Sse),
+            sink: Sink::Channel(tx),
+            t_recv: m.ctx.t_recv,
+        }
+    }
+
+    fn assemble(m: &Managed) -> Self {
+        Self {
+            obs: Observer::new(Arc::clone(&m.shared.observer), BodyKind::Json),
+            sink: Sink::Assemble(Box::default()),
+            t_recv: m.ctx.t_recv,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.t_recv.elapsed().as_nanos() as u64
+    }
+
+    /// Send `b` to the client.
+    async fn emit(&mut self, b: Bytes) -> Result<(), Gone> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        match &mut self.sink {
+            Sink::Channel(tx) => {
+                let now = self.t_recv.elapsed().as_nanos() as u64;
+                self.obs.feed(&b, now);
+                tx.send(b).await.map_err(|_| Gone)
+            }
+            Sink::Assemble(a) => {
+                let (framer, asm) = &mut **a;
+                framer.feed(&b, |ev| asm.push(ev.data));
+                Ok(())
+            }
+        }
+    }
+
+    /// Observe `b` as if the client had received it (the usage the gateway
+    /// injected for itself), without sending it.
+    fn note(&mut self, b: &[u8]) {
+        match &mut self.sink {
+            Sink::Channel(_) => {
+                let now = self.now();
+                self.obs.feed(b, now);
+            }
+            Sink::Assemble(a) => {
+                let (framer, asm) = &mut **a;
+                framer.feed(b, |ev| asm.push(ev.data));
+            }
+        }
+    }
+
+    async fn closed(&self) {
+        match &self.sink {
+            Sink::Channel(tx) => tx.closed().await,
+            Sink::Assemble(_) => std::future::pending().await,
+        }
+    }
+
+    /// Settle the request; for an assembled response, the status and body.
+    fn settle(self, ctx: &mut RequestCtx, outcome: Outcome) -> (StatusCode, Bytes) {
+        let View {
+            mut obs,
+            sink,
+            t_recv,
+        } = self;
+        let (status, body) = match sink {
+            Sink::Channel(_) => (StatusCode::OK, Bytes::new()),
+            Sink::Assemble(a) => {
+                let body = a.1.finish(ctx.endpoint);
+                obs.feed(&body, t_recv.elapsed().as_nanos() as u64);
+                let status = if body.starts_with(b"{\"error\"") {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    StatusCode::OK
+                };
+                (status, body)
+            }
+        };
+        ctx.status = status.as_u16();
+        let now = t_recv.elapsed().as_nanos() as u64;
+        ctx.settle(outcome, Some(obs.finish(now)));
+        (status, body)
+    }
+}
+
+/// How the first leg ended.
+enum FirstEnd {
+    /// The stream ended (normally or not); everything was passed on.
+    Done(Outcome),
+    /// Thinking must close now: force the answer.
+    Force(Trigger),
+    /// The hard deadline passed.
+    Deadline,
+    Gone,
+}
+
+fn at(t_recv: Instant, d: Option<Duration>) -> Option<tokio::time::Instant> {
+    d.map(|d| tokio::time::Instant::from_std(t_recv + d))
+}
+
+async fn sleep_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stream the first leg, then a forced answer if one is due; settle.
+async fn run(mut m: Managed, mut leg: Leg, mut view: View) -> (StatusCode, Bytes) {
+    let plan = m.ctx.plan;
+    let deadline = at(m.ctx.t_recv, plan.deadline);
+    let force_at = at(m.ctx.t_recv, plan.force_at);
+    let held = std::mem::take(&mut leg.held);
+    let mut end = None;
+    for b in held {
+        if view.emit(b).await.is_err() {
+            end = Some(FirstEnd::Gone);
+            break;
+        }
+    }
+    let end = match end {
+        Some(e) => e,
+        None => first_leg(&mut m, &mut leg, &mut view, deadline, force_at).await,
+    };
+    match end {
+        FirstEnd::Done(outcome) => view.settle(&mut m.ctx, outcome),
+        FirstEnd::Gone => view.settle(&mut m.ctx, Outcome::ClientGone),
+        FirstEnd::Deadline => {
+            let id = leg.ident.take().unwrap_or_else(|| fallback_ident(&m));
+            drop(leg);
+            end_at_deadline(m, view, &id).await
+        }
+        FirstEnd::Force(trigger) => forced(m, leg, view, trigger, deadline).await,
+    }
+}
+
+async fn first_leg(
+    m: &mut Managed,
+    leg: &mut Leg,
+    view: &mut View,
+    deadline: Option<tokio::time::Instant>,
+    force_at: Option<tokio::time::Instant>,
+) -> FirstEnd {
+    let force_budget = m.ctx.plan.force_budget;
+    loop {
+        let may_force = force_at.is_some() && leg.obs.still_thinking();
+        tokio::select! {
+            biased;
+            _ = view.closed() => return FirstEnd::Gone,
+            _ = sleep_opt(deadline), if deadline.is_some() => return FirstEnd::Deadline,
+            _ = sleep_opt(force_at), if may_force => return FirstEnd::Force(Trigger::Deadline),
+            s = leg.step() => match s {
+                Step::Bytes(b) => {
+                    m.ctx.set_thinking(leg.obs.in_thinking());
+                    let p = leg.obs.peek();
+                    m.ctx.set_output_tokens(p.reasoning_chunks + p.visible_chunks);
+                    if view.emit(b).await.is_err() {
+                        return FirstEnd::Gone;
+                    }
+                    if force_budget.is_some_and(|fb| {
+                        leg.obs.still_thinking() && leg.obs.thinking_so_far() >= fb
+                    }) {
+                        return FirstEnd::Force(Trigger::Budget);
+                    }
+                }
+                Step::End(rest) => {
+                    if view.emit(rest).await.is_err() {
+                        return FirstEnd::Gone;
+                    }
+                    if m.injected {
+                        if let (Some(u), Some(id)) = (leg.obs.peek().usage.as_ref(), leg.ident.as_ref()) {
+                            if let Ok(v) = serde_json::to_value(u) {
+                                view.note(&id.usage(&v));
+                            }
+                        }
+                    }
+                    return FirstEnd::Done(Outcome::Completed);
+                }
+                Step::Reset => {
+                    let _ = view.emit(upstream_lost()).await;
+                    return FirstEnd::Done(Outcome::UpstreamReset);
+                }
+            }
+        }
+    }
+}
+
+fn fallback_ident(m: &Managed) -> Identity {
+    Identity::fallback(m.ctx.endpoint, &m.ctx.id, m.ctx.features.model.as_deref())
+}
+
+/// The error event sent when an upstream fails mid-stream (vLLM's shape).
+fn upstream_lost() -> Bytes {
+    events::event(&serde_json::json!({"error": {
+        "message": "the upstream connection was lost mid-stream",
+        "type": "upstream_reset",
+        "param": null,
+        "code": 502
+    }}))
+}
+
+async fn end_at_deadline(mut m: Managed, mut view: View, id: &Identity) -> (StatusCode, Bytes) {
+    m.ctx.act(Action::DeadlineHit);
+    let _ = view.emit(id.finish("length")).await;
+    let _ = view.emit(Bytes::from_static(events::DONE)).await;
+    view.settle(&mut m.ctx, Outcome::Completed)
+}
+
+/// Abort the first leg and answer through a continuation.
+async fn forced(
+    mut m: Managed,
+    leg: Leg,
+    mut view: View,
+    trigger: Trigger,
+    deadline: Option<tokio::time::Instant>,
+) -> (StatusCode, Bytes) {
+    let thinking_tokens = leg.obs.thinking_so_far();
+    let thinking = leg.obs.thinking_text().unwrap_or_default();
+    let in_fields = leg.obs.reasoning_in_fields();
+    let id = leg.ident.clone().unwrap_or_else(|| fallback_ident(&m));
+    let backend = Arc::clone(&leg.backend);
+    // Dropping the leg drops the upstream request: the engine aborts it.
+    drop(leg);
+    m.ctx.set_thinking(false);
+    m.ctx.act(Action::ForcedAnswer {
+        trigger,
+        thinking_tokens,
+    });
+    let cue = m.fleet.straggler.answer_cue.clone();
+    let markers = m.shared.markers.clone();
+    let body = continuation::body(&Forced {
+        original: &m.original,
+        endpoint: m.ctx.endpoint,
+        flavor: backend.flavor,
+        thinking: &thinking,
+        thinking_tokens,
+        markers: &markers,
+        cue: &cue,
+        answer_max_tokens: m.fleet.straggler.answer_max_tokens,
+    });
+    let Some(body) = body else {
+        return fallback(m, view, &id, "request cannot be continued").await;
+    };
+    if !in_fields {
+        // The client saw thinking open inline: close it the same way.
+        let close = format!("\n{}{}", markers.close(), cue);
+        if view.emit(id.text(&close)).await.is_err() {
+            return view.settle(&mut m.ctx, Outcome::ClientGone);
+        }
+    }
+    let mut out = Outgoing {
+        method: http::Method::POST,
+        path_q: m.out.path_q.clone(),
+        headers: m.out.headers.clone(),
+        body: bytes_body(body),
+    };
+    let fleet = Arc::clone(&m.fleet);
+    let shared = Arc::clone(&m.shared);
+    let sent = tokio::select! {
+        r = send::send(&shared, &fleet, &mut m.ctx, backend, &mut out) => Some(r),
+        _ = sleep_opt(deadline), if deadline.is_some() => None,
+    };
+    let resp = match sent {
+        None => return end_at_deadline(m, view, &id).await,
+        Some(Err(e)) => return fallback(m, view, &id, &e.to_string()).await,
+        Some(Ok((_, r))) if !r.status().is_success() => {
+            let why = format!("continuation answered {}", r.status());
+            return fallback(m, view, &id, &why).await;
+        }
+        Some(Ok((_, r))) => r,
+    };
+    let mut body = resp.into_body();
+    let mut framer = SseFramer::default();
+    let mut usage = None;
+    let mut pending: Vec<Rewritten> = Vec::new();
+    let outcome = loop {
+        let frame = tokio::select! {
+            biased;
+            _ = view.closed() => break Outcome::ClientGone,
+            _ = sleep_opt(deadline), if deadline.is_some() => {
+                drop(body);
+                return end_at_deadline(m, view, &id).await;
+            }
+            f = body.frame() => f,
+        };
+        match frame {
+            Some(Ok(f)) => {
+                let Ok(data) = f.into_data() else { continue };
+                framer.feed(&data, |ev| pending.push(events::rewrite(&id, ev.data)));
+                let mut gone = false;
+                for r in pending.drain(..) {
+                    let sent = match r {
+                        Rewritten::Send(b) | Rewritten::Error(b) => view.emit(b).await,
+                        Rewritten::Usage(u) => {
+                            usage = Some(u);
+                            Ok(())
+                        }
+                        Rewritten::Skip => Ok(()),
+                    };
+                    if sent.is_err() {
+                        gone = true;
+                        break;
+                    }
+                }
+                if gone {
+                    break Outcome::ClientGone;
+                }
+            }
+            Some(Err(_)) => {
+                let _ = view.emit(upstream_lost()).await;
+                break Outcome::UpstreamReset;
+            }
+            None => {
+                let total = events::summed_usage(thinking_tokens, usage.as_ref());
+                let u = id.usage(&total);
+                let r = if m.client_wants_usage || !m.client_streams {
+                    view.emit(u).await
+                } else {
+                    view.note(&u);
+                    Ok(())
+                };
+                let r = match r {
+                    Ok(()) => view.emit(Bytes::from_static(events::DONE)).await,
+                    e => e,
+                };
+                break if r.is_ok() {
+                    Outcome::Completed
+                } else {
+                    Outcome::ClientGone
+                };
+            }
+        }
+    };
+    view.settle(&mut m.ctx, outcome)
+}
+
+/// A forced answer that cannot be continued ends like a length cut.
+async fn fallback(mut m: Managed, mut view: View, id: &Identity, why: &str) -> (StatusCode, Bytes) {
+    m.ctx.act(Action::ForcedFallback {
+        reason: why.chars().take(200).collect(),
+    });
+    let mut r = view.emit(id.finish("length")).await;
+    if r.is_ok() {
+        r = view.emit(Bytes::from_static(events::DONE)).await;
+    }
+    let outcome = if r.is_ok() {
+        Outcome::Completed
+    } else {
+        Outcome::ClientGone
+    };
+    view.settle(&mut m.ctx, outcome)
+}
+
+/// The first leg's body for `backend`: a non-streamed client's request
+/// streams upstream (with usage), and a native budget is passed to engines
+/// that enforce one. `None` when the body is not a JSON object.
+pub fn first_leg_body(
+    original: &Bytes,
+    client_streams: bool,
+    native_budget: Option<u64>,
+    flavor: Flavor,
+) -> Option<Bytes> {
+    let native_key = match flavor {
+        Flavor::Vllm => Some("thinking_token_budget"),
+        Flavor::Llamacpp => Some("thinking_budget_tokens"),
+        Flavor::Sglang | Flavor::Openai => None,
+    };
+    let native = native_budget.zip(native_key);
+    if client_streams && native.is_none() {
+        return Some(original.clone());
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(original).ok()?;
+    let o = v.as_object_mut()?;
+    if !client_streams {
+        o.insert("stream".into(), true.into());
+        o.insert(
+            "stream_options".into(),
+            serde_json::json!({"include_usage": true}),
+        );
+    }
+    if let Some((b, k)) = native {
+        o.insert(k.into(), b.into());
+    }
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}

@@ -1,0 +1,418 @@
+//! The client's view of a managed stream: the events the gateway writes
+//! itself (the continuation's events rewritten into the first leg's
+//! identity, a closing `finish_reason`, the summed usage, `[DONE]`), and the
+//! assembly of a non-streamed body from those events.
+
+use crate::proxy::request::Endpoint;
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+pub const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// `data: {json}\n\n`.
+pub fn event(v: &Value) -> Bytes {
+    let mut out = b"data: ".to_vec();
+    // Serializing a `Value` cannot fail.
+    out.extend_from_slice(&serde_json::to_vec(v).unwrap_or_default());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// The identity every chunk of one response shares, taken from the first
+/// leg's first chunk.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub endpoint: Endpoint,
+    id: Value,
+    object: Value,
+    created: Value,
+    model: Value,
+}
+
+impl Identity {
+    pub fn from_chunk(endpoint: Endpoint, data: &[u8]) -> Option<Self> {
+        let v: Value = serde_json::from_slice(data).ok()?;
+        let o = v.as_object()?;
+        o.get("choices")?;
+        let object = match endpoint {
+            Endpoint::Chat => "chat.completion.chunk",
+            _ => "text_completion",
+        };
+        Some(Self {
+            endpoint,
+            id: o.get("id").cloned().unwrap_or(Value::Null),
+            object: o.get("object").cloned().unwrap_or_else(|| object.into()),
+            created: o.get("created").cloned().unwrap_or(Value::Null),
+            model: o.get("model").cloned().unwrap_or(Value::Null),
+        })
+    }
+
+    /// A stand-in when the first leg sent no chunk before it was cut.
+    pub fn fallback(endpoint: Endpoint, id: &str, model: Option<&str>) -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            endpoint,
+            id: Value::from(id),
+            object: match endpoint {
+                Endpoint::Chat => "chat.completion.chunk".into(),
+                _ => "text_completion".into(),
+            },
+            created: created.into(),
+            model: model.map_or(Value::Null, Value::from),
+        }
+    }
+
+    fn chunk(&self, choices: Value) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("id".into(), self.id.clone());
+        m.insert("object".into(), self.object.clone());
+        m.insert("created".into(), self.created.clone());
+        m.insert("model".into(), self.model.clone());
+        m.insert("choices".into(), choices);
+        m
+    }
+
+    /// A chunk with visible text.
+    pub fn text(&self, text: &str) -> Bytes {
+        let choice = match self.endpoint {
+            Endpoint::Chat => {
+                json!({"index": 0, "delta": {"content": text}, "finish_reason": null})
+            }
+            _ => json!({"index": 0, "text": text, "finish_reason": null}),
+        };
+        event(&Value::Object(self.chunk(json!([choice]))))
+    }
+
+    /// The last chunk of a stream the gateway ended itself.
+    pub fn finish(&self, reason: &str) -> Bytes {
+        let choice = match self.endpoint {
+            Endpoint::Chat => json!({"index": 0, "delta": {}, "finish_reason": reason}),
+            _ => json!({"index": 0, "text": "", "finish_reason": reason}),
+        };
+        event(&Value::Object(self.chunk(json!([choice]))))
+    }
+
+    /// The usage-only chunk.
+    pub fn usage(&self, usage: &Value) -> Bytes {
+        let mut m = self.chunk(json!([]));
+        m.insert("usage".into(), usage.clone());
+        event(&Value::Object(m))
+    }
+}
+
+/// What one continuation event becomes for the client.
+#[derive(Debug, PartialEq)]
+pub enum Rewritten {
+    /// Send these bytes.
+    Send(Bytes),
+    /// Usage of the continuation (kept for the summed usage).
+    Usage(Value),
+    /// An error event: send it and end.
+    Error(Bytes),
+    /// `[DONE]`, or a chunk with nothing for the client.
+    Skip,
+}
+
+/// Rewrite one continuation event (its `data`) into the first leg's
+/// identity: choice index 0, reasoning fields turned into content (the
+/// continuation is the answer; an engine's reasoning parser may not know
+/// the prompt closed thinking), the repeated role dropped.
+pub fn rewrite(id: &Identity, data: &[u8]) -> Rewritten {
+    if data == b"[DONE]" {
+        return Rewritten::Skip;
+    }
+    let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(data) else {
+        return Rewritten::Skip;
+    };
+    if o.contains_key("error") {
+        return Rewritten::Error(event(&Value::Object(o)));
+    }
+    let usage = o.remove("usage").filter(|u| !u.is_null());
+    let mut choices = match o.remove("choices") {
+        Some(Value::Array(c)) => c,
+        _ => Vec::new(),
+    };
+    choices.retain_mut(|c| {
+        let Some(c) = c.as_object_mut() else {
+            return false;
+        };
+        if c.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
+            return false;
+        }
+        let finish = c.get("finish_reason").is_some_and(|f| !f.is_null());
+        if let Some(Value::Object(d)) = c.get_mut("delta") {
+            d.remove("role");
+            let mut text = String::new();
+            for k in ["reasoning_content", "reasoning", "content"] {
+                if let Some(Value::String(s)) = d.remove(k) {
+                    text.push_str(&s);
+                }
+            }
+            if !text.is_empty() {
+                d.insert("content".into(), Value::String(text));
+            }
+            return finish || !d.is_empty();
+        }
+        finish
+            || c.get("text")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.is_empty())
+    });
+    if choices.is_empty() {
+        return match usage {
+            Some(u) => Rewritten::Usage(u),
+            None => Rewritten::Skip,
+        };
+    }
+    let m = id.chunk(Value::Array(choices));
+    Rewritten::Send(event(&Value::Object(m)))
+}
+
+/// Usage of a forced response: the thinking moved from completion into the
+/// continuation's prompt, so it is moved back. `completion_tokens` =
+/// thinking + answer and `total_tokens` = the continuation's total.
+pub fn summed_usage(thinking_tokens: u64, continuation: Option<&Value>) -> Value {
+    let get = |k: &str| continuation.and_then(|u| u.get(k)).and_then(Value::as_u64);
+    let prompt = get("prompt_tokens")
+        .unwrap_or(0)
+        .saturating_sub(thinking_tokens);
+    let answer = get("completion_tokens").unwrap_or(0);
+    let completion = thinking_tokens + answer;
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": thinking_tokens},
+    })
+}
+
+/// Builds a non-streamed response from the client's view of the stream.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    first: Option<Map<String, Value>>,
+    /// The reasoning field the engine used (`reasoning` or
+    /// `reasoning_content`).
+    reasoning_key: Option<String>,
+    reasoning: String,
+    content: String,
+    tool_calls: Vec<Value>,
+    finish_reason: Value,
+    usage: Option<Value>,
+    error: Option<Value>,
+}
+
+impl Assembler {
+    /// Take one SSE event's `data`.
+    pub fn push(&mut self, data: &[u8]) {
+        let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        if o.contains_key("error") {
+            self.error = Some(Value::Object(o));
+            return;
+        }
+        if let Some(u) = o.remove("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u);
+        }
+        let choices = match o.remove("choices") {
+            Some(Value::Array(c)) => c,
+            _ => Vec::new(),
+        };
+        if self.first.is_none() && !choices.is_empty() {
+            self.first = Some(o);
+        }
+        for c in choices {
+            if c.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
+                continue;
+            }
+            if let Some(f) = c.get("finish_reason").filter(|f| !f.is_null()) {
+                self.finish_reason = f.clone();
+            }
+            if let Some(t) = c.get("text").and_then(Value::as_str) {
+                self.content.push_str(t);
+            }
+            let Some(d) = c.get("delta").and_then(Value::as_object) else {
+                continue;
+            };
+            for k in ["reasoning_content", "reasoning"] {
+                if let Some(s) = d.get(k).and_then(Value::as_str) {
+                    self.reasoning_key.get_or_insert_with(|| k.to_string());
+                    self.reasoning.push_str(s);
+                }
+            }
+            if let Some(s) = d.get("content").and_then(Value::as_str) {
+                self.content.push_str(s);
+            }
+            for tc in d
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                self.merge_tool_call(tc);
+            }
+        }
+    }
+
+    fn merge_tool_call(&mut self, tc: &Value) {
+        let i = tc.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        if i > 127 {
+            return;
+        }
+        while self.tool_calls.len() <= i {
+            self.tool_calls.push(
+                json!({"id": null, "type": "function", "function": {"name": "", "arguments": ""}}),
+            );
+        }
+        let slot = &mut self.tool_calls[i];
+        if let Some(id) = tc.get("id").filter(|v| !v.is_null()) {
+            slot["id"] = id.clone();
+        }
+        if let Some(f) = tc.get("function") {
+            for k in ["name", "arguments"] {
+                if let Some(s) = f.get(k).and_then(Value::as_str) {
+                    let cur = slot["function"][k].as_str().unwrap_or("").to_string();
+                    slot["function"][k] = Value::String(cur + s);
+                }
+            }
+        }
+    }
+
+    /// The JSON body, or the error event's body if the stream carried one.
+    pub fn finish(self, endpoint: Endpoint) -> Bytes {
+        if let Some(e) = self.error {
+            return Bytes::from(serde_json::to_vec(&e).unwrap_or_default());
+        }
+        let mut o = self.first.unwrap_or_default();
+        let choice = match endpoint {
+            Endpoint::Chat => {
+                o.insert("object".into(), "chat.completion".into());
+                let mut msg = Map::new();
+                msg.insert("role".into(), "assistant".into());
+                msg.insert("content".into(), Value::String(self.content));
+                if let Some(k) = self.reasoning_key {
+                    msg.insert(k, Value::String(self.reasoning));
+                }
+                if !self.tool_calls.is_empty() {
+                    msg.insert("tool_calls".into(), Value::Array(self.tool_calls));
+                }
+                json!({"index": 0, "message": msg, "logprobs": null, "finish_reason": self.finish_reason})
+            }
+            _ => {
+                o.insert("object".into(), "text_completion".into());
+                json!({"index": 0, "text": self.content, "logprobs": null, "finish_reason": self.finish_reason})
+            }
+        };
+        o.insert("choices".into(), json!([choice]));
+        if let Some(u) = self.usage {
+            o.insert("usage".into(), u);
+        }
+        Bytes::from(serde_json::to_vec(&Value::Object(o)).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident() -> Identity {
+        Identity::from_chunk(
+            Endpoint::Chat,
+            br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn data(b: &Bytes) -> Value {
+        let s = std::str::from_utf8(b).unwrap();
+        serde_json::from_str(s.strip_prefix("data: ").unwrap().trim_end()).unwrap()
+    }
+
+    #[test]
+    fn continuation_takes_the_first_legs_identity_and_answers_in_content() {
+        let id = ident();
+        let r = rewrite(
+            &id,
+            br#"{"id":"chatcmpl-2","object":"chat.completion.chunk","created":9,"model":"m2","choices":[{"index":0,"delta":{"reasoning":"42"},"finish_reason":null}]}"#,
+        );
+        let Rewritten::Send(b) = r else {
+            panic!("{r:?}")
+        };
+        assert!(b.ends_with(b"\n\n"));
+        let v = data(&b);
+        assert_eq!(v["id"], "chatcmpl-1");
+        assert_eq!(v["created"], 7);
+        assert_eq!(v["model"], "m");
+        assert_eq!(v["choices"][0]["delta"], json!({"content": "42"}));
+    }
+
+    #[test]
+    fn role_only_done_and_usage_are_not_sent() {
+        let id = ident();
+        assert_eq!(
+            rewrite(
+                &id,
+                br#"{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#
+            ),
+            Rewritten::Skip
+        );
+        assert_eq!(rewrite(&id, b"[DONE]"), Rewritten::Skip);
+        assert_eq!(
+            rewrite(
+                &id,
+                br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3}}"#
+            ),
+            Rewritten::Usage(json!({"prompt_tokens": 3}))
+        );
+        assert!(matches!(
+            rewrite(&id, br#"{"error":{"message":"boom"}}"#),
+            Rewritten::Error(_)
+        ));
+        // The finishing chunk is kept even with an empty delta.
+        assert!(matches!(
+            rewrite(
+                &id,
+                br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#
+            ),
+            Rewritten::Send(_)
+        ));
+    }
+
+    #[test]
+    fn usage_adds_up() {
+        let u = summed_usage(
+            100,
+            Some(&json!({"prompt_tokens": 130, "completion_tokens": 12, "total_tokens": 142})),
+        );
+        assert_eq!(u["prompt_tokens"], 30);
+        assert_eq!(u["completion_tokens"], 112);
+        assert_eq!(u["total_tokens"], 142);
+        assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], 100);
+    }
+
+    #[test]
+    fn assembles_a_chat_completion() {
+        let mut a = Assembler::default();
+        let id = ident();
+        a.push(br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#);
+        a.push(
+            br#"{"id":"chatcmpl-1","choices":[{"index":0,"delta":{"reasoning_content":"hmm "}}]}"#,
+        );
+        a.push(
+            br#"{"id":"chatcmpl-1","choices":[{"index":0,"delta":{"reasoning_content":"ok"}}]}"#,
+        );
+        let fin = id.finish("length");
+        a.push(data(&fin).to_string().as_bytes());
+        a.push(br#"{"id":"chatcmpl-1","choices":[{"index":0,"delta":{"content":"42"},"finish_reason":"stop"}]}"#);
+        a.push(br#"{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":3,"total_tokens":4}}"#);
+        let v: Value = serde_json::from_slice(&a.finish(Endpoint::Chat)).unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["id"], "chatcmpl-1");
+        assert_eq!(v["choices"][0]["message"]["reasoning_content"], "hmm ok");
+        assert_eq!(v["choices"][0]["message"]["content"], "42");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["usage"]["total_tokens"], 4);
+    }
+}

@@ -1,0 +1,726 @@
+//! Straggler handling against the simulated engine (and scripted upstreams
+//! for faults): forced answers, deadlines, hedging, retries and long-thinker
+//! isolation, checked on the bytes the client receives.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use bytes::Bytes;
+use common::{client, gateway, post, records, send, upstream, End, Script};
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thinkgate_sim::config::{Flavor, ReasoningMode};
+use thinkgate_sim::server::Sim;
+
+async fn sim_with(
+    reasoning: ReasoningMode,
+    think: f64,
+    time_scale: f64,
+    tweak: impl FnOnce(&mut thinkgate_sim::SimConfig),
+) -> (String, Arc<Sim>) {
+    let mut cfg = thinkgate_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        time_scale,
+        reasoning,
+        flavor: Flavor::Vllm,
+        ..Default::default()
+    };
+    cfg.workload.think_median = [think; 3];
+    cfg.workload.think_sigma = [0.01; 3];
+    tweak(&mut cfg);
+    let (addr, sim, task) = thinkgate_sim::server::spawn(cfg).await.unwrap();
+    // The server task lives as long as the test's runtime.
+    std::mem::forget(task);
+    (format!("http://{addr}"), sim)
+}
+
+async fn sim(reasoning: ReasoningMode, think: f64) -> (String, Arc<Sim>) {
+    sim_with(reasoning, think, 50.0, |_| {}).await
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tg-strag-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("records.jsonl");
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+const MODEL: &str = "sim-r1-distill-qwen-7b";
+
+fn chat(stream: bool, usage: bool) -> String {
+    let so = if usage {
+        r#","stream_options":{"include_usage":true}"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"model":"{MODEL}","messages":[{{"role":"user","content":"difficulty: hard. Compute 17 + 25. Put the answer in \\boxed{{}}."}}],"stream":{stream}{so},"max_tokens":6000}}"#
+    )
+}
+
+/// The `data` payloads of an SSE body, checking its framing on the way.
+fn sse(body: &[u8]) -> Vec<String> {
+    let text = std::str::from_utf8(body).expect("utf-8 SSE");
+    assert!(
+        text.ends_with("\n\n"),
+        "ends on an event boundary: {text:?}"
+    );
+    text.split_terminator("\n\n")
+        .map(|ev| {
+            ev.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {ev:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// What a streamed chat response carried, in order.
+#[derive(Debug, Default)]
+struct Seen {
+    /// "r" or "c" per content-bearing chunk.
+    order: String,
+    reasoning: String,
+    content: String,
+    usage: Option<Value>,
+    finish: Option<String>,
+    ids: std::collections::BTreeSet<String>,
+    created: std::collections::BTreeSet<String>,
+    dones: usize,
+}
+
+fn read_chat(body: &[u8]) -> Seen {
+    let events = sse(body);
+    let mut s = Seen::default();
+    for (i, d) in events.iter().enumerate() {
+        if d == "[DONE]" {
+            assert_eq!(i, events.len() - 1, "[DONE] is last");
+            s.dones += 1;
+            continue;
+        }
+        let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}"));
+        assert!(v.get("error").is_none(), "{d}");
+        s.ids.insert(v["id"].to_string());
+        s.created.insert(v["created"].to_string());
+        assert_eq!(v["model"], MODEL);
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            s.usage = Some(u.clone());
+        }
+        for c in v["choices"].as_array().unwrap() {
+            assert_eq!(c["index"], 0);
+            let d = &c["delta"];
+            let r = d
+                .get("reasoning")
+                .or_else(|| d.get("reasoning_content"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let t = d.get("content").and_then(Value::as_str).unwrap_or("");
+            if !r.is_empty() {
+                s.order.push('r');
+                s.reasoning.push_str(r);
+            }
+            if !t.is_empty() {
+                s.order.push('c');
+                s.content.push_str(t);
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                s.finish = Some(f.to_string());
+            }
+        }
+    }
+    s
+}
+
+/// Prompt tokens the engine counts for `body` (asked directly, 1 token).
+async fn prompt_tokens(sim_url: &str, body: &str) -> u64 {
+    let mut v: Value = serde_json::from_str(body).unwrap();
+    v["stream"] = false.into();
+    v["max_tokens"] = 1.into();
+    v.as_object_mut().unwrap().remove("stream_options");
+    let got = send(
+        &client(),
+        post(format!("{sim_url}/v1/chat/completions"), &v.to_string()),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&got.body).unwrap();
+    v["usage"]["prompt_tokens"].as_u64().unwrap()
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < Duration::from_secs(5), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_answer_is_one_well_formed_stream_with_usage_that_adds_up() {
+    let (url, sim) = sim(ReasoningMode::Field, 800.0).await;
+    let rec = tmp("forced");
+    let gw = gateway(vec![url.clone()], |c| {
+        c.straggler.thinking_budget = Some(64);
+        c.records = Some(rec.clone());
+    })
+    .await;
+    let body = chat(true, true);
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert!(got.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let s = read_chat(&got.body);
+    assert_eq!(s.dones, 1);
+    assert_eq!(s.ids.len(), 1, "one id: {:?}", s.ids);
+    assert_eq!(s.created.len(), 1, "one created: {:?}", s.created);
+    let r = s.order.matches('r').count();
+    assert_eq!(r, 64, "thinking cut at the budget: {}", s.order);
+    assert!(
+        s.order.starts_with(&"r".repeat(64)) && !s.order[64..].contains('r'),
+        "reasoning, then content: {}",
+        s.order
+    );
+    assert!(s.content.contains("\\boxed{"), "{}", s.content);
+    assert_eq!(s.finish.as_deref(), Some("stop"));
+    let u = s.usage.expect("usage requested, usage given");
+    let answer = s.order.matches('c').count() as u64;
+    assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], 64);
+    assert_eq!(u["completion_tokens"], 64 + answer, "{u}");
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + 64 + answer
+    );
+    // The client's prompt, not the continuation's (which holds the
+    // thinking): exact up to how the engine re-tokenizes the thinking text
+    // (the sim counts its words; real engines differ by the few tokens of
+    // the close marker and cue).
+    let prompt = u["prompt_tokens"].as_u64().unwrap() as i64;
+    let direct = prompt_tokens(&url, &body).await as i64;
+    assert!((prompt - direct).abs() <= 4, "{prompt} vs {direct}");
+    // The first leg was aborted: the engine freed it at once.
+    let st = &sim.engine.stats;
+    wait_for("abort reaches the engine", || {
+        st.aborted.load(Ordering::Relaxed) >= 1 && st.running.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    gw.shutdown();
+    gw.wait().await;
+    let recs = records(&rec);
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!(r["thinking_budget"], 64);
+    assert_eq!(r["actions"][0]["action"], "forced_answer");
+    assert_eq!(r["actions"][0]["trigger"], "budget");
+    assert_eq!(r["actions"][0]["thinking_tokens"], 64);
+    assert_eq!(r["outcome"], "completed");
+    assert_eq!(r["thinking_tokens"], 64);
+    assert_eq!(r["token_source"], "usage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_answer_without_usage_requested_hides_usage_and_counts_it() {
+    let (url, _sim) = sim(ReasoningMode::FieldLegacy, 800.0).await;
+    let rec = tmp("hidden");
+    let gw = gateway(vec![url], |c| {
+        c.records = Some(rec.clone());
+    })
+    .await;
+    // A per-request budget (lowering an unlimited operator setting).
+    let mut req = post(
+        format!("http://{}/v1/chat/completions", gw.proxy_addr),
+        &chat(true, false),
+    );
+    req.headers_mut()
+        .insert("x-thinkgate-thinking-budget", "40".parse().unwrap());
+    let got = send(&client(), req).await;
+    let s = read_chat(&got.body);
+    assert_eq!(s.order.matches('r').count(), 40);
+    assert!(s.usage.is_none(), "usage was not asked for");
+    assert!(s.content.contains("\\boxed{"));
+    gw.shutdown();
+    gw.wait().await;
+    let r = &records(&rec)[0];
+    assert_eq!(r["thinking_tokens"], 40);
+    assert_eq!(r["token_source"], "usage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_streamed_request_gets_one_json_body() {
+    let (url, _sim) = sim(ReasoningMode::Field, 800.0).await;
+    let gw = gateway(vec![url], |c| c.straggler.thinking_budget = Some(50)).await;
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            &chat(false, false),
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["content-type"], "application/json");
+    let v: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], MODEL);
+    let m = &v["choices"][0]["message"];
+    assert_eq!(m["role"], "assistant");
+    assert!(!m["reasoning"].as_str().unwrap().is_empty(), "{v}");
+    assert!(m["content"].as_str().unwrap().contains("\\boxed{"), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let u = &v["usage"];
+    assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], 50);
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_tags_are_closed_for_the_client_and_completions_continue_too() {
+    let (url, _sim) = sim(ReasoningMode::Tags, 800.0).await;
+    let gw = gateway(vec![url], |c| c.straggler.thinking_budget = Some(30)).await;
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            &chat(true, false),
+        ),
+    )
+    .await;
+    let s = read_chat(&got.body);
+    assert!(s.reasoning.is_empty());
+    // 30 thinking chunks (the open tag's counts), then the close.
+    let mut before_close = 0;
+    for d in sse(&got.body) {
+        if d.contains("</think>") {
+            break;
+        }
+        if d.contains(r#""content":"#) && !d.contains(r#""content":"""#) {
+            before_close += 1;
+        }
+    }
+    assert_eq!(before_close, 30);
+    let c = &s.content;
+    assert!(c.starts_with("<think>"), "{c}");
+    assert_eq!(c.matches("</think>").count(), 1, "{c}");
+    let (_, answer) = c.split_once("</think>").unwrap();
+    assert!(answer.contains("\\boxed{"), "{c}");
+
+    // /v1/completions: the prompt plus the generated text, closed.
+    let body = format!(
+        r#"{{"model":"{MODEL}","prompt":"difficulty: hard. Compute 2 + 3.","stream":true,"max_tokens":5000}}"#
+    );
+    let got = send(
+        &client(),
+        post(format!("http://{}/v1/completions", gw.proxy_addr), &body),
+    )
+    .await;
+    let mut text = String::new();
+    for d in sse(&got.body) {
+        if d != "[DONE]" {
+            let v: Value = serde_json::from_str(&d).unwrap();
+            text.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
+        }
+    }
+    let (thought, answer) = text.split_once("</think>").expect("closed");
+    assert!(thought.starts_with("<think>"), "{text}");
+    assert!(answer.contains("\\boxed{"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_forces_early_and_the_hard_deadline_ends_cleanly() {
+    // Thinking would take seconds; the deadline forces the answer at
+    // deadline - reserve, and the answer fits in the reserve.
+    let (url, _sim) = sim_with(ReasoningMode::Field, 20_000.0, 20.0, |_| {}).await;
+    let rec = tmp("deadline");
+    let gw = gateway(vec![url], |c| {
+        c.straggler.answer_reserve_ms = Some(500);
+        c.records = Some(rec.clone());
+    })
+    .await;
+    let mut req = post(
+        format!("http://{}/v1/chat/completions", gw.proxy_addr),
+        &chat(true, false),
+    );
+    req.headers_mut()
+        .insert("x-thinkgate-deadline-ms", "1200".parse().unwrap());
+    let t = Instant::now();
+    let got = send(&client(), req).await;
+    let took = t.elapsed();
+    let s = read_chat(&got.body);
+    assert_eq!(s.finish.as_deref(), Some("stop"), "answered: {}", s.content);
+    assert!(s.content.contains("\\boxed{"));
+    assert!(took < Duration::from_millis(1200 + 300), "{took:?}");
+    assert!(took > Duration::from_millis(650), "{took:?}");
+
+    // An answer too long for the reserve: cut at the hard deadline.
+    let (url, _sim) = sim_with(ReasoningMode::Field, 20_000.0, 20.0, |c| {
+        c.workload.answer_median = 3000.0;
+    })
+    .await;
+    let gw2 = gateway(vec![url], |c| {
+        c.straggler.deadline_ms = Some(1000);
+    })
+    .await;
+    let t = Instant::now();
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw2.proxy_addr),
+            &chat(true, false),
+        ),
+    )
+    .await;
+    let took = t.elapsed();
+    let s = read_chat(&got.body);
+    assert_eq!(s.finish.as_deref(), Some("length"));
+    assert_eq!(s.dones, 1);
+    assert!(took < Duration::from_millis(1000 + 300), "{took:?}");
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    gw.shutdown();
+    gw.wait().await;
+    let r = &records(&rec)[0];
+    assert_eq!(r["actions"][0]["trigger"], "deadline");
+    assert_eq!(r["deadline_ms"], 1200);
+}
+
+fn stalled() -> Script {
+    let mut s = Script::sse(vec![(
+        Duration::from_secs(30),
+        Bytes::from_static(b"data: {}\n\n"),
+    )]);
+    s.end = End::Hang;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedge_races_a_stalled_backend_and_cancels_the_loser() {
+    let slow = upstream(|_, _| stalled()).await;
+    let (url, _sim) = sim(ReasoningMode::Field, 100.0).await;
+    let rec = tmp("hedge");
+    let gw = gateway(vec![format!("http://{}", slow.addr), url.clone()], |c| {
+        c.straggler.hedge.after_ms = Some(100);
+        c.straggler.hedge.max_ratio = 1.0;
+        c.records = Some(rec.clone());
+    })
+    .await;
+    // Round robin sends the first request to the stalled backend.
+    let t = Instant::now();
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            &chat(true, false),
+        ),
+    )
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(got.headers["x-thinkgate-backend"], url.as_str());
+    let s = read_chat(&got.body);
+    assert!(s.order.starts_with('r') && s.content.contains("\\boxed{"));
+    assert_eq!(s.dones, 1);
+    // The loser's connection was dropped.
+    let seen = slow.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let gone = Arc::clone(&seen[0].client_gone);
+    wait_for("the loser is cancelled", || gone.lock().unwrap().is_some()).await;
+    gw.shutdown();
+    gw.wait().await;
+    let r = &records(&rec)[0];
+    let actions: Vec<&str> = r["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["hedge_sent", "hedge_won"]);
+    assert_eq!(r["backend"], url.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedges_stay_within_their_budget() {
+    let slow = upstream(|_, _| stalled()).await;
+    let (url, _sim) = sim(ReasoningMode::Field, 50.0).await;
+    let gw = gateway(vec![format!("http://{}", slow.addr), url], |c| {
+        c.straggler.hedge.after_ms = Some(50);
+        c.straggler.hedge.max_ratio = 0.5;
+        c.straggler.deadline_ms = Some(1500);
+    })
+    .await;
+    // Ten requests, half to the stalled backend: credit for five hedges.
+    let c = client();
+    let mut finishes = Vec::new();
+    for _ in 0..10 {
+        let got = send(
+            &c,
+            post(
+                format!("http://{}/v1/chat/completions", gw.proxy_addr),
+                &chat(true, false),
+            ),
+        )
+        .await;
+        finishes.push(read_chat(&got.body).finish);
+    }
+    let saved = finishes
+        .iter()
+        .filter(|f| f.as_deref() == Some("stop"))
+        .count();
+    // Five on the healthy backend, and at most five hedged away from the
+    // stalled one (the rest end at their deadline).
+    assert!((5..=10).contains(&saved), "{finishes:?}");
+    let text = common::scrape(&gw).await;
+    let sent =
+        common::metric(&text, "thinkgate_hedges_total", &[("result", "sent")]).unwrap_or(0.0);
+    assert!(sent <= 5.0 + 1.0, "hedges {sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_go_elsewhere_only_before_the_first_byte() {
+    // 503 before any byte: retried on the other backend.
+    let busy = upstream(|_, _| {
+        let mut s = Script::json(r#"{"error":{"message":"overloaded"}}"#);
+        s.status = 503;
+        s
+    })
+    .await;
+    let (url, _sim) = sim(ReasoningMode::Field, 100.0).await;
+    let rec = tmp("retry");
+    let gw = gateway(vec![format!("http://{}", busy.addr), url.clone()], |c| {
+        c.records = Some(rec.clone());
+    })
+    .await;
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            &chat(true, false),
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let s = read_chat(&got.body);
+    assert_eq!(s.dones, 1);
+    assert_eq!(busy.seen.lock().unwrap().len(), 1);
+
+    // A reset after bytes reached the client: never retried (the client
+    // would see output twice); the client sees the stream end.
+    let first =
+        b"data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning\":\"hmm\"}}]}\n\n";
+    let reset = upstream(move |_, _| {
+        let mut s = Script::sse(vec![(Duration::ZERO, Bytes::from_static(first))]);
+        s.end = End::Reset;
+        s
+    })
+    .await;
+    let other = upstream(|_, _| Script::sse(vec![])).await;
+    let gw2 = gateway(
+        vec![
+            format!("http://{}", reset.addr),
+            format!("http://{}", other.addr),
+        ],
+        |_| {},
+    )
+    .await;
+    let resp = client()
+        .request(post(
+            format!("http://{}/v1/chat/completions", gw2.proxy_addr),
+            &chat(true, false),
+        ))
+        .await
+        .unwrap();
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await;
+    assert!(body.is_err(), "the cut reaches the client as a cut");
+    assert_eq!(other.seen.lock().unwrap().len(), 0, "no duplicate request");
+    gw.shutdown();
+    gw.wait().await;
+    let r = &records(&rec)[0];
+    assert_eq!(r["actions"][0]["action"], "retry");
+    assert_eq!(r["actions"][0]["reason"], "503");
+    assert_eq!(r["backend"], url.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thinking_cap_steers_new_requests_away() {
+    let (a, _sa) = sim_with(ReasoningMode::Field, 20_000.0, 5.0, |_| {}).await;
+    let (b, _sb) = sim(ReasoningMode::Field, 50.0).await;
+    let gw = gateway(vec![a.clone(), b.clone()], |c| {
+        c.routing = thinkgate_policies::PolicyConfig::RoundRobin;
+        c.straggler.max_thinking_per_backend = Some(1);
+    })
+    .await;
+    let c = client();
+    // A long thinker on `a` (round robin starts there).
+    let long = c
+        .request(post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            &chat(true, false),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(long.headers()["x-thinkgate-backend"], a.as_str());
+    let shared = Arc::clone(&gw.shared);
+    wait_for("the long request is thinking", || {
+        shared.fleet.load().backends[0]
+            .inflight_thinking
+            .load(Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    // Round robin alone would alternate; the cap keeps `a` out.
+    for _ in 0..4 {
+        let got = send(
+            &c,
+            post(
+                format!("http://{}/v1/chat/completions", gw.proxy_addr),
+                &chat(false, false),
+            ),
+        )
+        .await;
+        assert_eq!(got.headers["x-thinkgate-backend"], b.as_str());
+    }
+    drop(long);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_budget_lets_the_engine_stop_thinking_itself() {
+    let (url, _sim) = sim(ReasoningMode::Field, 800.0).await;
+    let rec = tmp("native");
+    let gw = gateway(vec![url], |c| {
+        c.straggler.thinking_budget = Some(64);
+        c.straggler.native_budget = true;
+        c.records = Some(rec.clone());
+    })
+    .await;
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            &chat(true, false),
+        ),
+    )
+    .await;
+    let s = read_chat(&got.body);
+    // vLLM's `thinking_token_budget` ended thinking in the sampler: one
+    // leg, nothing forced.
+    assert_eq!(s.order.matches('r').count(), 64);
+    assert!(s.content.contains("\\boxed{"));
+    gw.shutdown();
+    gw.wait().await;
+    let r = &records(&rec)[0];
+    assert!(r.get("actions").is_none(), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_cannot_be_continued_ends_as_a_length_cut() {
+    let (url, _sim) = sim(ReasoningMode::Tags, 800.0).await;
+    let rec = tmp("fallback");
+    let gw = gateway(vec![url], |c| {
+        c.straggler.thinking_budget = Some(20);
+        c.records = Some(rec.clone());
+    })
+    .await;
+    // A prompt given as a list cannot be extended with the thinking.
+    let body = format!(
+        r#"{{"model":"{MODEL}","prompt":["difficulty: hard. Compute 2 + 3."],"stream":true,"max_tokens":5000}}"#
+    );
+    let got = send(
+        &client(),
+        post(format!("http://{}/v1/completions", gw.proxy_addr), &body),
+    )
+    .await;
+    let events = sse(&got.body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    gw.shutdown();
+    gw.wait().await;
+    let r = &records(&rec)[0];
+    assert_eq!(r["actions"][1]["action"], "forced_fallback");
+}
+
+fn python_with_openai() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client_reads_a_forced_answer() {
+    if !python_with_openai() {
+        assert!(
+            std::env::var("THINKGATE_REQUIRE_PY").is_err(),
+            "THINKGATE_REQUIRE_PY is set but python3 with the openai package is missing"
+        );
+        eprintln!("SKIPPED: python3 with the openai package is not installed (pip install openai)");
+        return;
+    }
+    let mut sim_cfg = thinkgate_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        time_scale: 50.0,
+        ..Default::default()
+    };
+    sim_cfg.workload.think_median = [800.0; 3];
+    sim_cfg.workload.think_sigma = [0.01; 3];
+    let model = sim_cfg.model.clone();
+    let (sim_addr, _sim, _task) = thinkgate_sim::server::spawn(sim_cfg).await.unwrap();
+    let gw = common::gateway(vec![format!("http://{sim_addr}")], |_| {}).await;
+    let base = format!("http://{}", gw.proxy_addr);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/forced_answer.py");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([script, &base, &model, "48"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["stream"];
+    let order = s["order"].as_str().unwrap();
+    let answer = order.matches('c').count() as u64;
+    assert!(
+        order.starts_with(&"r".repeat(48)) && order[48..].chars().all(|c| c == 'c') && answer > 0,
+        "48 reasoning chunks, then only content: {order}"
+    );
+    assert!(s["content"].as_str().unwrap().contains("\\boxed{"), "{s}");
+    assert_eq!(s["ids"].as_array().unwrap().len(), 1, "one stream id");
+    assert_eq!(s["finish"], "stop");
+    let u = &s["usage"];
+    assert_eq!(
+        u["completion_tokens_details"]["reasoning_tokens"], 48,
+        "{u}"
+    );
+    assert_eq!(u["completion_tokens"], 48 + answer, "{u}");
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+    let p = &v["plain"];
+    assert_eq!(p["object"], "chat.completion");
+    assert!(
+        p["reasoning"].as_str().is_some_and(|r| !r.is_empty()),
+        "{p}"
+    );
+    assert!(p["content"].as_str().unwrap().contains("\\boxed{"), "{p}");
+    assert_eq!(p["finish"], "stop");
+    assert_eq!(
+        p["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        48
+    );
+}
