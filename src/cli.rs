@@ -28,6 +28,38 @@ pub enum Command {
     Load(Box<thinkgate_loadgen::cli::LoadArgs>),
     /// Two simulated engines, the gateway and a short Gamma load: prints an ASU report.
     Demo(Box<crate::demo::DemoArgs>),
+    /// Kubernetes preStop hook: mark the gateway not ready, then wait while
+    /// Services stop sending to it (SIGTERM follows and drains streams).
+    PreStop(PreStopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PreStopArgs {
+    /// The gateway's admin address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+    /// Seconds to wait after marking it not ready.
+    #[arg(long, default_value_t = 10)]
+    pub wait_secs: u64,
+}
+
+/// `thinkgate pre-stop`: `POST /prestop` on the admin listener (failures are
+/// reported, not fatal: the wait matters more), then sleep.
+pub async fn pre_stop(args: PreStopArgs) -> anyhow::Result<()> {
+    use http_body_util::Full;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::post(format!("http://{}/prestop", args.admin))
+        .body(Full::new(bytes::Bytes::new()))?;
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(2), client.request(req)).await;
+    match sent {
+        Ok(Ok(r)) if r.status().is_success() => {}
+        Ok(Ok(r)) => eprintln!("thinkgate pre-stop: admin answered {}", r.status()),
+        Ok(Err(e)) => eprintln!("thinkgate pre-stop: {e}"),
+        Err(_) => eprintln!("thinkgate pre-stop: admin did not answer within 2 s"),
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(args.wait_secs)).await;
+    Ok(())
 }
 
 /// `thinkgate serve`: every config key as a flag and a `THINKGATE_*`

@@ -42,6 +42,28 @@ pub enum Flavor {
     Openai,
 }
 
+/// Backends discovered by DNS (`[discovery]`), e.g. a Kubernetes headless
+/// Service: one backend per address the name resolves to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// The name to resolve, e.g. `vllm-headless.models.svc`.
+    pub dns: String,
+    /// The engines' port.
+    pub port: u16,
+    /// Re-resolve period, ms.
+    #[serde(default = "default_discovery_ms")]
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub flavor: Flavor,
+    #[serde(default = "default_pool")]
+    pub pool: String,
+}
+
+fn default_discovery_ms() -> u64 {
+    5_000
+}
+
 /// How requests are assigned to experiment arms.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -106,6 +128,8 @@ pub struct Config {
     pub upstreams: Vec<String>,
     /// Backend engines with weight, pool and models.
     pub backends: Vec<BackendConfig>,
+    /// More backends from DNS (a headless Service), re-resolved.
+    pub discovery: Option<DiscoveryConfig>,
     /// The routing policy (`[routing]`, `type = "least_kv"`, ...).
     pub routing: PolicyConfig,
     /// Route only to this pool (default: all backends).
@@ -173,6 +197,7 @@ impl Default for Config {
             admin: SocketAddr::from(([0, 0, 0, 0], 9090)),
             upstreams: Vec::new(),
             backends: Vec::new(),
+            discovery: None,
             routing: PolicyConfig::default(),
             pool: None,
             experiment: None,
@@ -217,10 +242,18 @@ impl Config {
     /// Check what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let all = self.all_backends();
-        if all.is_empty() {
+        if all.is_empty() && self.discovery.is_none() {
             return Err(ConfigError::Invalid(
-                "at least one upstream is required (--upstream URL or [[backends]])".into(),
+                "at least one upstream is required (--upstream URL, [[backends]] or [discovery])"
+                    .into(),
             ));
+        }
+        if let Some(d) = &self.discovery {
+            if d.dns.is_empty() || d.port == 0 {
+                return Err(ConfigError::Invalid(
+                    "[discovery] needs a dns name and a port".into(),
+                ));
+            }
         }
         for b in &all {
             crate::proxy::upstream::parse_base(&b.url)?;
@@ -229,8 +262,9 @@ impl Config {
             .experiment
             .iter()
             .flat_map(|e| e.arms.iter().filter_map(|a| a.pool.as_ref()));
+        let discovered_pool = self.discovery.as_ref().map(|d| &d.pool);
         for p in self.pool.iter().chain(arm_pools) {
-            if !all.iter().any(|b| &b.pool == p) {
+            if !all.iter().any(|b| &b.pool == p) && discovered_pool != Some(p) {
                 return Err(ConfigError::Invalid(format!("pool {p:?} has no backend")));
             }
         }

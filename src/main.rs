@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             Command::Sim(args) => thinkgate_sim::cli::run(*args).await,
             Command::Load(args) => thinkgate_loadgen::cli::run(*args).await,
             Command::Demo(args) => thinkgate::demo::run(*args).await,
+            Command::PreStop(args) => thinkgate::cli::pre_stop(args).await,
         }
     });
     match result {

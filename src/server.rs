@@ -50,6 +50,7 @@ impl Gateway {
         let admin_addr = admin_listener.local_addr()?;
         let shared = Arc::new(Shared::new(cfg, recorder)?);
         shared.restart_probes();
+        let discovery = crate::fleet::discovery::spawn(Arc::clone(&shared));
         let (stop, stop_rx) = watch::channel(false);
         let admin = tokio::spawn(serve_admin(admin_listener, Arc::clone(&shared), handle));
         let shared2 = Arc::clone(&shared);
@@ -63,6 +64,9 @@ impl Gateway {
             )
             .await;
             shared2.stop_probes();
+            if let Some(d) = discovery {
+                d.abort();
+            }
         });
         Ok(Self {
             proxy_addr,
@@ -209,6 +213,12 @@ fn admin_route(
             ),
         },
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
+        // Kubernetes preStop (`thinkgate pre-stop`): report not ready so
+        // Services stop sending, while serving on until SIGTERM.
+        "/prestop" if req.method() == http::Method::POST => {
+            shared.draining.store(true, Ordering::SeqCst);
+            text(StatusCode::OK, "text/plain", "draining\n")
+        }
         "/readyz" => {
             if shared.draining.load(Ordering::SeqCst) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
@@ -252,7 +262,7 @@ fn admin_route(
         _ => error_response(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin routes: /metrics /healthz /readyz /stats",
+            "admin routes: /metrics /healthz /readyz /stats, POST /prestop",
         ),
     }
 }

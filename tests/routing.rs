@@ -6,6 +6,8 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
+use http::Request;
+use http_body_util::Full;
 use std::time::Duration;
 use thinkgate::config::BackendConfig;
 use thinkgate_policies::PolicyConfig;
@@ -338,4 +340,69 @@ async fn hot_reload_routes_new_requests_and_leaves_streams_alone() {
         ),
         Some(0.0)
     );
+}
+
+#[tokio::test]
+async fn dns_discovery_turns_every_address_into_a_backend() {
+    let live = engine(0.0, 200).await;
+    let port = live
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    let gw = gateway(Vec::new(), |c| {
+        c.discovery = Some(thinkgate::config::DiscoveryConfig {
+            dns: "localhost".into(),
+            port,
+            interval_ms: 100,
+            flavor: Default::default(),
+            pool: "default".into(),
+        });
+    })
+    .await;
+    let t = std::time::Instant::now();
+    while gw.shared.fleet.load().backends.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(5), "nothing discovered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let urls: Vec<String> = gw
+        .shared
+        .fleet
+        .load()
+        .backends
+        .iter()
+        .map(|b| b.upstream.name.to_string())
+        .collect();
+    assert!(
+        urls.contains(&format!("http://127.0.0.1:{port}")),
+        "{urls:?}"
+    );
+    // (`localhost` may also give ::1, where nothing listens: the retry
+    // covers it.)
+    let c = client();
+    for _ in 0..4 {
+        assert_eq!(send(&c, req(&gw, false)).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn prestop_marks_not_ready_but_keeps_serving() {
+    let live = engine(0.0, 200).await;
+    let gw = gateway(vec![live.url()], |_| {}).await;
+    let c = client();
+    let ready = |gw: &thinkgate::server::Gateway| {
+        Request::get(format!("http://{}/readyz", gw.admin_addr))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(send(&c, ready(&gw)).await.status, 200);
+    let args = thinkgate::cli::PreStopArgs {
+        admin: gw.admin_addr,
+        wait_secs: 0,
+    };
+    thinkgate::cli::pre_stop(args).await.unwrap();
+    assert_eq!(send(&c, ready(&gw)).await.status, 503);
+    assert_eq!(send(&c, req(&gw, false)).await.status, 200);
 }

@@ -102,6 +102,10 @@ pub struct LoadArgs {
     /// A name for this run in reports.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Extra request header, "Name: value"; repeatable (e.g.
+    /// "x-thinkgate-thinking-budget: 2000").
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -224,6 +228,7 @@ impl LoadArgs {
             out: None,
             scrape: Vec::new(),
             label: String::new(),
+            headers: Vec::new(),
             quiet: false,
         }
     }
@@ -311,6 +316,7 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
         stream: !args.no_stream,
         include_usage: !args.no_usage,
         extra,
+        headers: parse_headers(&args.headers)?,
         observer: Arc::new(ObserverConfig {
             think_tags: think_tags(&args.think_tags)?,
             capture_text: true,
@@ -425,6 +431,25 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn parse_headers(raw: &[String]) -> anyhow::Result<http::HeaderMap> {
+    let mut h = http::HeaderMap::new();
+    for r in raw {
+        let (k, v) = r
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--header {r:?}: expected \"Name: value\""))?;
+        h.append(
+            http::HeaderName::from_bytes(k.trim().as_bytes())
+                .map_err(|e| anyhow::anyhow!("--header {r:?}: {e}"))?,
+            http::HeaderValue::from_str(v.trim())
+                .map_err(|e| anyhow::anyhow!("--header {r:?}: {e}"))?,
+        );
+    }
+    Ok(h)
+}
+
+/// The header a `thinking_budget` sweep sets on every request.
+pub const BUDGET_HEADER: &str = "x-thinkgate-thinking-budget";
+
 /// `--sweep rate=1,2,4` or `--sweep max_tokens=1000,2000`: one run per
 /// value, each in `OUT/<param>-<value>/`, then one table.
 async fn run_sweep(args: &LoadArgs, spec: &str) -> anyhow::Result<()> {
@@ -451,7 +476,24 @@ async fn run_sweep(args: &LoadArgs, spec: &str) -> anyhow::Result<()> {
                     })?),
                 }
             }
-            other => anyhow::bail!("--sweep: cannot sweep {other:?} (rate, max_tokens)"),
+            // Through thinkgate: the per-request thinking budget header
+            // (0 asks for none of its own).
+            "thinking_budget" => {
+                let n = match *v {
+                    "none" | "unlimited" => 0,
+                    n => n.parse::<u64>().map_err(|_| {
+                        anyhow::anyhow!("--sweep thinking_budget: {n:?} is not a number")
+                    })?,
+                };
+                a.headers.retain(|h| {
+                    !h.to_ascii_lowercase()
+                        .starts_with(&format!("{BUDGET_HEADER}:"))
+                });
+                a.headers.push(format!("{BUDGET_HEADER}: {n}"));
+            }
+            other => {
+                anyhow::bail!("--sweep: cannot sweep {other:?} (rate, max_tokens, thinking_budget)")
+            }
         }
         a.label = format!(
             "{}{param}={v}",
@@ -493,6 +535,8 @@ async fn run_sweep(args: &LoadArgs, spec: &str) -> anyhow::Result<()> {
             .map(|(v, s)| serde_json::json!({"param": param, "value": v, "summary": s}))
             .collect();
         std::fs::write(dir.join("sweep.json"), serde_json::to_string_pretty(&all)?)?;
+        let svg = crate::plots::sweep(param.trim(), &rows)?;
+        std::fs::write(dir.join("sweep.svg"), svg)?;
     }
     Ok(())
 }

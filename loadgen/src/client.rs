@@ -81,6 +81,8 @@ pub struct Target {
     pub stream: bool,
     pub include_usage: bool,
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Extra request headers (`--header`).
+    pub headers: http::HeaderMap,
     pub observer: Arc<ObserverConfig>,
     pub timeout: Duration,
 }
@@ -172,9 +174,12 @@ pub async fn send(
         finish_reason: None,
         summary: None,
     };
-    let req = Request::post(format!("{}{}", t.url, t.path()))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body));
+    let mut req = Request::post(format!("{}{}", t.url, t.path()))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(h) = req.headers_mut() {
+        h.extend(t.headers.clone());
+    }
+    let req = req.body(Full::new(body));
     let req = match req {
         Ok(q) => q,
         Err(e) => {

@@ -229,3 +229,92 @@ pub fn html(s: &RunSummary, table: &str, plots: &[(&str, String)]) -> String {
     o.push_str("</body></html>\n");
     o
 }
+
+fn p99(s: &RunSummary, key: &str) -> f64 {
+    s.latency_s.get(key).map_or(f64::NAN, |d| d.p99)
+}
+
+/// A sweep (`--sweep`): p99 E2E and TTFVT, output tokens/s and accuracy per
+/// value, one panel each, values in the order run.
+pub fn sweep(param: &str, rows: &[(String, RunSummary)]) -> anyhow::Result<String> {
+    type Metric = fn(&RunSummary) -> f64;
+    type Panel<'a> = (&'a str, &'a str, Vec<(&'a str, Metric, RGBColor)>);
+    let panels: [Panel<'_>; 3] = [
+        (
+            "p99 latency (s)",
+            "seconds",
+            vec![
+                ("E2E p99", |s| p99(s, "e2e"), BLACK),
+                ("TTFVT p99", |s| p99(s, "ttfvt"), RED),
+            ],
+        ),
+        (
+            "output tokens/s",
+            "tokens/s",
+            vec![("TPS", |s| s.throughput.output_tokens_per_s, BLUE)],
+        ),
+        (
+            "accuracy (%)",
+            "% correct",
+            vec![("accuracy", |s| s.accuracy.rate * 100.0, GREEN)],
+        ),
+    ];
+    let n = rows.len().max(1);
+    let labels: Vec<String> = rows.iter().map(|(v, _)| v.clone()).collect();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H * 3)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        for (area, (title, unit, series)) in root.split_evenly((3, 1)).iter().zip(panels) {
+            let ymax = series
+                .iter()
+                .flat_map(|(_, f, _)| rows.iter().map(|(_, s)| f(s)))
+                .filter(|v| v.is_finite())
+                .fold(0.0f64, f64::max)
+                .max(1e-9)
+                * 1.15;
+            let mut chart = ChartBuilder::on(area)
+                .caption(format!("{title} by {param}"), ("sans-serif", 16))
+                .margin(10)
+                .x_label_area_size(30)
+                .y_label_area_size(55)
+                .build_cartesian_2d(0usize..(n - 1).max(1), 0.0..ymax)
+                .map_err(err)?;
+            let lab = labels.clone();
+            chart
+                .configure_mesh()
+                .x_labels(n)
+                .x_label_formatter(&move |i| lab.get(*i).cloned().unwrap_or_default())
+                .y_desc(unit)
+                .draw()
+                .map_err(err)?;
+            for (name, f, color) in series {
+                let pts: Vec<(usize, f64)> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, s))| (i, f(s)))
+                    .filter(|p| p.1.is_finite())
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    .map_err(err)?
+                    .label(name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                    .map_err(err)?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}

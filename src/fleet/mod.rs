@@ -6,6 +6,7 @@
 //! snapshot of the candidates and hands it to the configured policy through
 //! `thinkgate_policies::select`, which never offers an unhealthy backend.
 
+pub mod discovery;
 pub mod probe;
 
 use crate::config::{AssignBy, BackendConfig, Config};

@@ -53,6 +53,10 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// The fleet's probe tasks (restarted on reload, stopped on shutdown).
     pub probes: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The configuration last loaded (at start or by a reload), and the
+    /// backends `[discovery]` found; the fleet is built from both.
+    base: std::sync::Mutex<Config>,
+    discovered: std::sync::Mutex<Vec<crate::config::BackendConfig>>,
 }
 
 impl Shared {
@@ -85,7 +89,39 @@ impl Shared {
     /// with. Other settings (listeners, timeouts, limits) need a restart.
     pub fn reload(&self, cfg: &Config) -> Result<(), crate::error::ConfigError> {
         cfg.validate()?;
-        let next = crate::fleet::Fleet::reloaded(cfg, Some(&self.fleet.load()))?;
+        if let Ok(mut b) = self.base.lock() {
+            *b = cfg.clone();
+        }
+        self.rebuild()
+    }
+
+    /// Replace the backends found by `[discovery]` and rebuild the fleet.
+    pub fn set_discovered(
+        &self,
+        backends: Vec<crate::config::BackendConfig>,
+    ) -> Result<(), crate::error::ConfigError> {
+        if let Ok(mut d) = self.discovered.lock() {
+            *d = backends;
+        }
+        self.rebuild()
+    }
+
+    /// The last configuration given plus the discovered backends.
+    fn effective(&self) -> Config {
+        let mut cfg = self
+            .base
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_else(|_| self.cfg.clone());
+        if let Ok(d) = self.discovered.lock() {
+            cfg.backends.extend(d.iter().cloned());
+        }
+        cfg
+    }
+
+    fn rebuild(&self) -> Result<(), crate::error::ConfigError> {
+        let cfg = self.effective();
+        let next = crate::fleet::Fleet::reloaded(&cfg, Some(&self.fleet.load()))?;
         self.fleet.store(Arc::new(next));
         self.restart_probes();
         Ok(())
@@ -123,6 +159,8 @@ impl Shared {
             models: LabelSet::new(cfg.max_model_labels),
             draining: AtomicBool::new(false),
             probes: std::sync::Mutex::new(Vec::new()),
+            base: std::sync::Mutex::new(cfg.clone()),
+            discovered: std::sync::Mutex::new(Vec::new()),
             cfg,
         })
     }

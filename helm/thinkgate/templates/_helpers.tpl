@@ -1,0 +1,68 @@
+{{- define "thinkgate.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "thinkgate.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "thinkgate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "thinkgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "thinkgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "thinkgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "thinkgate.simSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "thinkgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: sim
+{{- end -}}
+
+{{- define "thinkgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "thinkgate.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "thinkgate.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The gateway's TOML configuration: the user's `config` plus what the chart sets. */}}
+{{- define "thinkgate.config" -}}
+{{- $cfg := deepCopy .Values.config -}}
+{{- $_ := set $cfg "listen" (printf "0.0.0.0:%v" .Values.service.port) -}}
+{{- $_ := set $cfg "admin" (printf "0.0.0.0:%v" .Values.service.adminPort) -}}
+{{- $b := .Values.backends -}}
+{{- $ns := .Release.Namespace -}}
+{{- $backends := list -}}
+{{- range $b.urls -}}
+{{- $backends = append $backends (dict "url" . "flavor" $b.flavor) -}}
+{{- end -}}
+{{- if $b.service.name -}}
+{{- $backends = append $backends (dict "url" (printf "http://%s.%s.svc:%v" $b.service.name (default $ns $b.service.namespace) $b.service.port) "flavor" $b.flavor) -}}
+{{- end -}}
+{{- if .Values.sim.enabled -}}
+{{- $backends = append $backends (dict "url" (printf "http://%s-sim.%s.svc:%v" (include "thinkgate.fullname" .) $ns .Values.sim.port) "flavor" "vllm") -}}
+{{- end -}}
+{{- if $backends -}}
+{{- $_ := set $cfg "backends" $backends -}}
+{{- end -}}
+{{- if $b.headless.name -}}
+{{- $_ := set $cfg "discovery" (dict "dns" (printf "%s.%s.svc" $b.headless.name (default $ns $b.headless.namespace)) "port" $b.headless.port "interval_ms" $b.headless.intervalMs "flavor" $b.flavor) -}}
+{{- end -}}
+{{- toToml $cfg -}}
+{{- end -}}
