@@ -38,6 +38,36 @@ pub const HEDGES: &str = "thinkgate_hedges_total";
 pub const RETRIES: &str = "thinkgate_retries_total";
 pub const DEADLINE_HITS: &str = "thinkgate_deadline_hits_total";
 
+/// Every metric the gateway exports (dashboards and alert rules may name
+/// only these; a test checks both, and a live scrape).
+pub const ALL: &[&str] = &[
+    TTFT,
+    TTFVT,
+    E2E,
+    THINKING_SECONDS,
+    TPOT,
+    THINKING_TOKENS,
+    VISIBLE_TOKENS,
+    REQUESTS,
+    OUTPUT_TOKENS,
+    UPSTREAM_ERRORS,
+    CLIENT_DISCONNECTS,
+    INFLIGHT,
+    INFLIGHT_THINKING,
+    RECORDS_DROPPED,
+    USAGE_INJECTED,
+    BACKEND_HEALTHY,
+    BACKEND_KV,
+    NO_BACKEND,
+    CONFIG_RELOADS,
+    FORCED_ANSWERS,
+    FORCED_THINKING_TOKENS,
+    FORCED_FALLBACKS,
+    HEDGES,
+    RETRIES,
+    DEADLINE_HITS,
+];
+
 /// Latency buckets: 5 ms to 30 minutes (reasoning requests run for minutes).
 pub const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,

@@ -64,5 +64,7 @@ app.kubernetes.io/component: sim
 {{- if $b.headless.name -}}
 {{- $_ := set $cfg "discovery" (dict "dns" (printf "%s.%s.svc" $b.headless.name (default $ns $b.headless.namespace)) "port" $b.headless.port "interval_ms" $b.headless.intervalMs "flavor" $b.flavor) -}}
 {{- end -}}
-{{- toToml $cfg -}}
+{{- /* Helm reads every number as a float: write whole numbers as TOML
+       integers, which the gateway's integer keys need. */ -}}
+{{- regexReplaceAll "([=\\[,]\\s*)(-?[0-9]+)\\.0\\b" (toToml $cfg) "${1}${2}" -}}
 {{- end -}}

@@ -1,0 +1,119 @@
+"""Check the Helm chart offline, with real Helm (helm-python-sdk carries
+Helm's Go SDK) and the Kubernetes schemas (kubernetes-validate).
+
+For the default values and every values-*.yaml here:
+  - `helm lint --strict` (schema included) must report no warning or error;
+  - `helm template` must render, and every manifest must validate against
+    the Kubernetes schemas (strict: unknown fields fail); Prometheus
+    Operator kinds have no schema there and are checked by promtool
+    (rules) and by shape (monitors);
+  - the gateway's TOML the chart renders must load in the real binary
+    (`thinkgate serve --config FILE --print-config`).
+Then the PrometheusRule's groups go to `promtool check rules`, and the
+chart's dashboard must equal dashboards/thinkgate.json.
+
+Usage: python3 helm/ci/check.py THINKGATE_BINARY OUT_DIR
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+KUBE = "1.30.0"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHART = os.path.join(ROOT, "helm", "thinkgate")
+OPERATOR = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+binary, out = sys.argv[1], sys.argv[2]
+os.makedirs(out, exist_ok=True)
+failures = []
+
+
+def fail(msg):
+    failures.append(msg)
+    print("FAIL", msg)
+
+
+sets = [("default", {})]
+# The default values name no backend: the chart refuses them, so lint and
+# render the defaults plus the one required choice.
+sets[0] = ("default", {"backends": {"service": {"name": "vllm"}}})
+for path in sorted(glob.glob(os.path.join(ROOT, "helm", "ci", "values-*.yaml"))):
+    with open(path) as f:
+        sets.append((os.path.basename(path)[:-5], yaml.safe_load(f)))
+
+chart = helm.Chart.load(CHART)
+counts = {}
+rules = None
+for name, values in sets:
+    report = helm.lint(CHART, values, strict=True, kube_version="v" + KUBE)
+    bad = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    if bad or report.get("errors"):
+        fail(f"{name}: helm lint: {bad or report['errors']}")
+    chart.validate_schema(values)
+    rendered = chart.render(values, name="tg", namespace="llm", is_install=True)
+    n = 0
+    for tpl, text in sorted(rendered.items()):
+        if not tpl.endswith((".yaml", ".yml")):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if not doc:
+                continue
+            n += 1
+            kind = doc.get("kind")
+            if kind in OPERATOR:
+                api = doc.get("apiVersion")
+                if api != "monitoring.coreos.com/v1" or "spec" not in doc:
+                    fail(f"{name}: {tpl}: {kind} {api}")
+                if kind == "PrometheusRule":
+                    rules = doc["spec"]
+                continue
+            try:
+                kubernetes_validate.validate(doc, KUBE, strict=True)
+            except Exception as e:  # ValidationError, SchemaNotFoundError
+                fail(f"{name}: {tpl}: {kind}: {e}")
+            if kind == "ConfigMap" and "thinkgate.toml" in doc.get("data", {}):
+                toml_path = os.path.join(out, f"{name}.toml")
+                with open(toml_path, "w") as f:
+                    f.write(doc["data"]["thinkgate.toml"])
+                r = subprocess.run(
+                    [binary, "serve", "--config", toml_path, "--print-config"],
+                    capture_output=True, text=True,
+                )
+                if r.returncode != 0:
+                    fail(f"{name}: the gateway refuses the chart's config: {r.stderr.strip()}")
+    counts[name] = n
+    print(f"ok {name}: lint clean, {n} manifests valid for Kubernetes {KUBE}")
+
+# Without a backend the chart must refuse to render.
+try:
+    chart.render({}, name="tg", namespace="llm")
+    fail("default values without a backend rendered")
+except helm.HelmError as e:
+    print("ok refused without a backend:", str(e).splitlines()[0][:100])
+
+if rules is None:
+    fail("no PrometheusRule rendered by any value set")
+else:
+    rules_path = os.path.join(out, "thinkgate.rules.yaml")
+    with open(rules_path, "w") as f:
+        yaml.safe_dump(rules, f, sort_keys=False)
+    r = subprocess.run(["promtool", "check", "rules", rules_path], capture_output=True, text=True)
+    print(r.stdout.strip())
+    if r.returncode != 0:
+        fail(f"promtool check rules: {r.stderr.strip()}")
+
+with open(os.path.join(ROOT, "dashboards", "thinkgate.json")) as a, open(
+    os.path.join(CHART, "dashboards", "thinkgate.json")
+) as b:
+    if a.read() != b.read():
+        fail("helm/thinkgate/dashboards/thinkgate.json differs from dashboards/thinkgate.json")
+
+print(json.dumps({"helm": helm.helm_sdk_version(), "kube": KUBE, "manifests": counts}))
+if failures:
+    sys.exit(1)
