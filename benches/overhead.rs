@@ -19,6 +19,7 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,90 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// nginx (Debian) as a plain streaming reverse proxy: HTTP/1.1 keep-alive
+/// upstream, `proxy_buffering off`, 2 workers (one per core, as the
+/// gateway's runtime). `None` when nginx is not installed.
+struct Nginx {
+    master: std::process::Child,
+    addr: String,
+    _dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(up: std::net::SocketAddr) -> Option<Self> {
+        let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let dir = std::env::temp_dir().join(format!("tg-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 8192; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+              fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+              upstream up {{ server {up}; keepalive 256; }}\n\
+              server {{\n  listen 127.0.0.1:{port};\n  location / {{\n   proxy_pass http://up;\n\
+                 proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n   proxy_buffering off;\n\
+                 proxy_request_buffering off;\n   proxy_read_timeout 3600s;\n  }}\n }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).ok()?;
+        let master = Command::new(bin)
+            .args(["-p", &dir.display().to_string(), "-c"])
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return Some(Self {
+                    master,
+                    addr,
+                    _dir: dir,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// CPU seconds of the master and its workers.
+    fn cpu(&self) -> f64 {
+        let pid = self.master.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default();
+        cpu_seconds(pid)
+            + children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .map(cpu_seconds)
+                .sum::<f64>()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+    }
+}
+
+struct Path3 {
+    name: &'static str,
+    base: String,
+    lat: Vec<f64>,
+    tp: Vec<f64>,
+    cpu: f64,
+    chunks: f64,
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -155,7 +240,18 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let up = upstream().await;
-        let mut gw = Command::new(env!("CARGO_BIN_EXE_thinkgate"))
+        // `OVERHEAD_WRAP="valgrind --tool=callgrind"` runs the gateway under
+        // a profiler (docs/performance.md).
+        let wrap: Vec<String> = std::env::var("OVERHEAD_WRAP")
+            .map(|w| w.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        let bin = env!("CARGO_BIN_EXE_thinkgate").to_string();
+        let (prog, pre) = match wrap.split_first() {
+            Some((p, rest)) => (p.clone(), [rest.to_vec(), vec![bin]].concat()),
+            None => (bin, Vec::new()),
+        };
+        let mut gw = Command::new(prog)
+            .args(pre)
             .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", &format!("http://{up}")])
             .env("THINKGATE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -164,38 +260,54 @@ fn main() {
         let mut line = String::new();
         BufReader::new(gw.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let proxy = line.split("proxy=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-        let direct_url = format!("http://{up}/v1/chat/completions?n=1");
-        let via_url = format!("http://{proxy}/v1/chat/completions?n=1");
+        let nginx = Nginx::start(up);
+        if nginx.is_none() {
+            eprintln!("nginx not found (apt-get install nginx): comparing with direct only");
+        }
+        let mut paths = vec![
+            Path3 { name: "direct", base: format!("http://{up}"), lat: vec![], tp: vec![], cpu: 0.0, chunks: 0.0 },
+            Path3 { name: "thinkgate", base: format!("http://{proxy}"), lat: vec![], tp: vec![], cpu: 0.0, chunks: 0.0 },
+        ];
+        if let Some(n) = &nginx {
+            paths.push(Path3 { name: "nginx", base: format!("http://{}", n.addr), lat: vec![], tp: vec![], cpu: 0.0, chunks: 0.0 });
+        }
         let c: C = Client::builder(TokioExecutor::new()).build_http();
-        // Warm up both paths.
-        for _ in 0..200 {
-            one(&c, &direct_url).await;
-            one(&c, &via_url).await;
+        // Warm up every path.
+        for p in &paths {
+            for _ in 0..200 {
+                one(&c, &format!("{}/v1/chat/completions?n=1", p.base)).await;
+            }
         }
-        let (mut d_all, mut g_all) = (Vec::new(), Vec::new());
-        let (mut d_tp, mut g_tp) = (Vec::new(), Vec::new());
-        let mut gw_cpu = 0.0;
-        let mut gw_chunks = 0.0;
+        let gw_pid = gw.id();
         for _ in 0..ROUNDS {
-            d_all.extend(latency(&c, &direct_url).await);
-            g_all.extend(latency(&c, &via_url).await);
-            d_tp.push(throughput(&format!("http://{up}/v1/chat/completions")).await);
-            let cpu0 = cpu_seconds(gw.id());
-            g_tp.push(throughput(&format!("http://{proxy}/v1/chat/completions")).await);
-            gw_cpu += cpu_seconds(gw.id()) - cpu0;
-            gw_chunks += (CONC * 4 * (CHUNKS + 1)) as f64;
+            for p in paths.iter_mut() {
+                p.lat.extend(latency(&c, &format!("{}/v1/chat/completions?n=1", p.base)).await);
+                let cpu = |name: &str| match name {
+                    "thinkgate" => cpu_seconds(gw_pid),
+                    "nginx" => nginx.as_ref().map_or(0.0, Nginx::cpu),
+                    _ => 0.0,
+                };
+                let cpu0 = cpu(p.name);
+                p.tp.push(throughput(&format!("{}/v1/chat/completions", p.base)).await);
+                p.cpu += cpu(p.name) - cpu0;
+                p.chunks += (CONC * 4 * (CHUNKS + 1)) as f64;
+            }
         }
-        let (d50, d99) = (pct(&mut d_all.clone(), 0.5), pct(&mut d_all.clone(), 0.99));
-        let (g50, g99) = (pct(&mut g_all.clone(), 0.5), pct(&mut g_all.clone(), 0.99));
-        let med = |v: &mut Vec<f64>| pct(v, 0.5);
-        let (dt, gt) = (med(&mut d_tp), med(&mut g_tp));
-        println!("| measure | direct | via thinkgate | added / ratio |");
-        println!("| --- | --- | --- | --- |");
-        println!("| time to first chunk p50 (us) | {d50:.0} | {g50:.0} | +{:.0} us |", g50 - d50);
-        println!("| time to first chunk p99 (us) | {d99:.0} | {g99:.0} | +{:.0} us |", g99 - d99);
-        println!("| throughput, {CONC} streams x {CHUNKS} chunks (chunks/s, median of {ROUNDS}) | {dt:.0} | {gt:.0} | {:.3}x |", gt / dt);
-        println!("| gateway CPU per million chunks (s) | | {:.2} | |", gw_cpu / gw_chunks * 1e6);
-        println!("({} latency samples per path; machine: {} cores)", d_all.len(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        let direct_tp = pct(&mut paths[0].tp.clone(), 0.5);
+        let (d50, d99) = (pct(&mut paths[0].lat.clone(), 0.5), pct(&mut paths[0].lat.clone(), 0.99));
+        println!("| path | first chunk p50 (us) | first chunk p99 (us) | added p50 / p99 (us) | throughput, {CONC} streams x {CHUNKS} chunks (chunks/s, median of {ROUNDS}) | vs direct | proxy CPU s per million chunks |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for p in &paths {
+            let (l50, l99) = (pct(&mut p.lat.clone(), 0.5), pct(&mut p.lat.clone(), 0.99));
+            let tp = pct(&mut p.tp.clone(), 0.5);
+            let cpu = if p.name == "direct" { "".to_string() } else { format!("{:.2}", p.cpu / p.chunks * 1e6) };
+            println!(
+                "| {} | {l50:.0} | {l99:.0} | +{:.0} / +{:.0} | {tp:.0} | {:.3}x | {cpu} |",
+                p.name, l50 - d50, l99 - d99, tp / direct_tp
+            );
+        }
+        println!("({} latency samples per path, {ROUNDS} rounds alternating paths; machine: {} cores)", paths[0].lat.len(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        drop(nginx);
         let _ = gw.kill();
         let _ = gw.wait();
     });

@@ -3,6 +3,7 @@
 //! injection) and wraps inference responses in the observer.
 
 pub mod context;
+pub mod h1;
 pub mod headers;
 pub mod request;
 pub mod send;
@@ -36,6 +37,8 @@ pub use crate::stream::response::ResponseBody;
 pub struct Shared {
     pub cfg: Config,
     pub client: UpstreamClient,
+    /// The lean HTTP/1.1 client's idle connections (inference requests).
+    pub h1: Arc<h1::Pool>,
     /// Swapped whole on a hot reload; a request keeps the fleet it started with.
     pub fleet: arc_swap::ArcSwap<crate::fleet::Fleet>,
     pub(crate) observer: Arc<ObserverConfig>,
@@ -148,6 +151,10 @@ impl Shared {
             observer_capture: Arc::new(capture),
             observer_capture_strip: Arc::new(capture_strip),
             hedge_budget: Default::default(),
+            h1: h1::Pool::new(
+                Duration::from_millis(cfg.connect_timeout_ms),
+                cfg.pool_max_idle_per_host,
+            ),
             client: upstream::client(
                 Duration::from_millis(cfg.connect_timeout_ms),
                 cfg.pool_max_idle_per_host,

@@ -12,8 +12,8 @@ use crate::proxy::Shared;
 use crate::straggler::action::Action;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Version};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full};
+use crate::proxy::upstream::UpBody;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,13 +66,12 @@ pub async fn send(
     ctx: &mut RequestCtx,
     mut backend: Arc<Backend>,
     out: &mut Outgoing,
-) -> Result<(Arc<Backend>, Response<Incoming>), GatewayError> {
+) -> Result<(Arc<Backend>, Response<UpBody>), GatewayError> {
     let cfg = &fleet.straggler;
     let secs = shared.cfg.upstream_header_timeout_secs;
     let mut tried = vec![backend.index];
     loop {
-        let req = out.request_for(&backend)?;
-        let res = tokio::time::timeout(Duration::from_secs(secs), shared.client.request(req)).await;
+        let res = tokio::time::timeout(Duration::from_secs(secs), once(shared, &backend, out)).await;
         let can_retry = out.replayable() && (tried.len() as u32) <= cfg.retries;
         let failed = match res {
             Ok(Ok(resp)) => {
@@ -83,18 +82,16 @@ pub async fn send(
                 }
                 Failed::Status(resp)
             }
-            Ok(Err(e)) => {
-                let reason = if e.is_connect() {
+            Ok(Err(Sent::Gateway(e))) => return Err(e),
+            Ok(Err(Sent::Failed { connect, reason })) => {
+                if connect {
                     fleet.on_failure(&backend);
-                    "connect"
-                } else {
-                    "reset"
-                };
+                }
                 Failed::Error(
-                    reason,
+                    if connect { "connect" } else { "reset" },
                     GatewayError::UpstreamUnreachable {
                         backend: backend.upstream.name.to_string(),
-                        reason: error_chain(&e),
+                        reason,
                     },
                 )
             }
@@ -134,9 +131,65 @@ pub async fn send(
     }
 }
 
+/// Why one attempt gave no response.
+pub(crate) enum Sent {
+    /// The request itself is bad (answered by the gateway, not retried).
+    Gateway(GatewayError),
+    /// The upstream failed; `connect` when the connection never opened.
+    Failed { connect: bool, reason: String },
+}
+
+/// One attempt on `b`: bytes bodies go through the lean HTTP/1.1 client
+/// (the response is read straight off the socket), others through hyper's.
+pub(crate) async fn once(
+    shared: &Shared,
+    b: &Backend,
+    out: &mut Outgoing,
+) -> Result<Response<UpBody>, Sent> {
+    if let Some(Either::Left(full)) = &out.body {
+        let body = full
+            .clone()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let up = &b.upstream;
+        let pq = out.path_q.as_ref().map_or("/", |p| p.as_str());
+        let path = if up.prefix.is_empty() {
+            std::borrow::Cow::Borrowed(pq)
+        } else {
+            std::borrow::Cow::Owned(format!("{}{pq}", up.prefix))
+        };
+        return super::h1::request(
+            &shared.h1,
+            up.authority.as_str(),
+            &out.method,
+            &path,
+            &out.headers,
+            &body,
+        )
+        .await
+        .map(|r| r.map(UpBody::Raw))
+        .map_err(|e| Sent::Failed {
+            connect: e.is_connect(),
+            reason: error_chain(&e),
+        });
+    }
+    let req = out.request_for(b).map_err(Sent::Gateway)?;
+    shared
+        .client
+        .request(req)
+        .await
+        .map(|r| r.map(UpBody::Hyper))
+        .map_err(|e| Sent::Failed {
+            connect: e.is_connect(),
+            reason: error_chain(&e),
+        })
+}
+
 enum Failed {
     /// A status the config retries (the response is dropped on retry).
-    Status(Response<Incoming>),
+    Status(Response<UpBody>),
     Error(&'static str, GatewayError),
 }
 

@@ -81,3 +81,46 @@ pub fn client(connect_timeout: Duration, max_idle_per_host: usize) -> UpstreamCl
         .pool_max_idle_per_host(max_idle_per_host)
         .build(conn)
 }
+
+/// Errors of a response body from either client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body from an upstream: read straight off the socket by the
+/// lean client (inference requests), or hyper's (everything else).
+pub enum UpBody {
+    Hyper(hyper::body::Incoming),
+    Raw(super::h1::RawBody),
+}
+
+impl http_body::Body for UpBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::Hyper(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            UpBody::Raw(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Hyper(b) => b.is_end_stream(),
+            UpBody::Raw(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpBody::Hyper(b) => b.size_hint(),
+            UpBody::Raw(b) => b.size_hint(),
+        }
+    }
+}

@@ -38,7 +38,7 @@ use crate::stream::strip::UsageStripper;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use crate::proxy::upstream::UpBody;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thinkgate_asu::sse::SseFramer;
@@ -147,7 +147,7 @@ struct Leg {
     head: Option<http::response::Parts>,
     /// An end seen while the leg was held, delivered by the next `step`.
     pending: Option<Step>,
-    body: Incoming,
+    body: UpBody,
     obs: Observer,
     strip: UsageStripper,
     /// Bytes released while the leg was held (hedging).
@@ -158,6 +158,9 @@ struct Leg {
     t_recv: Instant,
     /// A hedge counts on its backend until it wins (then the context does).
     load: Option<LegLoad>,
+    /// Stop feeding a read at the event that reaches this many thinking
+    /// tokens.
+    force_budget: Option<u64>,
 }
 
 enum Step {
@@ -172,7 +175,7 @@ impl Leg {
     fn new(
         m: &Managed,
         backend: Arc<Backend>,
-        resp: Response<Incoming>,
+        resp: Response<UpBody>,
         load: Option<LegLoad>,
     ) -> Self {
         let (head, body) = resp.into_parts();
@@ -193,6 +196,7 @@ impl Leg {
             endpoint: m.ctx.endpoint,
             t_recv: m.ctx.t_recv,
             load,
+            force_budget: m.ctx.plan.force_budget,
         }
     }
 
@@ -205,12 +209,23 @@ impl Leg {
                 let Ok(data) = f.into_data() else {
                     return Step::Bytes(Bytes::new());
                 };
-                let before = self.obs.fed();
-                self.obs
-                    .feed(&data, self.t_recv.elapsed().as_nanos() as u64);
-                let out =
-                    self.strip
-                        .process(data, before, self.obs.boundary(), self.obs.strip_ranges());
+                let now = self.t_recv.elapsed().as_nanos() as u64;
+                let out = match self.force_budget {
+                    // One read may hold many events: feed them one at a
+                    // time and stop at the one that reaches the budget
+                    // (what follows it is never sent).
+                    Some(budget) => {
+                        let mut out = bytes::BytesMut::new();
+                        for piece in event_pieces(&data) {
+                            out.extend_from_slice(&self.feed(piece, now));
+                            if self.obs.still_thinking() && self.obs.thinking_so_far() >= budget {
+                                break;
+                            }
+                        }
+                        out.freeze()
+                    }
+                    None => self.feed(data, now),
+                };
                 if self.ident.is_none() && !out.is_empty() {
                     self.ident = first_identity(self.endpoint, &out);
                 }
@@ -221,9 +236,50 @@ impl Leg {
         }
     }
 
+    /// Observe `data` and return what of it the client may get (complete
+    /// events; usage-only events removed when the gateway injected usage).
+    fn feed(&mut self, data: Bytes, now: u64) -> Bytes {
+        let before = self.obs.fed();
+        self.obs.feed(&data, now);
+        self.strip
+            .process(data, before, self.obs.boundary(), self.obs.strip_ranges())
+    }
+
     fn has_token(&self) -> bool {
         self.obs.peek().t_first_token_ns.is_some()
     }
+}
+
+/// `data` cut after each blank line that ends an SSE event (`\n\n` or
+/// `\n\r\n`); the last piece is the rest. Other line endings only make the
+/// pieces coarser, never wrong: the observer frames the bytes either way.
+fn event_pieces(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    let mut start = 0;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let rest = &data[start..];
+        let mut from = 0;
+        while let Some(i) = memchr::memchr(b'\n', &rest[from..]).map(|i| i + from) {
+            let end = if rest.get(i + 1) == Some(&b'\n') {
+                Some(i + 2)
+            } else if rest.get(i + 1..i + 3) == Some(b"\r\n") {
+                Some(i + 3)
+            } else {
+                None
+            };
+            if let Some(e) = end {
+                let piece = data.slice(start..start + e);
+                start += e;
+                return Some(piece);
+            }
+            from = i + 1;
+        }
+        done = true;
+        (start < data.len()).then(|| data.slice(start..))
+    })
 }
 
 /// The identity in the first `data: {...}` event of complete-event bytes.
@@ -348,8 +404,7 @@ async fn open_hedge(m: &mut Managed, a: &Leg) -> Option<Leg> {
             _ => return None,
         },
     };
-    let req = out.request_for(&other).ok()?;
-    let resp = m.shared.client.request(req).await.ok()?;
+    let resp = send::once(&m.shared, &other, &mut out).await.ok()?;
     let ct = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -764,4 +819,26 @@ pub fn first_leg_body(
         o.insert(k.into(), b.into());
     }
     serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_end_after_each_event() {
+        let d = Bytes::from_static(b"data: a\n\ndata: b\r\n\r\n: ping\n\ndata: par");
+        let p: Vec<Bytes> = event_pieces(&d).collect();
+        assert_eq!(
+            p,
+            [
+                &b"data: a\n\n"[..],
+                b"data: b\r\n\r\n",
+                b": ping\n\n",
+                b"data: par"
+            ]
+        );
+        assert_eq!(p.concat(), d.to_vec());
+        assert_eq!(event_pieces(&Bytes::new()).count(), 0);
+    }
 }

@@ -7,7 +7,7 @@ use crate::record::Outcome;
 use crate::stream::strip::UsageStripper;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use crate::proxy::upstream::{BoxError, UpBody};
 use pin_project_lite::pin_project;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -17,7 +17,7 @@ pin_project! {
     /// Wraps the upstream body; see the module docs.
     pub struct ObservedBody {
         #[pin]
-        inner: Incoming,
+        inner: UpBody,
         obs: Option<Observer>,
         ctx: Option<RequestCtx>,
         strip: Option<UsageStripper>,
@@ -38,7 +38,7 @@ pin_project! {
 }
 
 impl ObservedBody {
-    pub fn new(inner: Incoming, obs: Observer, ctx: RequestCtx, strip: bool) -> Self {
+    pub fn new(inner: UpBody, obs: Observer, ctx: RequestCtx, strip: bool) -> Self {
         Self {
             inner,
             obs: Some(obs),
@@ -58,12 +58,12 @@ fn settle(obs: &mut Option<Observer>, ctx: &mut Option<RequestCtx>, outcome: Out
 
 impl Body for ObservedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         loop {
             match ready!(this.inner.as_mut().poll_frame(cx)) {

@@ -27,12 +27,12 @@ impl From<Full<Bytes>> for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::proxy::upstream::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::proxy::upstream::BoxError>>> {
         match self.get_mut() {
             ResponseBody::Observed(b) => Pin::new(b).poll_frame(cx),
             ResponseBody::Full(b) => Pin::new(b)
@@ -77,12 +77,12 @@ impl ChannelBody {
 
 impl Body for ChannelBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::proxy::upstream::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::proxy::upstream::BoxError>>> {
         self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
