@@ -116,7 +116,7 @@ fn pick(c: &mut Criterion) {
             name: names[i].clone(),
             pool: "default".into(),
             weight: 1,
-            healthy: i % 17 != 3,
+            healthy: true,
             inflight: (i * 7 % 13) as u64,
             inflight_tokens: (i * 7919 % 50_000) as u64,
             inflight_thinking: (i % 5) as u64,

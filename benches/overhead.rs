@@ -206,8 +206,8 @@ impl Nginx {
     /// CPU seconds of the master and its workers.
     fn cpu(&self) -> f64 {
         let pid = self.master.id();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         cpu_seconds(pid)
             + children
                 .split_whitespace()

@@ -397,7 +397,14 @@ async fn upstream_reset_mid_stream_is_forwarded_as_received_and_counted() {
         .unwrap();
     use http_body_util::BodyExt;
     let mut body = resp.into_body();
-    let first = body.frame().await.unwrap().map_err(|e| format!("{e:?}")).unwrap().into_data().unwrap();
+    let first = body
+        .frame()
+        .await
+        .unwrap()
+        .map_err(|e| format!("{e:?}"))
+        .unwrap()
+        .into_data()
+        .unwrap();
     assert!(first.starts_with(b"data: "));
     let mut saw_error = false;
     while let Some(f) = body.frame().await {

@@ -126,18 +126,23 @@ pub fn select(
     all: &[Candidate],
     pool: Option<&str>,
 ) -> Result<usize, NoBackend> {
-    let healthy: Vec<Candidate> = all
-        .iter()
-        .filter(|c| c.healthy && pool.is_none_or(|p| c.pool == p))
-        .cloned()
-        .collect();
-    if healthy.is_empty() {
+    let eligible = |c: &Candidate| c.healthy && pool.is_none_or(|p| c.pool == p);
+    // The usual case (every backend eligible) offers the slice as it is;
+    // only a fleet with unhealthy or out-of-pool backends pays for a copy.
+    let owned: Vec<Candidate>;
+    let offered: &[Candidate] = if all.iter().all(eligible) {
+        all
+    } else {
+        owned = all.iter().filter(|c| eligible(c)).cloned().collect();
+        &owned
+    };
+    if offered.is_empty() {
         return Err(NoBackend {
             pool: pool.map(String::from),
         });
     }
-    let i = policy.pick(req, &healthy).min(healthy.len() - 1);
-    Ok(healthy[i].index)
+    let i = policy.pick(req, offered).min(offered.len() - 1);
+    Ok(offered[i].index)
 }
 
 /// Index of the minimum of `key` over `c`, ties broken by rotating from

@@ -30,8 +30,11 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 64 << 10;
 /// Largest chunk-size line (with extensions) accepted.
 const MAX_SIZE_LINE: usize = 4 << 10;
-/// Read buffer reserve per read.
-const READ_SIZE: usize = 16 << 10;
+/// Read buffer reserve per read: heads and first reads start small (an open
+/// stream idles between tokens, and 10,000 of them must fit in little
+/// memory); a read that fills the space doubles it, up to `MAX_READ`.
+const READ_SIZE: usize = 4 << 10;
+const MAX_READ: usize = 64 << 10;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +102,13 @@ impl Pool {
 
 /// The request line, headers (hop-by-hop already removed by the caller) and
 /// body.
-fn encode(method: &Method, authority: &str, path: &str, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
+fn encode(
+    method: &Method,
+    authority: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -216,29 +225,33 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
 
 fn has_token(h: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
     h.get_all(name).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
 }
 
-fn finish(pool: &Arc<Pool>, authority: &str, io: TcpStream, head: Head, buf: BytesMut) -> Response<RawBody> {
+fn finish(
+    pool: &Arc<Pool>,
+    authority: &str,
+    io: TcpStream,
+    head: Head,
+    buf: BytesMut,
+) -> Response<RawBody> {
     let h = &head.headers;
-    let framing = if head.status == StatusCode::NO_CONTENT || head.status == StatusCode::NOT_MODIFIED
-    {
-        Framing::Length(0)
-    } else if has_token(h, http::header::TRANSFER_ENCODING, "chunked") {
-        Framing::Chunked(Chunked::Size)
-    } else if let Some(n) = h
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-    {
-        Framing::Length(n)
-    } else {
-        Framing::Close
-    };
+    let framing =
+        if head.status == StatusCode::NO_CONTENT || head.status == StatusCode::NOT_MODIFIED {
+            Framing::Length(0)
+        } else if has_token(h, http::header::TRANSFER_ENCODING, "chunked") {
+            Framing::Chunked(Chunked::Size)
+        } else if let Some(n) = h
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            Framing::Length(n)
+        } else {
+            Framing::Close
+        };
     let keep_alive = match head.version {
         Version::HTTP_10 => has_token(h, http::header::CONNECTION, "keep-alive"),
         _ => !has_token(h, http::header::CONNECTION, "close"),
@@ -253,6 +266,7 @@ fn finish(pool: &Arc<Pool>, authority: &str, io: TcpStream, head: Head, buf: Byt
         done: false,
         fresh_data: false,
         deferred: None,
+        read_size: READ_SIZE,
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
@@ -295,6 +309,8 @@ pub struct RawBody {
     /// turn, so the server flushes that data before it cuts the response.
     fresh_data: bool,
     deferred: Option<H1Error>,
+    /// Bytes to reserve for the next read (grows on full reads).
+    read_size: usize,
 }
 
 /// Decoded data gathered for one frame: the first piece as is, more pieces
@@ -362,7 +378,8 @@ impl RawBody {
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
-            this.buf.reserve(READ_SIZE);
+            this.buf.reserve(this.read_size);
+            let room = this.buf.capacity() - this.buf.len();
             match tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut this.buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
@@ -371,7 +388,11 @@ impl RawBody {
                     return Poll::Ready(Some(Err(H1Error::Io(e))));
                 }
                 Poll::Ready(Ok(0)) => eof = true,
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => {
+                    if n >= room {
+                        this.read_size = (this.read_size * 2).min(MAX_READ);
+                    }
+                }
             }
         }
     }
@@ -545,6 +566,7 @@ mod tests {
             done: false,
             fresh_data: false,
             deferred: None,
+            read_size: READ_SIZE,
         }
     }
 
@@ -636,7 +658,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "r1".parse().unwrap());
         h.insert("content-length", "999".parse().unwrap());
-        let w = encode(&Method::POST, "10.0.0.1:8000", "/v1/chat/completions", &h, b"{}");
+        let w = encode(
+            &Method::POST,
+            "10.0.0.1:8000",
+            "/v1/chat/completions",
+            &h,
+            b"{}",
+        );
         let s = String::from_utf8(w).unwrap();
         assert_eq!(
             s,

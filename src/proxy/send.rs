@@ -7,13 +7,13 @@
 use crate::error::GatewayError;
 use crate::fleet::{Backend, Fleet};
 use crate::proxy::context::RequestCtx;
+use crate::proxy::upstream::UpBody;
 use crate::proxy::upstream::UpstreamBody;
 use crate::proxy::Shared;
 use crate::straggler::action::Action;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Full};
-use crate::proxy::upstream::UpBody;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,7 +71,8 @@ pub async fn send(
     let secs = shared.cfg.upstream_header_timeout_secs;
     let mut tried = vec![backend.index];
     loop {
-        let res = tokio::time::timeout(Duration::from_secs(secs), once(shared, &backend, out)).await;
+        let res =
+            tokio::time::timeout(Duration::from_secs(secs), once(shared, &backend, out)).await;
         let can_retry = out.replayable() && (tried.len() as u32) <= cfg.retries;
         let failed = match res {
             Ok(Ok(resp)) => {

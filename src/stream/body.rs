@@ -3,11 +3,11 @@
 //! or is dropped.
 
 use crate::proxy::context::RequestCtx;
+use crate::proxy::upstream::{BoxError, UpBody};
 use crate::record::Outcome;
 use crate::stream::strip::UsageStripper;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use crate::proxy::upstream::{BoxError, UpBody};
 use pin_project_lite::pin_project;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};

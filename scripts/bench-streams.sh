@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Open streams through the gateway: N concurrent long reasoning streams
+# (closed loop, N requests) from `thinkgate load`, through `thinkgate serve`,
+# to the simulated engine at real time (time scale 1: with N sequences
+# running, a decode step takes 6 + 0.08*N ms, so at N=9000 each stream gets
+# a token every ~0.73 s and lives ~1.5 minutes for 120 tokens).
+#   scripts/bench-streams.sh [streams=9000] [max_tokens=120]
+# Samples the gateway's RSS and in-flight gauge every second; prints the
+# baseline and peak RSS, RSS per open stream, the gateway's CPU while the
+# streams were open, and whether every stream completed.
+# The open-file limit here is 20,000 and cannot be raised: the gateway holds
+# two descriptors per stream, so 9,000 is the most this machine measures.
+# Loopback only; bounded by the request count and a 600 s per-request timeout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-9000}; T=${2:-120}
+ulimit -n 20000
+cargo build --release --quiet
+bin=./target/release/thinkgate
+out=$(mktemp -d)
+$bin sim --listen 127.0.0.1:0 --time-scale 1 --max-num-seqs "$N" --num-blocks 4000000 \
+  --max-num-batched-tokens 4000000 > "$out/sim.out" 2>&1 &
+sim_pid=$!
+trap 'kill $sim_pid $gw_pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do grep -q listening "$out/sim.out" && break; sleep 0.1; done
+sim=$(grep -o '127.0.0.1:[0-9]*' "$out/sim.out" | head -1)
+THINKGATE_LOG=warn $bin serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --upstream "http://$sim" \
+  --health-interval-ms 0 --scrape-interval-ms 0 > "$out/gw.out" 2>&1 &
+gw_pid=$!
+for _ in $(seq 50); do grep -q proxy= "$out/gw.out" && break; sleep 0.1; done
+proxy=$(grep -o 'proxy=[0-9.:]*' "$out/gw.out" | cut -d= -f2)
+admin=$(grep -o 'admin=[0-9.:]*' "$out/gw.out" | cut -d= -f2)
+sleep 1
+rss() { awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status"; }
+cpu() { awk '{print $14+$15}' "/proc/$gw_pid/stat"; }
+base=$(rss)
+$bin load --url "http://$proxy" --concurrency "$N" --num-requests "$N" --max-tokens "$T" \
+  --quiet --timeout 600 > "$out/load.out" 2>&1 &
+load_pid=$!
+peak=0; peak_open=0; open_at_peak=0; t0=""; c0=0; c1=0; samples=0
+while kill -0 $load_pid 2>/dev/null; do
+  r=$(rss)
+  open=$(curl -s "http://$admin/metrics" | awk '/^thinkgate_inflight_requests/ {s+=$2} END {print s+0}')
+  open=${open%.*}
+  [ "$open" -gt "$peak_open" ] && peak_open=$open
+  if [ "$r" -gt "$peak" ]; then peak=$r; open_at_peak=$open; fi
+  # CPU over the plateau: while at least 95% of the streams are open.
+  if [ "$open" -ge $((N * 95 / 100)) ]; then
+    [ -z "$t0" ] && { t0=$(date +%s.%N); c0=$(cpu); }
+    t1=$(date +%s.%N); c1=$(cpu); samples=$((samples + 1))
+  fi
+  sleep 1
+done
+wait $load_pid || true
+head -6 "$out/load.out"
+echo "streams requested: $N (max_tokens $T)"
+echo "peak open streams at the gateway: $peak_open"
+echo "gateway RSS: baseline $((base / 1024)) MiB, peak $((peak / 1024)) MiB with $open_at_peak open"
+if [ "$open_at_peak" -gt 0 ]; then
+  echo "RSS per open stream: $(( (peak - base) * 1024 / open_at_peak )) bytes"
+fi
+if [ -n "$t0" ]; then
+  awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v n="$samples" \
+    'BEGIN { d = t1 - t0; if (d > 0) printf "gateway CPU on the plateau: %.3f cores (%d s sampled)\n", (c1 - c0) / 100 / d, n }'
+fi
