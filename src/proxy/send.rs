@@ -81,7 +81,7 @@ pub async fn send(
                 if !(can_retry && cfg.retry_statuses.contains(&status)) {
                     return Ok((backend, resp));
                 }
-                Failed::Status(resp)
+                Failed::Status(Box::new(resp))
             }
             Ok(Err(Sent::Gateway(e))) => return Err(e),
             Ok(Err(Sent::Failed { connect, reason })) => {
@@ -114,7 +114,7 @@ pub async fn send(
         let Some(next) = next else {
             // Nowhere else to go: the failure stands, as the engine gave it.
             return match failed {
-                Failed::Status(resp) => Ok((backend, resp)),
+                Failed::Status(resp) => Ok((backend, *resp)),
                 Failed::Error(_, e) => Err(e),
             };
         };
@@ -190,7 +190,7 @@ pub(crate) async fn once(
 
 enum Failed {
     /// A status the config retries (the response is dropped on retry).
-    Status(Response<UpBody>),
+    Status(Box<Response<UpBody>>),
     Error(&'static str, GatewayError),
 }
 
