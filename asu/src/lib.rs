@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod fast;
 pub mod observe;
 pub mod sse;
 pub mod think;

@@ -429,6 +429,25 @@ impl State {
             self.s.done_marker = true;
             return;
         }
+        // Nearly every event is one choice's delta: scan it without building
+        // the document (see `fast`); anything else takes the full parser.
+        if ev.event != b"error" {
+            if let Some(c) = crate::fast::simple(data) {
+                let reasoning = c
+                    .reasoning
+                    .as_deref()
+                    .or(c.reasoning_content.as_deref())
+                    .filter(|t| !t.is_empty());
+                let marks = self.on_delta(c.index, reasoning, c.content.as_deref(), false, idx);
+                if let Some(fr) = &c.finish_reason {
+                    if self.s.finish_reason.is_none() {
+                        self.s.finish_reason = Some(fr.chars().take(32).collect());
+                    }
+                }
+                self.stamp(marks, idx);
+                return;
+            }
+        }
         let chunk: Chunk<'_> = match serde_json::from_slice(data) {
             Ok(c) => c,
             Err(_) => {
