@@ -219,7 +219,11 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.master.kill();
+        // SIGTERM lets the master stop its workers (SIGKILL would orphan
+        // them).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.master.id().to_string()])
+            .status();
         let _ = self.master.wait();
     }
 }
