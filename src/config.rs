@@ -185,6 +185,13 @@ pub struct Config {
     pub stats_window_secs: u64,
     /// Distinct `model` label values before new ones are reported as `other`.
     pub max_model_labels: usize,
+    /// Requests in flight through the gateway at most (0: no limit); beyond,
+    /// an immediate 503 with `Retry-After`, never a queue.
+    pub max_inflight: usize,
+    /// Requests in flight per backend at most (0: no limit); a backend at
+    /// its limit is not offered to the routing policy, and when every one
+    /// is, the request gets 503 with `Retry-After`.
+    pub max_inflight_per_backend: u64,
     /// Thinking budgets, deadlines, hedging, retries, long-thinker
     /// isolation (`[straggler]`; reloaded with the fleet).
     pub straggler: crate::straggler::StragglerConfig,
@@ -224,6 +231,8 @@ impl Default for Config {
             drain_timeout_secs: 600,
             stats_window_secs: 300,
             max_model_labels: 64,
+            max_inflight: 0,
+            max_inflight_per_backend: 0,
             straggler: Default::default(),
         }
     }

@@ -30,6 +30,10 @@ pub enum GatewayError {
     NoBackend(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the gateway is at its limit of {limit} requests in flight; retry shortly")]
+    Overloaded { limit: usize },
+    #[error("every backend is at its limit of {limit} requests in flight; retry shortly")]
+    BackendsBusy { limit: u64 },
 }
 
 impl GatewayError {
@@ -41,6 +45,9 @@ impl GatewayError {
             GatewayError::BodyRead(_) => StatusCode::BAD_REQUEST,
             GatewayError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Overloaded { .. } | GatewayError::BackendsBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -53,6 +60,7 @@ impl GatewayError {
             | GatewayError::BodyRead(_)
             | GatewayError::BadRequest(_) => Fault::Client,
             GatewayError::NoBackend(_) => Fault::Upstream,
+            GatewayError::Overloaded { .. } | GatewayError::BackendsBusy { .. } => Fault::Gateway,
         }
     }
 
@@ -65,6 +73,7 @@ impl GatewayError {
             GatewayError::BodyRead(_) => "invalid_request_error",
             GatewayError::NoBackend(_) => "no_healthy_backend",
             GatewayError::BadRequest(_) => "invalid_request_error",
+            GatewayError::Overloaded { .. } | GatewayError::BackendsBusy { .. } => "overloaded",
         }
     }
 

@@ -172,6 +172,8 @@ pub struct Fleet {
     pub arms: Vec<Arm>,
     /// Straggler settings (reloaded with the fleet).
     pub straggler: Arc<crate::straggler::StragglerConfig>,
+    /// Requests in flight per backend at most (0: no limit).
+    max_inflight_per_backend: u64,
     assign_by: AssignBy,
     eject_after: u32,
     eject_ms: u64,
@@ -264,6 +266,7 @@ impl Fleet {
             backends,
             arms,
             straggler: Arc::new(cfg.straggler.clone()),
+            max_inflight_per_backend: cfg.max_inflight_per_backend,
             assign_by,
             eject_after: cfg.eject_after_failures.max(1),
             eject_ms: cfg.eject_secs.saturating_mul(1000),
@@ -332,6 +335,10 @@ impl Fleet {
             .filter(|b| b.serves(req.model.as_deref()) && !exclude.contains(&b.index))
             .map(|b| b.candidate())
             .collect();
+        let limit = self.max_inflight_per_backend;
+        if limit > 0 {
+            candidates.retain(|c| c.inflight < limit);
+        }
         if let Some(cap) = self.straggler.max_thinking_per_backend {
             let open = |c: &Candidate| {
                 c.healthy
@@ -348,6 +355,23 @@ impl Fleet {
             .get(i)
             .cloned()
             .ok_or(NoBackend { pool: None })
+    }
+
+    /// When a pick failed: the per-backend limit, if every healthy backend
+    /// is at it (the fleet is busy, not down).
+    pub fn busy_limit(&self) -> Option<u64> {
+        let limit = self.max_inflight_per_backend;
+        let healthy: Vec<&Arc<Backend>> = self
+            .backends
+            .iter()
+            .filter(|b| b.healthy.load(Ordering::Relaxed))
+            .collect();
+        (limit > 0
+            && !healthy.is_empty()
+            && healthy
+                .iter()
+                .all(|b| b.inflight.load(Ordering::Relaxed) >= limit as i64))
+        .then_some(limit)
     }
 
     /// The request on `b`, routed by arm `arm`, finished.

@@ -54,6 +54,9 @@ pub struct RequestCtx {
     actions: Vec<Action>,
     /// The budget and deadline enforced on this request.
     pub plan: Plan,
+    /// This request's place among those in flight (1 = alone), counted
+    /// from creation to drop.
+    admitted_as: usize,
 }
 
 impl RequestCtx {
@@ -74,7 +77,12 @@ impl RequestCtx {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let admitted_as = shared
+            .inflight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         Self {
+            admitted_as,
             shared,
             t_recv,
             start_unix_ms,
@@ -151,6 +159,11 @@ impl RequestCtx {
         let route = std::mem::take(&mut self.route);
         self.set_backend(backend, route);
         self.set_thinking(thinking);
+    }
+
+    /// Requests in flight when this one arrived, itself included.
+    pub fn admitted_as(&self) -> usize {
+        self.admitted_as
     }
 
     /// Note (and count) a straggler action.
@@ -302,5 +315,6 @@ impl Drop for RequestCtx {
         if !self.settled {
             self.finish(Outcome::ClientGone, None, None);
         }
+        self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -54,6 +54,8 @@ pub struct Shared {
     pub recorder: Recorder,
     pub models: LabelSet,
     pub draining: AtomicBool,
+    /// Requests in flight through this gateway (for `max_inflight`).
+    pub(crate) inflight: std::sync::atomic::AtomicUsize,
     /// The fleet's probe tasks (restarted on reload, stopped on shutdown).
     pub probes: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The configuration last loaded (at start or by a reload), and the
@@ -165,6 +167,7 @@ impl Shared {
             recorder,
             models: LabelSet::new(cfg.max_model_labels),
             draining: AtomicBool::new(false),
+            inflight: std::sync::atomic::AtomicUsize::new(0),
             probes: std::sync::Mutex::new(Vec::new()),
             base: std::sync::Mutex::new(cfg.clone()),
             discovered: std::sync::Mutex::new(Vec::new()),
@@ -249,6 +252,12 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         endpoint,
     );
 
+    // Admission: past the global limit, answer at once (no queue).
+    let limit = shared.cfg.max_inflight;
+    if limit > 0 && ctx.admitted_as() > limit {
+        return gateway_error(&mut ctx, GatewayError::Overloaded { limit });
+    }
+
     // Inference bodies are read whole (they are small and bounded) to learn
     // the model and stream flags, and to inject usage; every other body
     // streams through untouched.
@@ -319,8 +328,14 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     let backend = match fleet.pick(arm, &mut info) {
         Ok(b) => b,
         Err(e) => {
-            crate::metrics::no_backend();
-            return gateway_error(&mut ctx, GatewayError::NoBackend(e.to_string()));
+            let err = match fleet.busy_limit() {
+                Some(limit) => GatewayError::BackendsBusy { limit },
+                None => {
+                    crate::metrics::no_backend();
+                    GatewayError::NoBackend(e.to_string())
+                }
+            };
+            return gateway_error(&mut ctx, err);
         }
     };
     ctx.set_backend(Arc::clone(&backend), info);
