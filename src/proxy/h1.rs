@@ -550,6 +550,36 @@ impl Body for RawBody {
     }
 }
 
+/// Decode `wire` as a chunked body delivered in two reads split at `cut`
+/// (for the fuzz target): the data passed on, or the error.
+#[doc(hidden)]
+pub fn decode_for_fuzzing(wire: &[u8], cut: usize) -> Result<Vec<u8>, H1Error> {
+    let mut b = RawBody {
+        io: None,
+        buf: BytesMut::new(),
+        framing: Framing::Chunked(Chunked::Size),
+        keep_alive: false,
+        pool: Pool::new(Duration::from_secs(1), 0),
+        authority: String::new(),
+        done: false,
+        fresh_data: false,
+        deferred: None,
+        read_size: READ_SIZE,
+    };
+    let mut out = Vec::new();
+    let cut = cut.min(wire.len());
+    for (piece, eof) in [(&wire[..cut], false), (&wire[cut..], true)] {
+        b.buf.extend_from_slice(piece);
+        if b.done {
+            break;
+        }
+        if let Some(d) = b.decode(eof)? {
+            out.extend_from_slice(&d);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
