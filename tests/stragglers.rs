@@ -648,21 +648,9 @@ async fn a_request_that_cannot_be_continued_ends_as_a_length_cut() {
     assert_eq!(r["actions"][1]["action"], "forced_fallback");
 }
 
-fn python_with_openai() -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_client_reads_a_forced_answer() {
-    if !python_with_openai() {
-        assert!(
-            std::env::var("THINKGATE_REQUIRE_PY").is_err(),
-            "THINKGATE_REQUIRE_PY is set but python3 with the openai package is missing"
-        );
-        eprintln!("SKIPPED: python3 with the openai package is not installed (pip install openai)");
+    if !common::python_with_openai() {
         return;
     }
     let mut sim_cfg = thinkgate_sim::SimConfig {

@@ -297,3 +297,21 @@ pub fn records(path: &std::path::Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Whether python3 with the `openai` package is here. Without it a real-client
+/// test says so and passes, unless `THINKGATE_REQUIRE_PY=1` (CI): then it
+/// fails.
+pub fn python_with_openai() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("THINKGATE_REQUIRE_PY").is_err(),
+            "THINKGATE_REQUIRE_PY is set but python3 with the openai package is missing"
+        );
+        eprintln!("SKIPPED: python3 with the openai package is not installed (pip install openai)");
+    }
+    ok
+}
