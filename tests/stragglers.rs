@@ -61,6 +61,22 @@ fn chat(stream: bool, usage: bool) -> String {
     )
 }
 
+/// A chat completion request to the gateway.
+fn chat_req(
+    gw: &thinkgate::server::Gateway,
+    body: &str,
+) -> http::Request<http_body_util::Full<Bytes>> {
+    post(
+        format!("http://{}/v1/chat/completions", gw.proxy_addr),
+        body,
+    )
+}
+
+/// Send `body` to the gateway's chat endpoint.
+async fn ask(gw: &thinkgate::server::Gateway, body: &str) -> common::Got {
+    send(&client(), chat_req(gw, body)).await
+}
+
 /// The `data` payloads of an SSE body, checking its framing on the way.
 fn sse(body: &[u8]) -> Vec<String> {
     let text = std::str::from_utf8(body).expect("utf-8 SSE");
@@ -166,14 +182,7 @@ async fn forced_answer_is_one_well_formed_stream_with_usage_that_adds_up() {
     })
     .await;
     let body = chat(true, true);
-    let got = send(
-        &client(),
-        post(
-            format!("http://{}/v1/chat/completions", gw.proxy_addr),
-            &body,
-        ),
-    )
-    .await;
+    let got = ask(&gw, &body).await;
     assert_eq!(got.status, 200);
     assert!(got.headers["content-type"]
         .to_str()
@@ -236,10 +245,7 @@ async fn forced_answer_without_usage_requested_hides_usage_and_counts_it() {
     })
     .await;
     // A per-request budget (lowering an unlimited operator setting).
-    let mut req = post(
-        format!("http://{}/v1/chat/completions", gw.proxy_addr),
-        &chat(true, false),
-    );
+    let mut req = chat_req(&gw, &chat(true, false));
     req.headers_mut()
         .insert("x-thinkgate-thinking-budget", "40".parse().unwrap());
     let got = send(&client(), req).await;
@@ -258,14 +264,7 @@ async fn forced_answer_without_usage_requested_hides_usage_and_counts_it() {
 async fn non_streamed_request_gets_one_json_body() {
     let (url, _sim) = sim(ReasoningMode::Field, 800.0).await;
     let gw = gateway(vec![url], |c| c.straggler.thinking_budget = Some(50)).await;
-    let got = send(
-        &client(),
-        post(
-            format!("http://{}/v1/chat/completions", gw.proxy_addr),
-            &chat(false, false),
-        ),
-    )
-    .await;
+    let got = ask(&gw, &chat(false, false)).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.headers["content-type"], "application/json");
     let v: Value = serde_json::from_slice(&got.body).unwrap();
@@ -288,14 +287,7 @@ async fn non_streamed_request_gets_one_json_body() {
 async fn inline_tags_are_closed_for_the_client_and_completions_continue_too() {
     let (url, _sim) = sim(ReasoningMode::Tags, 800.0).await;
     let gw = gateway(vec![url], |c| c.straggler.thinking_budget = Some(30)).await;
-    let got = send(
-        &client(),
-        post(
-            format!("http://{}/v1/chat/completions", gw.proxy_addr),
-            &chat(true, false),
-        ),
-    )
-    .await;
+    let got = ask(&gw, &chat(true, false)).await;
     let s = read_chat(&got.body);
     assert!(s.reasoning.is_empty());
     // 30 thinking chunks (the open tag's counts), then the close.
@@ -347,10 +339,7 @@ async fn deadline_forces_early_and_the_hard_deadline_ends_cleanly() {
         c.records = Some(rec.clone());
     })
     .await;
-    let mut req = post(
-        format!("http://{}/v1/chat/completions", gw.proxy_addr),
-        &chat(true, false),
-    );
+    let mut req = chat_req(&gw, &chat(true, false));
     req.headers_mut()
         .insert("x-thinkgate-deadline-ms", "1200".parse().unwrap());
     let t = Instant::now();
@@ -372,14 +361,7 @@ async fn deadline_forces_early_and_the_hard_deadline_ends_cleanly() {
     })
     .await;
     let t = Instant::now();
-    let got = send(
-        &client(),
-        post(
-            format!("http://{}/v1/chat/completions", gw2.proxy_addr),
-            &chat(true, false),
-        ),
-    )
-    .await;
+    let got = ask(&gw2, &chat(true, false)).await;
     let took = t.elapsed();
     let s = read_chat(&got.body);
     assert_eq!(s.finish.as_deref(), Some("length"));
@@ -415,14 +397,7 @@ async fn hedge_races_a_stalled_backend_and_cancels_the_loser() {
     .await;
     // Round robin sends the first request to the stalled backend.
     let t = Instant::now();
-    let got = send(
-        &client(),
-        post(
-            format!("http://{}/v1/chat/completions", gw.proxy_addr),
-            &chat(true, false),
-        ),
-    )
-    .await;
+    let got = ask(&gw, &chat(true, false)).await;
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(got.headers["x-thinkgate-backend"], url.as_str());
     let s = read_chat(&got.body);
@@ -460,14 +435,7 @@ async fn hedges_stay_within_their_budget() {
     let c = client();
     let mut finishes = Vec::new();
     for _ in 0..10 {
-        let got = send(
-            &c,
-            post(
-                format!("http://{}/v1/chat/completions", gw.proxy_addr),
-                &chat(true, false),
-            ),
-        )
-        .await;
+        let got = send(&c, chat_req(&gw, &chat(true, false))).await;
         finishes.push(read_chat(&got.body).finish);
     }
     let saved = finishes
@@ -498,14 +466,7 @@ async fn retries_go_elsewhere_only_before_the_first_byte() {
         c.records = Some(rec.clone());
     })
     .await;
-    let got = send(
-        &client(),
-        post(
-            format!("http://{}/v1/chat/completions", gw.proxy_addr),
-            &chat(true, false),
-        ),
-    )
-    .await;
+    let got = ask(&gw, &chat(true, false)).await;
     assert_eq!(got.status, 200);
     let s = read_chat(&got.body);
     assert_eq!(s.dones, 1);
@@ -531,10 +492,7 @@ async fn retries_go_elsewhere_only_before_the_first_byte() {
     )
     .await;
     let resp = client()
-        .request(post(
-            format!("http://{}/v1/chat/completions", gw2.proxy_addr),
-            &chat(true, false),
-        ))
+        .request(chat_req(&gw2, &chat(true, false)))
         .await
         .unwrap();
     use http_body_util::BodyExt;
@@ -560,13 +518,7 @@ async fn thinking_cap_steers_new_requests_away() {
     .await;
     let c = client();
     // A long thinker on `a` (round robin starts there).
-    let long = c
-        .request(post(
-            format!("http://{}/v1/chat/completions", gw.proxy_addr),
-            &chat(true, false),
-        ))
-        .await
-        .unwrap();
+    let long = c.request(chat_req(&gw, &chat(true, false))).await.unwrap();
     assert_eq!(long.headers()["x-thinkgate-backend"], a.as_str());
     let shared = Arc::clone(&gw.shared);
     wait_for("the long request is thinking", || {
@@ -578,14 +530,7 @@ async fn thinking_cap_steers_new_requests_away() {
     .await;
     // Round robin alone would alternate; the cap keeps `a` out.
     for _ in 0..4 {
-        let got = send(
-            &c,
-            post(
-                format!("http://{}/v1/chat/completions", gw.proxy_addr),
-                &chat(false, false),
-            ),
-        )
-        .await;
+        let got = send(&c, chat_req(&gw, &chat(false, false))).await;
         assert_eq!(got.headers["x-thinkgate-backend"], b.as_str());
     }
     drop(long);
@@ -601,14 +546,7 @@ async fn native_budget_lets_the_engine_stop_thinking_itself() {
         c.records = Some(rec.clone());
     })
     .await;
-    let got = send(
-        &client(),
-        post(
-            format!("http://{}/v1/chat/completions", gw.proxy_addr),
-            &chat(true, false),
-        ),
-    )
-    .await;
+    let got = ask(&gw, &chat(true, false)).await;
     let s = read_chat(&got.body);
     // vLLM's `thinking_token_budget` ended thinking in the sampler: one
     // leg, nothing forced.

@@ -397,6 +397,37 @@ impl RawBody {
         }
     }
 
+    /// Move up to `n` body bytes from the buffer to `out`: the bytes still
+    /// owed, or `None` when the buffer is empty (wait for more).
+    fn take_data(&mut self, n: u64, eof: bool, out: &mut Out) -> Result<Option<u64>, H1Error> {
+        if self.buf.is_empty() {
+            return if eof {
+                Err(H1Error::ClosedMidBody)
+            } else {
+                Ok(None)
+            };
+        }
+        let take = (n as usize).min(self.buf.len());
+        out.push(self.buf.split_to(take).freeze());
+        Ok(Some(n - take as u64))
+    }
+
+    /// A body over no connection (decoder tests and fuzzing).
+    fn detached(framing: Framing) -> Self {
+        Self {
+            io: None,
+            buf: BytesMut::new(),
+            framing,
+            keep_alive: false,
+            pool: Pool::new(Duration::from_secs(1), 0),
+            authority: String::new(),
+            done: false,
+            fresh_data: false,
+            deferred: None,
+            read_size: READ_SIZE,
+        }
+    }
+
     /// Decode what the buffer holds; sets `done` at the end of the body.
     fn decode(&mut self, eof: bool) -> Result<Option<Bytes>, H1Error> {
         let mut out = Out::default();
@@ -406,17 +437,10 @@ impl RawBody {
                     self.done = true;
                     break;
                 }
-                Framing::Length(n) => {
-                    if self.buf.is_empty() {
-                        if eof {
-                            return Err(H1Error::ClosedMidBody);
-                        }
-                        break;
-                    }
-                    let take = (n as usize).min(self.buf.len());
-                    out.push(self.buf.split_to(take).freeze());
-                    self.framing = Framing::Length(n - take as u64);
-                }
+                Framing::Length(n) => match self.take_data(n, eof, &mut out)? {
+                    Some(left) => self.framing = Framing::Length(left),
+                    None => break,
+                },
                 Framing::Close => {
                     if !self.buf.is_empty() {
                         out.push(self.buf.split().freeze());
@@ -461,22 +485,11 @@ impl RawBody {
                             Chunked::Data(n)
                         });
                     }
-                    Chunked::Data(n) => {
-                        if self.buf.is_empty() {
-                            if eof {
-                                return Err(H1Error::ClosedMidBody);
-                            }
-                            break;
-                        }
-                        let take = (n as usize).min(self.buf.len());
-                        out.push(self.buf.split_to(take).freeze());
-                        let left = n - take as u64;
-                        self.framing = Framing::Chunked(if left == 0 {
-                            Chunked::DataEnd
-                        } else {
-                            Chunked::Data(left)
-                        });
-                    }
+                    Chunked::Data(n) => match self.take_data(n, eof, &mut out)? {
+                        Some(0) => self.framing = Framing::Chunked(Chunked::DataEnd),
+                        Some(left) => self.framing = Framing::Chunked(Chunked::Data(left)),
+                        None => break,
+                    },
                     Chunked::DataEnd => {
                         if self.buf.len() < 2 {
                             if eof {
@@ -554,18 +567,7 @@ impl Body for RawBody {
 /// (for the fuzz target): the data passed on, or the error.
 #[doc(hidden)]
 pub fn decode_for_fuzzing(wire: &[u8], cut: usize) -> Result<Vec<u8>, H1Error> {
-    let mut b = RawBody {
-        io: None,
-        buf: BytesMut::new(),
-        framing: Framing::Chunked(Chunked::Size),
-        keep_alive: false,
-        pool: Pool::new(Duration::from_secs(1), 0),
-        authority: String::new(),
-        done: false,
-        fresh_data: false,
-        deferred: None,
-        read_size: READ_SIZE,
-    };
+    let mut b = RawBody::detached(Framing::Chunked(Chunked::Size));
     let mut out = Vec::new();
     let cut = cut.min(wire.len());
     for (piece, eof) in [(&wire[..cut], false), (&wire[cut..], true)] {
@@ -585,24 +587,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn body(framing: Framing) -> RawBody {
-        RawBody {
-            io: None,
-            buf: BytesMut::new(),
-            framing,
-            keep_alive: false,
-            pool: Pool::new(Duration::from_secs(1), 1),
-            authority: String::new(),
-            done: false,
-            fresh_data: false,
-            deferred: None,
-            read_size: READ_SIZE,
-        }
-    }
-
     /// Feed `wire` in pieces at `cuts`; collect the decoded bytes.
     fn run(framing: Framing, wire: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, bool), H1Error> {
-        let mut b = body(framing);
+        let mut b = RawBody::detached(framing);
         let mut out = Vec::new();
         let mut prev = 0;
         for &c in cuts.iter().chain(std::iter::once(&wire.len())) {
