@@ -6,36 +6,13 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_thinkgate");
 
-/// Start `thinkgate serve` on port 0 with `args`; returns the child and the
-/// proxy and admin addresses it printed.
 fn serve(args: &[&std::ffi::OsStr]) -> (std::process::Child, String, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let field = |name: &str| {
-        line.split(name)
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    (child, field("proxy="), field("admin="))
+    serve_binary(BIN, args)
 }
 
 #[test]

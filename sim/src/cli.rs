@@ -50,6 +50,18 @@ pub struct SimArgs {
     /// Cache full prompt blocks by hash and skip their prefill.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub prefix_cache: Option<bool>,
+    /// Put a fault-injecting front before the engine: `name=rate,...` per
+    /// inference request (e.g. `reset_mid_stream=0.01,status_503=0.02`), or
+    /// `none` for faults chosen only by the `x-sim-fault` request header.
+    #[arg(long)]
+    pub faults: Option<String>,
+    /// Flap: with the fault front, reset every request for DOWN ms every
+    /// UP+DOWN ms (`UP_MS:DOWN_MS`).
+    #[arg(long)]
+    pub flap: Option<String>,
+    /// How long the stall faults hold a connection, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub fault_stall_ms: u64,
 }
 
 impl SimArgs {
@@ -83,8 +95,34 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&cfg)?);
         return Ok(());
     }
-    let (addr, _sim, _task) = crate::server::spawn(cfg).await?;
-    println!("thinkgate-sim listening on {addr}");
+    let plan = match (&args.faults, &args.flap) {
+        (None, None) => None,
+        (rates, flap) => Some(crate::faults::FaultPlan {
+            rates: crate::faults::FaultPlan::parse_rates(rates.as_deref().unwrap_or(""))?,
+            flap: flap
+                .as_deref()
+                .map(crate::faults::FaultPlan::parse_flap)
+                .transpose()?,
+            stall: std::time::Duration::from_millis(args.fault_stall_ms),
+            seed: cfg.seed,
+            ..Default::default()
+        }),
+    };
+    let Some(plan) = plan else {
+        let (addr, _sim, _task) = crate::server::spawn(cfg).await?;
+        println!("thinkgate-sim listening on {addr}");
+        let _ = std::io::stdout().flush();
+        let _ = tokio::signal::ctrl_c().await;
+        return Ok(());
+    };
+    let listen = cfg.listen;
+    let inner = SimConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..cfg
+    };
+    let (inner_addr, _sim, _task) = crate::server::spawn(inner).await?;
+    let (addr, _stats, _front) = crate::faults::spawn(listen, inner_addr, plan).await?;
+    println!("thinkgate-sim listening on {addr} (fault front; engine on {inner_addr})");
     let _ = std::io::stdout().flush();
     let _ = tokio::signal::ctrl_c().await;
     Ok(())

@@ -6,7 +6,8 @@
 //! - [`engine`]: continuous batching over a paged KV cache, preemption,
 //!   aborts, prefix cache;
 //! - [`workload`]: difficulty, thinking length, accuracy and token text;
-//! - [`wire`], [`server`], [`metrics`]: what goes over HTTP.
+//! - [`wire`], [`server`], [`metrics`]: what goes over HTTP;
+//! - [`faults`]: a front that breaks responses the ways real upstreams do.
 //!
 //! The gateway does not depend on this crate; only the `thinkgate` binary's
 //! `sim` and `demo` subcommands do.
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod faults;
 pub mod metrics;
 pub mod server;
 pub mod wire;

@@ -77,8 +77,17 @@ impl Pool {
         })
     }
 
+    /// An idle connection that is still clean: one the server closed, or
+    /// that holds bytes no request asked for (a server that sent more than
+    /// it framed), is dropped, so they can never be read as the next
+    /// request's response.
     fn take(&self, authority: &str) -> Option<TcpStream> {
-        self.idle.lock().ok()?.get_mut(authority)?.pop()
+        loop {
+            let io = self.idle.lock().ok()?.get_mut(authority)?.pop()?;
+            if is_clean(&io) {
+                return Some(io);
+            }
+        }
     }
 
     fn put(&self, authority: &str, io: TcpStream) {
@@ -98,6 +107,15 @@ impl Pool {
         let _ = io.set_nodelay(true);
         Ok(io)
     }
+}
+
+/// No byte waiting and not closed: a non-blocking peek says "would block".
+fn is_clean(io: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(io).peek(&mut probe),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
 }
 
 /// The request line, headers (hop-by-hop already removed by the caller) and
@@ -153,7 +171,7 @@ pub async fn request(
             None => pool.connect(authority).await?,
         };
         match exchange(&mut io, &wire).await {
-            Ok((head, buf)) => return Ok(finish(pool, authority, io, head, buf)),
+            Ok((head, buf)) => return finish(pool, authority, io, head, buf),
             Err(H1Error::ClosedBeforeHead | H1Error::Io(_)) if was_reused => continue,
             Err(e) => return Err(e),
         }
@@ -236,26 +254,34 @@ fn finish(
     io: TcpStream,
     head: Head,
     buf: BytesMut,
-) -> Response<RawBody> {
+) -> Result<Response<RawBody>, H1Error> {
     let h = &head.headers;
+    let lengths: Vec<_> = h.get_all(http::header::CONTENT_LENGTH).iter().collect();
+    let chunked = has_token(h, http::header::TRANSFER_ENCODING, "chunked");
     let framing =
         if head.status == StatusCode::NO_CONTENT || head.status == StatusCode::NOT_MODIFIED {
             Framing::Length(0)
-        } else if has_token(h, http::header::TRANSFER_ENCODING, "chunked") {
+        } else if chunked {
             Framing::Chunked(Chunked::Size)
-        } else if let Some(n) = h
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-        {
+        } else if let Some(first) = lengths.first() {
+            // RFC 9112 §6.3: differing or invalid lengths are unrecoverable
+            let n = first
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|_| lengths.iter().all(|v| v == first))
+                .ok_or_else(|| H1Error::Parse("invalid or conflicting content-length".into()))?;
             Framing::Length(n)
         } else {
             Framing::Close
         };
+    // both length and chunked: chunked wins, and the connection is not
+    // trusted for another request (RFC 9112 §6.1)
     let keep_alive = match head.version {
         Version::HTTP_10 => has_token(h, http::header::CONNECTION, "keep-alive"),
         _ => !has_token(h, http::header::CONNECTION, "close"),
-    } && !matches!(framing, Framing::Close);
+    } && !matches!(framing, Framing::Close)
+        && (!chunked || lengths.is_empty());
     let body = RawBody {
         io: Some(io),
         buf,
@@ -272,7 +298,7 @@ fn finish(
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
     *resp.headers_mut() = head.headers;
-    resp
+    Ok(resp)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -25,8 +25,13 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Remove hop-by-hop headers, including those named by `Connection`.
+/// Remove hop-by-hop headers, including those named by `Connection`. A
+/// message that came chunked loses any `Content-Length` too: it was not the
+/// length (RFC 9112 §6.3), and the body is re-framed on the next hop.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(http::header::TRANSFER_ENCODING) {
+        h.remove(http::header::CONTENT_LENGTH);
+    }
     let named: Vec<HeaderName> = h
         .get_all(CONNECTION)
         .iter()

@@ -6,9 +6,15 @@
 //! an event still in progress are held until it completes (it might be the
 //! usage event). When nothing is held and the chunk ends on an event
 //! boundary (the usual case) the chunk passes through without a copy.
+//! An event in progress past the observer's event cap cannot be the usage
+//! event (the observer drops oversized events), so its bytes are released
+//! as they come: a stream holds at most the cap, whatever the upstream sends.
 
 use bytes::{Bytes, BytesMut};
 use std::ops::Range;
+
+/// The observer's event cap: a longer event in progress is not held.
+const MAX_HELD: usize = thinkgate_asu::sse::SseFramer::DEFAULT_MAX_EVENT_BYTES;
 
 #[derive(Debug, Default)]
 pub struct UsageStripper {
@@ -42,7 +48,10 @@ impl UsageStripper {
             self.held_start = start;
         }
         self.held.extend_from_slice(&chunk);
-        let release = (boundary.saturating_sub(self.held_start) as usize).min(self.held.len());
+        let mut release = (boundary.saturating_sub(self.held_start) as usize).min(self.held.len());
+        if self.held.len() - release > MAX_HELD && strip.iter().all(|r| r.end <= boundary) {
+            release = self.held.len();
+        }
         let region = self.held.split_to(release);
         let region_start = self.held_start;
         self.held_start += release as u64;
@@ -142,6 +151,57 @@ mod tests {
             let every: Vec<usize> = (1..body.len()).collect();
             assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &every)), want);
         }
+    }
+
+    #[test]
+    fn an_oversized_event_in_progress_is_not_held() {
+        let mut obs = Observer::new(
+            Arc::new(ObserverConfig {
+                strip_usage_only: true,
+                ..ObserverConfig::default()
+            }),
+            BodyKind::Sse,
+        );
+        let mut st = UsageStripper::default();
+        let piece = Bytes::from(vec![b'x'; 64 << 10]);
+        let mut fed = 6u64;
+        obs.feed(b"data: ", 0);
+        let mut out = st
+            .process(
+                Bytes::from_static(b"data: "),
+                0,
+                obs.boundary(),
+                obs.strip_ranges(),
+            )
+            .len();
+        let mut most_held = 0;
+        for _ in 0..(16 << 20) / piece.len() {
+            obs.feed(&piece, 0);
+            out += st
+                .process(piece.clone(), fed, obs.boundary(), obs.strip_ranges())
+                .len();
+            fed += piece.len() as u64;
+            most_held = most_held.max(st.held.len());
+        }
+        assert!(most_held <= MAX_HELD + piece.len(), "held {most_held}");
+        assert!(out as u64 >= fed - (MAX_HELD + piece.len()) as u64);
+        let usage =
+            b"\n\ndata: {\"choices\":[],\"usage\":{\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+        obs.feed(usage, 0);
+        out += st
+            .process(
+                Bytes::from_static(usage),
+                fed,
+                obs.boundary(),
+                obs.strip_ranges(),
+            )
+            .len();
+        out += st.flush().len();
+        assert_eq!(
+            out as u64,
+            fed + 2 + 14,
+            "the oversized event passes whole; the usage event is stripped"
+        );
     }
 
     #[test]

@@ -1,0 +1,340 @@
+//! Upstream faults, injected at the byte level by the simulator's fault
+//! front (`thinkgate_sim::faults`): each gets a clear result, one record and
+//! a count, and clean streams running beside them on the same backend are
+//! untouched.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thinkgate_sim::faults::{self, Fault, FaultPlan, FaultStats};
+use thinkgate_sim::SimConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_thinkgate");
+
+/// A simulator behind a fault front; returns the front's URL.
+async fn faulty(plan: FaultPlan) -> (String, Arc<FaultStats>) {
+    let cfg = SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        time_scale: 20.0,
+        ..SimConfig::default()
+    };
+    let (inner, sim, task) = thinkgate_sim::server::spawn(cfg).await.unwrap();
+    std::mem::forget((sim, task));
+    let (addr, stats, front) = faults::spawn("127.0.0.1:0".parse().unwrap(), inner, plan)
+        .await
+        .unwrap();
+    std::mem::forget(front);
+    (format!("http://{addr}"), stats)
+}
+
+fn chat(stream: bool, max_tokens: u32) -> String {
+    serde_json::json!({
+        "model": "sim-r1-distill-qwen-7b",
+        "messages": [{"role": "user", "content": "What is 2+2?"}],
+        "stream": stream,
+        "max_tokens": max_tokens,
+    })
+    .to_string()
+}
+
+/// What the client saw: status, a header, and the body or the error that
+/// cut it.
+struct Seen {
+    status: u16,
+    retry_after: Option<String>,
+    body: Bytes,
+    cut: bool,
+}
+
+async fn call(c: &HttpClient, url: &str, body: String, fault: Option<&str>) -> Seen {
+    let mut req = Request::post(format!("{url}/v1/chat/completions"))
+        .header("content-type", "application/json");
+    if let Some(f) = fault {
+        req = req.header("x-sim-fault", f);
+    }
+    let resp = c
+        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let mut cut = false;
+    while let Some(f) = body.frame().await {
+        match f {
+            Ok(f) => {
+                if let Ok(d) = f.into_data() {
+                    got.extend_from_slice(&d);
+                }
+            }
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    Seen {
+        status,
+        retry_after,
+        body: Bytes::from(got),
+        cut,
+    }
+}
+
+fn ends_done(b: &[u8]) -> bool {
+    b.ends_with(b"data: [DONE]\n\n")
+}
+
+/// Clean streams on the same gateway and backend while faults happen: each
+/// must be whole. Returns how many completed.
+fn bystanders(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let c = client();
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let s = call(&c, &url, chat(true, 200), None).await;
+            assert_eq!(s.status, 200, "{}", String::from_utf8_lossy(&s.body));
+            assert!(
+                !s.cut && ends_done(&s.body),
+                "a bystander stream was damaged"
+            );
+            for ev in s
+                .body
+                .split(|b| *b == b'\n')
+                .filter(|l| l.starts_with(b"data: {"))
+            {
+                serde_json::from_slice::<serde_json::Value>(&ev[6..]).expect("bystander event");
+            }
+            n += 1;
+        }
+        n
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_fault_has_a_clear_result_a_record_and_a_count() {
+    let plan = FaultPlan {
+        stall: Duration::from_secs(3),
+        huge_line_bytes: 50 << 20,
+        ..FaultPlan::default()
+    };
+    let (up, stats) = faulty(plan).await;
+    let dir = tempdir("faults");
+    let rec_path = dir.join("records.jsonl");
+    let rec = rec_path.clone();
+    let gw = gateway(vec![up], move |c| {
+        c.records = Some(rec);
+        c.upstream_header_timeout_secs = 1;
+        c.straggler.retries = 0;
+    })
+    .await;
+    let url = format!("http://{}", gw.proxy_addr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let side = bystanders(url.clone(), Arc::clone(&stop));
+    let c = client();
+
+    // (fault, streamed, expected status, client sees a cut, outcome)
+    let cases: &[(&str, bool, u16, bool, &str)] = &[
+        ("reset_before_headers", true, 502, false, "gateway_error"),
+        ("reset_mid_stream", true, 200, true, "upstream_reset"),
+        ("stall_before_headers", true, 504, false, "gateway_error"),
+        ("stall_mid_stream", true, 200, true, "upstream_reset"),
+        ("status_500", true, 500, false, "completed"),
+        ("status_503", false, 503, false, "completed"),
+        ("status_429", true, 429, false, "completed"),
+        ("garbage", true, 200, false, "completed"),
+        ("huge_line", true, 200, false, "completed"),
+        ("length_short", false, 200, true, "upstream_reset"),
+        ("length_long", false, 200, false, "completed"),
+        ("http10", true, 200, false, "completed"),
+    ];
+    for (fault, streamed, status, cut, _) in cases {
+        let t = Instant::now();
+        let s = call(&c, &url, chat(*streamed, 300), Some(fault)).await;
+        assert_eq!(
+            s.status,
+            *status,
+            "{fault}: {}",
+            String::from_utf8_lossy(&s.body)
+        );
+        assert_eq!(s.cut, *cut, "{fault}: cut");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{fault} took {:?}",
+            t.elapsed()
+        );
+        if s.status >= 400 {
+            let e: serde_json::Value = serde_json::from_slice(&s.body).expect(fault);
+            assert!(
+                e["error"]["message"].is_string() || e["message"].is_string(),
+                "{fault}: {e}"
+            );
+        }
+        match *fault {
+            "status_429" => assert_eq!(s.retry_after.as_deref(), Some("2")),
+            "garbage" => {
+                assert!(ends_done(&s.body));
+                assert!(
+                    s.body.windows(4).any(|w| w == b"\xff\xfe\x00g"),
+                    "garbage forwarded as is"
+                );
+            }
+            "huge_line" => {
+                assert!(ends_done(&s.body));
+                assert!(s.body.len() > 50 << 20);
+            }
+            "http10" => assert!(ends_done(&s.body)),
+            "length_long" => {
+                // the gateway cannot know; what matters is the next response
+                let next = call(&c, &url, chat(false, 50), None).await;
+                assert_eq!(next.status, 200);
+                let v: serde_json::Value = serde_json::from_slice(&next.body)
+                    .expect("the response after a length lie is whole");
+                assert_eq!(v["object"], "chat.completion");
+            }
+            _ => {}
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let clean = side.await.unwrap();
+    assert!(clean >= 3, "bystanders completed {clean}");
+    for (fault, ..) in cases {
+        assert_eq!(
+            stats.injected(Fault::parse(fault).unwrap()),
+            1,
+            "{fault} injected once"
+        );
+    }
+
+    let text = scrape(&gw).await;
+    gw.shutdown();
+    gw.wait().await;
+    let recs = records(&rec_path);
+    // one record per request: the faults, the length-lie follow-up, the bystanders
+    assert_eq!(recs.len() as u64, cases.len() as u64 + 1 + clean);
+    let mut by_outcome = std::collections::HashMap::<String, u64>::new();
+    for r in &recs {
+        *by_outcome
+            .entry(r["outcome"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    for outcome in ["gateway_error", "upstream_reset"] {
+        let want = cases.iter().filter(|c| c.4 == outcome).count() as u64;
+        assert_eq!(
+            by_outcome.get(outcome).copied().unwrap_or(0),
+            want,
+            "{outcome}: {by_outcome:?}"
+        );
+        let counted: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("thinkgate_requests_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(counted >= want as f64, "{outcome} counted {counted}");
+    }
+    let garbage = recs
+        .iter()
+        .find(|r| r["parse_errors"].as_u64().unwrap_or(0) > 0);
+    assert!(
+        garbage.is_some(),
+        "the garbage stream's record counts parse errors"
+    );
+    assert!(
+        recs.iter().any(|r| r["oversized"] == true),
+        "the huge line is recorded"
+    );
+    assert!(recs.iter().any(|r| r["status"] == 429));
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "tg-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Process-level bounds, on the real binary: a 50 MB SSE line and a client
+/// that stops reading a firehose keep the gateway's peak RSS bounded, and
+/// backpressure reaches the upstream (it cannot write past the buffers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_stays_bounded_under_huge_lines_and_slow_readers() {
+    let (up, stats) = faulty(FaultPlan::default()).await;
+    let (mut child, proxy, _admin) =
+        serve_binary(BIN, &["--upstream".as_ref(), up.as_str().as_ref()]);
+    let pid = child.id();
+    let url = format!("http://{proxy}");
+    let c = client();
+    let base = proc_kib(pid, "VmRSS");
+
+    // three 50 MB lines at once
+    let mut huge = Vec::new();
+    for _ in 0..3 {
+        let (c, url) = (c.clone(), url.clone());
+        huge.push(tokio::spawn(async move {
+            call(&c, &url, chat(true, 100), Some("huge_line")).await
+        }));
+    }
+    for h in huge {
+        let s = h.await.unwrap();
+        assert!(ends_done(&s.body) && s.body.len() > 150 << 18);
+    }
+    let after_huge = proc_kib(pid, "VmHWM");
+
+    // a client that reads the head and then nothing
+    let resp = c
+        .request(
+            Request::post(format!("{url}/v1/chat/completions"))
+                .header("x-sim-fault", "firehose")
+                .body(Full::new(Bytes::from(chat(true, 100))))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let written = AtomicU64::new(0);
+    let mut last = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = stats.firehose_bytes.load(Ordering::Relaxed);
+        if last == written.swap(last, Ordering::Relaxed) && last > 0 {
+            break; // the upstream is blocked
+        }
+    }
+    let stalled_at = stats.firehose_bytes.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stats.firehose_bytes.load(Ordering::Relaxed),
+        stalled_at,
+        "the upstream keeps writing: no backpressure"
+    );
+    assert!(
+        last < 64 << 20,
+        "the upstream wrote {last} bytes to a client that reads nothing"
+    );
+    let rss_blocked = proc_kib(pid, "VmRSS");
+    drop(resp);
+
+    let hwm = proc_kib(pid, "VmHWM");
+    eprintln!(
+        "rss: base {base} KiB, peak after 3x50 MB lines {after_huge} KiB, while a firehose is blocked {rss_blocked} KiB (upstream wrote {stalled_at} bytes), peak {hwm} KiB"
+    );
+    assert!(hwm < base + 48 * 1024, "peak RSS {hwm} KiB from {base} KiB");
+    let _ = child.kill();
+    let _ = child.wait();
+}
