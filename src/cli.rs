@@ -41,6 +41,9 @@ pub struct PreStopArgs {
     /// Seconds to wait after marking it not ready.
     #[arg(long, default_value_t = 10)]
     pub wait_secs: u64,
+    /// The admin bearer token, when the gateway requires one.
+    #[arg(long, env = "THINKGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `thinkgate pre-stop`: `POST /prestop` on the admin listener (failures are
@@ -49,8 +52,11 @@ pub async fn pre_stop(args: PreStopArgs) -> anyhow::Result<()> {
     use http_body_util::Full;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<bytes::Bytes>>();
-    let req = http::Request::post(format!("http://{}/prestop", args.admin))
-        .body(Full::new(bytes::Bytes::new()))?;
+    let mut req = http::Request::post(format!("http://{}/prestop", args.admin));
+    if let Some(t) = &args.token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(bytes::Bytes::new()))?;
     let sent = tokio::time::timeout(std::time::Duration::from_secs(2), client.request(req)).await;
     match sent {
         Ok(Ok(r)) if r.status().is_success() => {}
@@ -145,6 +151,15 @@ pub struct ServeArgs {
     /// Time a client has to send a request head, s.
     #[arg(long, env = "THINKGATE_CLIENT_HEADER_TIMEOUT_SECS")]
     pub client_header_timeout_secs: Option<u64>,
+    /// Time a client has to send an inference request body, s (408 beyond).
+    #[arg(long, env = "THINKGATE_CLIENT_BODY_TIMEOUT_SECS")]
+    pub client_body_timeout_secs: Option<u64>,
+    /// Bearer token required on admin routes other than /healthz and /readyz.
+    #[arg(long, env = "THINKGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token.
+    #[arg(long, env = "THINKGATE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Idle keep-alive connections kept per upstream.
     #[arg(long, env = "THINKGATE_POOL_MAX_IDLE_PER_HOST")]
     pub pool_max_idle_per_host: Option<usize>,
@@ -196,6 +211,7 @@ impl ServeArgs {
             connect_timeout_ms,
             upstream_header_timeout_secs,
             client_header_timeout_secs,
+            client_body_timeout_secs,
             pool_max_idle_per_host,
             drain_timeout_secs,
             stats_window_secs,
@@ -203,6 +219,12 @@ impl ServeArgs {
         );
         if self.records.is_some() {
             c.records = self.records.clone();
+        }
+        if self.admin_token.is_some() {
+            c.admin_token = self.admin_token.clone();
+        }
+        if self.admin_token_file.is_some() {
+            c.admin_token_file = self.admin_token_file.clone();
         }
         if !self.upstreams.is_empty() {
             c.upstreams = self.upstreams.clone();

@@ -177,6 +177,17 @@ pub struct Config {
     pub upstream_header_timeout_secs: u64,
     /// Time a client has to send a complete request head (HTTP/1).
     pub client_header_timeout_secs: u64,
+    /// Time a client has to send a whole inference request body once its
+    /// head arrived (408 beyond): a slow body cannot hold a slot.
+    pub client_body_timeout_secs: u64,
+    /// Bearer token the admin listener requires on every route but
+    /// `/healthz` and `/readyz` (unset: no token). Never printed by
+    /// `--print-config`; prefer `THINKGATE_ADMIN_TOKEN` or
+    /// `admin_token_file`.
+    #[serde(skip_serializing)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token (a mounted Secret); read at startup.
+    pub admin_token_file: Option<PathBuf>,
     /// Idle keep-alive connections kept per upstream.
     pub pool_max_idle_per_host: usize,
     /// On SIGTERM/SIGINT: how long in-flight streams may run before exit.
@@ -227,6 +238,9 @@ impl Default for Config {
             connect_timeout_ms: 5_000,
             upstream_header_timeout_secs: 1_800,
             client_header_timeout_secs: 30,
+            client_body_timeout_secs: 60,
+            admin_token: None,
+            admin_token_file: None,
             pool_max_idle_per_host: 1_024,
             drain_timeout_secs: 600,
             stats_window_secs: 300,
@@ -301,6 +315,24 @@ impl Config {
     }
 
     /// `upstreams` (shorthand) followed by `backends`.
+    /// The admin token from `admin_token`, else `admin_token_file`.
+    pub fn resolved_admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(p)) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError::Read(p.clone(), e))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        if token.as_deref() == Some("") {
+            return Err(ConfigError::Invalid("the admin token is empty".into()));
+        }
+        Ok(token)
+    }
+
     pub fn all_backends(&self) -> Vec<BackendConfig> {
         self.upstreams
             .iter()

@@ -26,6 +26,8 @@ pub enum GatewayError {
     BodyTooLarge { limit: usize },
     #[error("request body could not be read: {0}")]
     BodyRead(String),
+    #[error("request body not received within {secs} s")]
+    BodyTimeout { secs: u64 },
     #[error("{0}")]
     NoBackend(String),
     #[error("{0}")]
@@ -43,6 +45,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             GatewayError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::Overloaded { .. } | GatewayError::BackendsBusy { .. } => {
@@ -58,6 +61,7 @@ impl GatewayError {
             }
             GatewayError::BodyTooLarge { .. }
             | GatewayError::BodyRead(_)
+            | GatewayError::BodyTimeout { .. }
             | GatewayError::BadRequest(_) => Fault::Client,
             GatewayError::NoBackend(_) => Fault::Upstream,
             GatewayError::Overloaded { .. } | GatewayError::BackendsBusy { .. } => Fault::Gateway,
@@ -71,6 +75,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::BodyTooLarge { .. } => "invalid_request_error",
             GatewayError::BodyRead(_) => "invalid_request_error",
+            GatewayError::BodyTimeout { .. } => "request_timeout",
             GatewayError::NoBackend(_) => "no_healthy_backend",
             GatewayError::BadRequest(_) => "invalid_request_error",
             GatewayError::Overloaded { .. } | GatewayError::BackendsBusy { .. } => "overloaded",

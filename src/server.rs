@@ -12,10 +12,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -44,6 +43,7 @@ impl Gateway {
             Duration::from_secs(cfg.stats_window_secs),
         )
         .await?;
+        let admin_token = cfg.resolved_admin_token()?;
         let proxy_listener = TcpListener::bind(cfg.listen).await?;
         let admin_listener = TcpListener::bind(cfg.admin).await?;
         let proxy_addr = proxy_listener.local_addr()?;
@@ -52,7 +52,12 @@ impl Gateway {
         shared.restart_probes();
         let discovery = crate::fleet::discovery::spawn(Arc::clone(&shared));
         let (stop, stop_rx) = watch::channel(false);
-        let admin = tokio::spawn(serve_admin(admin_listener, Arc::clone(&shared), handle));
+        let admin = tokio::spawn(serve_admin(
+            admin_listener,
+            Arc::clone(&shared),
+            handle,
+            admin_token,
+        ));
         let shared2 = Arc::clone(&shared);
         let done = tokio::spawn(async move {
             serve_proxy(
@@ -124,7 +129,8 @@ async fn serve_proxy(
         // the proxy; the body limit and the upstream-head timeout act
         // inside, where their errors become OpenAI-style bodies and records
         .service(Proxy::new(Arc::clone(&shared)));
-    let builder = http_builder(Duration::from_secs(shared.cfg.client_header_timeout_secs));
+    let header_timeout = Duration::from_secs(shared.cfg.client_header_timeout_secs);
+    let builder = http_builder(header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -139,12 +145,29 @@ async fn serve_proxy(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // hyper's header timeout starts once HTTP/1 is detected; a
+                // connection that never completes a first request (silent,
+                // or a trickled preface) is closed by this watchdog instead
+                let started = Arc::new(AtomicBool::new(false));
+                let mark = Arc::clone(&started);
+                let inner = svc.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    mark.store(true, Ordering::Relaxed);
+                    tower::ServiceExt::oneshot(inner.clone(), req)
+                });
                 let conn = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()))
+                    .serve_connection(TokioIo::new(stream), svc)
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = &mut conn => return,
+                        _ = tokio::time::sleep(header_timeout) => {}
+                    }
+                    if started.load(Ordering::Relaxed) {
+                        let _ = conn.await;
+                    }
                 });
             }
             _ = stop.changed() => break,
@@ -161,9 +184,15 @@ async fn serve_proxy(
     admin.abort();
 }
 
-async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, handle: Option<PrometheusHandle>) {
+async fn serve_admin(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    handle: Option<PrometheusHandle>,
+    token: Option<String>,
+) {
     let builder = http_builder(Duration::from_secs(10));
     let handle = Arc::new(handle);
+    let token: Arc<Option<String>> = Arc::new(token);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -171,8 +200,22 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, handle: Option<
         };
         let shared = Arc::clone(&shared);
         let handle = Arc::clone(&handle);
+        let token = Arc::clone(&token);
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let resp = admin_route(&req, &shared, handle.as_ref().as_ref());
+            let resp = if authorized(&req, token.as_deref()) {
+                admin_route(&req, &shared, handle.as_ref().as_ref())
+            } else {
+                let mut r = error_response(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_error",
+                    "admin routes other than /healthz and /readyz need `Authorization: Bearer <admin token>`",
+                );
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                r
+            };
             async move { Ok::<_, std::convert::Infallible>(resp) }
         });
         let conn = builder
@@ -182,6 +225,30 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, handle: Option<
             let _ = conn.await;
         });
     }
+}
+
+/// Probes stay open (they reveal nothing and kubelets send no token);
+/// everything else needs the bearer token when one is set.
+fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return true;
+    }
+    let got = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // constant time in the token's content
+    got.len() == token.len()
+        && got
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn text(

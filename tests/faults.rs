@@ -338,3 +338,64 @@ async fn memory_stays_bounded_under_huge_lines_and_slow_readers() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A backend that flaps (reset for 250 ms every 500 ms) beside a steady
+/// one: every request succeeds (a reset before the head is retried on the
+/// other backend), and the flapping backend keeps serving between flaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flapping_backend_costs_no_request() {
+    let flapping = FaultPlan {
+        flap: Some((Duration::from_millis(250), Duration::from_millis(250))),
+        ..FaultPlan::default()
+    };
+    let (bad, stats) = faulty(flapping).await;
+    let (good, _) = faulty(FaultPlan::default()).await;
+    let dir = tempdir("flap");
+    let rec_path = dir.join("records.jsonl");
+    let rec = rec_path.clone();
+    let gw = gateway(vec![bad.clone(), good], move |c| {
+        c.records = Some(rec);
+        c.health_interval_ms = 100;
+        c.eject_secs = 1;
+    })
+    .await;
+    let url = format!("http://{}", gw.proxy_addr);
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..80u64 {
+        let (c, url) = (c.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 40)).await;
+            call(&c, &url, chat(i % 2 == 0, 60), None).await
+        }));
+    }
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert_eq!(s.status, 200, "{}", String::from_utf8_lossy(&s.body));
+        assert!(!s.cut);
+    }
+    gw.shutdown();
+    gw.wait().await;
+    let recs = records(&rec_path);
+    let bad_host = bad.trim_start_matches("http://");
+    let on_bad = recs
+        .iter()
+        .filter(|r| {
+            r["backend"].as_str().is_some_and(|b| b.contains(bad_host)) && r["status"] == 200
+        })
+        .count();
+    let retried = recs
+        .iter()
+        .filter(|r| r["actions"].to_string().contains("retry"))
+        .count();
+    eprintln!(
+        "flap: {} resets injected, {retried} requests retried, {on_bad} of 80 served by the flapping backend",
+        stats.flap_resets.load(Ordering::Relaxed)
+    );
+    assert_eq!(recs.len(), 80);
+    assert!(
+        stats.flap_resets.load(Ordering::Relaxed) > 0,
+        "the backend flapped"
+    );
+    assert!(on_bad > 0, "the flapping backend came back");
+}

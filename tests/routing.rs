@@ -390,7 +390,8 @@ async fn dns_discovery_turns_every_address_into_a_backend() {
 #[tokio::test]
 async fn prestop_marks_not_ready_but_keeps_serving() {
     let live = engine(0.0, 200).await;
-    let gw = gateway(vec![live.url()], |_| {}).await;
+    // with an admin token, which `pre-stop` sends
+    let gw = gateway(vec![live.url()], |c| c.admin_token = Some("t0k".into())).await;
     let c = client();
     let ready = |gw: &thinkgate::server::Gateway| {
         Request::get(format!("http://{}/readyz", gw.admin_addr))
@@ -401,6 +402,7 @@ async fn prestop_marks_not_ready_but_keeps_serving() {
     let args = thinkgate::cli::PreStopArgs {
         admin: gw.admin_addr,
         wait_secs: 0,
+        token: Some("t0k".into()),
     };
     thinkgate::cli::pre_stop(args).await.unwrap();
     assert_eq!(send(&c, ready(&gw)).await.status, 503);

@@ -15,10 +15,10 @@ use crate::metrics::LabelSet;
 use crate::record::Recorder;
 use crate::straggler::Plan;
 use crate::stream::body::ObservedBody;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use context::RequestCtx;
 use http::{HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use request::{Endpoint, Features};
 use std::convert::Infallible;
@@ -228,6 +228,51 @@ impl tower::Service<Request<Incoming>> for Proxy {
     }
 }
 
+/// An inference body, whole, within the size limit and the body timeout.
+/// A body refused for its size is drained in the background for a moment
+/// (bounded in time and bytes), so the client reads the 413 instead of
+/// a reset caused by its unread upload.
+async fn read_body(mut body: Incoming, cfg: &crate::config::Config) -> Result<Bytes, GatewayError> {
+    let limit = cfg.max_request_body_bytes;
+    let secs = cfg.client_body_timeout_secs;
+    let mut buf = BytesMut::new();
+    let read = async {
+        // a declared length over the limit is refused before any byte
+        if http_body::Body::size_hint(&body).lower() > limit as u64 {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| GatewayError::BodyRead(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(GatewayError::BodyTooLarge { limit });
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    let result = match tokio::time::timeout(Duration::from_secs(secs), read).await {
+        Ok(r) => r,
+        Err(_) => Err(GatewayError::BodyTimeout { secs }),
+    };
+    if let Err(GatewayError::BodyTooLarge { .. }) = &result {
+        tokio::spawn(async move {
+            let mut left: usize = 64 << 20;
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(f)) = body.frame().await {
+                    left = left.saturating_sub(f.data_ref().map_or(0, |d| d.len()));
+                    if left == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
+    }
+    result.map(|()| buf.freeze())
+}
+
 fn gateway_error(ctx: &mut RequestCtx, err: GatewayError) -> Response<ResponseBody> {
     ctx.fail(&err);
     err.to_response().map(ResponseBody::Full)
@@ -265,24 +310,9 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     let mut features = Features::default();
     let mut original = Bytes::new();
     let up_body = if endpoint.is_inference() {
-        let bytes = match Limited::new(body, shared.cfg.max_request_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                let err = if e
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    GatewayError::BodyTooLarge {
-                        limit: shared.cfg.max_request_body_bytes,
-                    }
-                } else {
-                    GatewayError::BodyRead(e.to_string())
-                };
-                return gateway_error(&mut ctx, err);
-            }
+        let bytes = match read_body(body, &shared.cfg).await {
+            Ok(b) => b,
+            Err(e) => return gateway_error(&mut ctx, e),
         };
         features = Features::parse_with_prefix(&bytes, shared.cfg.prefix_bytes);
         original = bytes.clone();
