@@ -172,6 +172,18 @@ pub struct ServeArgs {
     /// Distinct model label values before new ones become "other".
     #[arg(long, env = "THINKGATE_MAX_MODEL_LABELS")]
     pub max_model_labels: Option<usize>,
+    /// Requests in flight through the gateway at most (0: no limit).
+    #[arg(long, env = "THINKGATE_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+    /// Requests in flight per backend at most (0: no limit).
+    #[arg(long, env = "THINKGATE_MAX_INFLIGHT_PER_BACKEND")]
+    pub max_inflight_per_backend: Option<u64>,
+    /// Requests that may wait for a slot at a limit (0: none).
+    #[arg(long, env = "THINKGATE_MAX_QUEUED")]
+    pub max_queued: Option<usize>,
+    /// How long a queued request waits, ms.
+    #[arg(long, env = "THINKGATE_QUEUE_TIMEOUT_MS")]
+    pub queue_timeout_ms: Option<u64>,
 }
 
 fn parse_think_tags(s: &str) -> Result<ThinkTags, String> {
@@ -215,7 +227,11 @@ impl ServeArgs {
             pool_max_idle_per_host,
             drain_timeout_secs,
             stats_window_secs,
-            max_model_labels
+            max_model_labels,
+            max_inflight,
+            max_inflight_per_backend,
+            max_queued,
+            queue_timeout_ms
         );
         if self.records.is_some() {
             c.records = self.records.clone();

@@ -203,6 +203,11 @@ pub struct Config {
     /// its limit is not offered to the routing policy, and when every one
     /// is, the request gets 503 with `Retry-After`.
     pub max_inflight_per_backend: u64,
+    /// Requests that may wait for a slot when a limit is reached (0: none
+    /// wait; beyond, the 503 is immediate).
+    pub max_queued: usize,
+    /// How long a queued request waits for a slot before its 503, ms.
+    pub queue_timeout_ms: u64,
     /// Thinking budgets, deadlines, hedging, retries, long-thinker
     /// isolation (`[straggler]`; reloaded with the fleet).
     pub straggler: crate::straggler::StragglerConfig,
@@ -247,6 +252,8 @@ impl Default for Config {
             max_model_labels: 64,
             max_inflight: 0,
             max_inflight_per_backend: 0,
+            max_queued: 0,
+            queue_timeout_ms: 1_000,
             straggler: Default::default(),
         }
     }

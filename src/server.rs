@@ -298,6 +298,10 @@ fn admin_route(
                 Ok(mut s) => s.summary(),
                 Err(_) => serde_json::json!({}),
             };
+            v["admission"] = serde_json::json!({
+                "admitted": shared.admission.admitted(), "queued": shared.admission.queued(),
+                "max_inflight": shared.cfg.max_inflight, "max_queued": shared.cfg.max_queued,
+            });
             let fleet = shared.fleet.load_full();
             v["arms"] = fleet
                 .arms

@@ -54,9 +54,8 @@ pub struct RequestCtx {
     actions: Vec<Action>,
     /// The budget and deadline enforced on this request.
     pub plan: Plan,
-    /// This request's place among those in flight (1 = alone), counted
-    /// from creation to drop.
-    admitted_as: usize,
+    /// Holds one of `max_inflight`'s slots (given back on drop).
+    holds_slot: bool,
 }
 
 impl RequestCtx {
@@ -77,12 +76,8 @@ impl RequestCtx {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let admitted_as = shared
-            .inflight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
         Self {
-            admitted_as,
+            holds_slot: false,
             shared,
             t_recv,
             start_unix_ms,
@@ -162,8 +157,9 @@ impl RequestCtx {
     }
 
     /// Requests in flight when this one arrived, itself included.
-    pub fn admitted_as(&self) -> usize {
-        self.admitted_as
+    /// The request took a global slot; it is released when the request ends.
+    pub fn hold_slot(&mut self) {
+        self.holds_slot = true;
     }
 
     /// Note (and count) a straggler action.
@@ -315,6 +311,12 @@ impl Drop for RequestCtx {
         if !self.settled {
             self.finish(Outcome::ClientGone, None, None);
         }
-        self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+        // after every counter above: a waiter retrying now sees this
+        // request's global and backend slots free
+        if self.holds_slot {
+            self.shared.admission.release();
+        } else {
+            self.shared.admission.wake();
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! upstream unchanged (but for hop-by-hop headers and the optional usage
 //! injection) and wraps inference responses in the observer.
 
+pub mod admission;
 pub mod context;
 pub mod h1;
 pub mod headers;
@@ -54,8 +55,8 @@ pub struct Shared {
     pub recorder: Recorder,
     pub models: LabelSet,
     pub draining: AtomicBool,
-    /// Requests in flight through this gateway (for `max_inflight`).
-    pub(crate) inflight: std::sync::atomic::AtomicUsize,
+    /// Slots of `max_inflight`, and the bounded wait for one.
+    pub(crate) admission: admission::Admission,
     /// The fleet's probe tasks (restarted on reload, stopped on shutdown).
     pub probes: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The configuration last loaded (at start or by a reload), and the
@@ -167,7 +168,7 @@ impl Shared {
             recorder,
             models: LabelSet::new(cfg.max_model_labels),
             draining: AtomicBool::new(false),
-            inflight: std::sync::atomic::AtomicUsize::new(0),
+            admission: admission::Admission::default(),
             probes: std::sync::Mutex::new(Vec::new()),
             base: std::sync::Mutex::new(cfg.clone()),
             discovered: std::sync::Mutex::new(Vec::new()),
@@ -273,6 +274,10 @@ async fn read_body(mut body: Incoming, cfg: &crate::config::Config) -> Result<By
     result.map(|()| buf.freeze())
 }
 
+fn queue_timeout(shared: &Shared) -> Duration {
+    Duration::from_millis(shared.cfg.queue_timeout_ms)
+}
+
 fn gateway_error(ctx: &mut RequestCtx, err: GatewayError) -> Response<ResponseBody> {
     ctx.fail(&err);
     err.to_response().map(ResponseBody::Full)
@@ -297,10 +302,22 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         endpoint,
     );
 
-    // Admission: past the global limit, answer at once (no queue).
+    // Admission: past the global limit, a bounded wait (if configured),
+    // then a fast 503.
     let limit = shared.cfg.max_inflight;
-    if limit > 0 && ctx.admitted_as() > limit {
-        return gateway_error(&mut ctx, GatewayError::Overloaded { limit });
+    if limit > 0 {
+        let adm = &shared.admission;
+        let admitted = adm.try_admit(limit)
+            || adm
+                .wait(shared.cfg.max_queued, queue_timeout(&shared), || {
+                    adm.try_admit(limit).then_some(())
+                })
+                .await
+                .is_some();
+        if !admitted {
+            return gateway_error(&mut ctx, GatewayError::Overloaded { limit });
+        }
+        ctx.hold_slot();
     }
 
     // Inference bodies are read whole (they are small and bounded) to learn
@@ -355,7 +372,19 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     } else {
         Plan::default()
     };
-    let backend = match fleet.pick(arm, &mut info) {
+    let mut picked = fleet.pick(arm, &mut info);
+    if picked.is_err() && fleet.busy_limit().is_some() {
+        let waited = shared
+            .admission
+            .wait(shared.cfg.max_queued, queue_timeout(&shared), || {
+                fleet.pick(arm, &mut info).ok()
+            })
+            .await;
+        if let Some(b) = waited {
+            picked = Ok(b);
+        }
+    }
+    let backend = match picked {
         Ok(b) => b,
         Err(e) => {
             let err = match fleet.busy_limit() {
