@@ -108,6 +108,101 @@ proptest! {
     }
 }
 
+/// An R1-style stream: thinking in inline tags, cut anywhere.
+fn tagged_body() -> String {
+    let ev = |c: &str| {
+        format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\r\n\r\n",
+            serde_json::to_string(c).unwrap()
+        )
+    };
+    let mut b = String::new();
+    for piece in [
+        "<th",
+        "ink>",
+        "Let me ",
+        "think.",
+        "</thi",
+        "nk>",
+        "\n\nIt is ",
+        "4.",
+    ] {
+        b.push_str(&ev(piece));
+    }
+    b.push_str("data: [DONE]\r\n\r\n");
+    b
+}
+
+/// The record's counts (everything but times) for `body` sent in `cuts`.
+async fn counts(body: String, cuts: Vec<usize>) -> serde_json::Value {
+    let up =
+        upstream(move |_, _| Script::sse(chunked(body.as_bytes(), &cuts, Duration::ZERO))).await;
+    let dir = std::env::temp_dir().join(format!(
+        "tg-counts-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("r.jsonl");
+    let p = path.clone();
+    let gw = gateway(vec![up.url()], move |c| c.records = Some(p)).await;
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            r#"{"model":"m","stream":true}"#,
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    gw.shutdown();
+    gw.wait().await;
+    let recs = records(&path);
+    assert_eq!(recs.len(), 1, "exactly one record");
+    let r = &recs[0];
+    let keys = [
+        "status",
+        "outcome",
+        "thinking_tokens",
+        "visible_tokens",
+        "completion_tokens",
+        "prompt_tokens",
+        "token_source",
+        "reasoning_chunks",
+        "visible_chunks",
+        "finish_reason",
+        "choices",
+        "done_marker",
+        "error_event",
+        "parse_errors",
+        "oversized",
+        "cut_mid_event",
+        "first_visible_event",
+    ];
+    keys.iter()
+        .map(|k| (k.to_string(), r[*k].clone()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+    #[test]
+    fn random_chunking_never_changes_the_counts(seed_cuts in proptest::collection::vec(any::<u16>(), 1..40), tagged in any::<bool>()) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let body = if tagged { tagged_body() } else { vllm_body("m", true) };
+            let mut cuts: Vec<usize> = seed_cuts.iter().map(|c| 1 + *c as usize % (body.len() - 1)).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let whole = counts(body.clone(), Vec::new()).await;
+            let cut = counts(body, cuts).await;
+            assert_eq!(cut, whole);
+            assert!(whole["thinking_tokens"].as_u64().unwrap() > 0 && whole["visible_tokens"].as_u64().unwrap() > 0, "{whole}");
+        });
+    }
+}
+
 #[tokio::test]
 async fn plain_json_and_other_paths_pass_unchanged() {
     let json = r#"{"id":"chatcmpl-9","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"4","reasoning":"2+2"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}"#;
