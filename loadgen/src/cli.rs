@@ -323,6 +323,7 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
             ..ObserverConfig::default()
         }),
         timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
+        id_prefix: format!("lg-{:08x}", rand::random::<u32>()),
     });
     let plan = Plan {
         mode: mode.clone(),

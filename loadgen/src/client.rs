@@ -85,6 +85,10 @@ pub struct Target {
     pub headers: http::HeaderMap,
     pub observer: Arc<ObserverConfig>,
     pub timeout: Duration,
+    /// Each request's `x-request-id` is `{id_prefix}-{index}` (unless
+    /// `--header` sets one), so gateway records and engine logs match
+    /// the load generator's `requests.jsonl`.
+    pub id_prefix: String,
 }
 
 impl Target {
@@ -178,6 +182,13 @@ pub async fn send(
         .header(header::CONTENT_TYPE, "application/json");
     if let Some(h) = req.headers_mut() {
         h.extend(t.headers.clone());
+        if !h.contains_key("x-request-id") {
+            let id = format!("{}-{index}", t.id_prefix);
+            if let Ok(v) = http::HeaderValue::from_str(&id) {
+                h.insert("x-request-id", v);
+                r.request_id = Some(id);
+            }
+        }
     }
     let req = req.body(Full::new(body));
     let req = match req {
@@ -241,7 +252,9 @@ pub async fn send(
             r.status = status;
             r.backend = backend;
             r.arm = arm;
-            r.request_id = rid;
+            if rid.is_some() {
+                r.request_id = rid;
+            }
             if !(200..300).contains(&status) {
                 r.error = Some(
                     String::from_utf8_lossy(&err_text)

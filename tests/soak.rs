@@ -1,0 +1,294 @@
+//! The soak: the real binaries (two simulated engines behind fault fronts,
+//! one flapping; the gateway; the load generator) under Gamma load with
+//! injected faults and a configuration reload every `SOAK_RELOAD_SECS`.
+//! Afterwards: no panic, RSS flat within a stated bound, one record per
+//! request sent, and the load generator and the gateway agree on every
+//! request's outcome.
+//!
+//! Ignored by default; `.ci/run` runs 2 minutes, `docs/reliability.md`
+//! documents a 20-minute run:
+//! `SOAK_SECS=1200 cargo test --release --test soak -- --ignored --nocapture`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_thinkgate");
+
+/// Growth of the gateway's RSS allowed from the end of warm-up (the first
+/// fifth of the run) to the end.
+const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
+
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `thinkgate sim` with `args`; returns the child and its address.
+fn sim(args: &[&str], stderr: std::fs::File) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["sim", "--listen", "127.0.0.1:0", "--time-scale", "20"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    (child, addr)
+}
+
+const FAULTS: &str = "reset_before_headers=0.01,reset_mid_stream=0.01,stall_mid_stream=0.005,\
+status_500=0.005,status_503=0.01,status_429=0.01,garbage=0.01,huge_line=0.002,\
+length_short=0.005,http10=0.01";
+
+fn config(upstreams: &[String], records: &std::path::Path, policy: &str) -> String {
+    format!(
+        "upstreams = {upstreams:?}\nrecords = {records:?}\nhealth_interval_ms = 500\nmax_inflight = 256\n\
+         upstream_header_timeout_secs = 20\n\n[routing]\ntype = \"{policy}\"\n\n[straggler]\nretries = 1\n"
+    )
+}
+
+#[test]
+#[ignore = "minutes long: SOAK_SECS=120 cargo test --test soak -- --ignored"]
+fn soak() {
+    let secs = env_secs("SOAK_SECS", 120);
+    let reload_every = env_secs("SOAK_RELOAD_SECS", 60);
+    let dir = std::env::temp_dir().join(format!("tg-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+
+    let (mut s1, a1) = sim(
+        &[
+            "--faults",
+            FAULTS,
+            "--fault-stall-ms",
+            "2000",
+            "--seed",
+            "1",
+        ],
+        log("sim1.log"),
+    );
+    let (mut s2, a2) = sim(
+        &[
+            "--faults",
+            FAULTS,
+            "--fault-stall-ms",
+            "2000",
+            "--seed",
+            "2",
+            "--flap",
+            "20000:1000",
+        ],
+        log("sim2.log"),
+    );
+    let upstreams = vec![format!("http://{a1}"), format!("http://{a2}")];
+    let records_path = dir.join("records.jsonl");
+    let cfg_path = dir.join("thinkgate.toml");
+    let policies = ["least_request", "round_robin", "least_tokens", "random"];
+    std::fs::write(&cfg_path, config(&upstreams, &records_path, policies[0])).unwrap();
+    let mut gw = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&cfg_path)
+        .stdout(Stdio::piped())
+        .stderr(log("gateway.log"))
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(gw.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let field = |name: &str| {
+        line.split(name)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (proxy, admin) = (field("proxy="), field("admin="));
+    let pid = gw.id();
+
+    let out = dir.join("load");
+    let mut load = Command::new(BIN)
+        .args([
+            "load",
+            "--url",
+            &format!("http://{proxy}"),
+            "--model",
+            "sim-r1-distill-qwen-7b",
+        ])
+        .args([
+            "--rate",
+            "6",
+            "--burstiness",
+            "0.5",
+            "--num-requests",
+            "1000000",
+            "--max-tokens",
+            "1500",
+        ])
+        .args([
+            "--timeout",
+            "60",
+            "--quiet",
+            "--duration",
+            &secs.to_string(),
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(log("load.log"))
+        .stderr(log("load.err"))
+        .spawn()
+        .unwrap();
+
+    let t0 = Instant::now();
+    let mut rss = Vec::new();
+    let mut reloads = 0;
+    let mut next_reload = Duration::from_secs(reload_every);
+    while load.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs + 120),
+            "the load generator did not finish"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(gw.try_wait().unwrap().is_none(), "the gateway exited");
+        rss.push((t0.elapsed(), proc_kib(pid, "VmRSS")));
+        if t0.elapsed() >= next_reload && t0.elapsed() < Duration::from_secs(secs) {
+            reloads += 1;
+            next_reload += Duration::from_secs(reload_every);
+            let policy = policies[reloads % policies.len()];
+            std::fs::write(&cfg_path, config(&upstreams, &records_path, policy)).unwrap();
+        }
+    }
+    assert!(
+        load.wait().unwrap().success(),
+        "the load generator failed: see {}",
+        dir.display()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let req = http::Request::get(format!("http://{admin}/metrics"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            String::from_utf8_lossy(&send(&client(), req).await.body).into_owned()
+        })
+    };
+    // SIGTERM: drain and flush the records
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    assert!(
+        gw.wait().unwrap().success(),
+        "the gateway's exit after SIGTERM"
+    );
+    let _ = (s1.kill(), s2.kill(), s1.wait(), s2.wait());
+
+    // no panics anywhere
+    for f in ["gateway.log", "sim1.log", "sim2.log", "load.err"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        assert!(!text.contains("panicked"), "{f}: {text:.2000}");
+    }
+    // reloads happened and were accepted
+    let reloaded = metric(
+        &metrics,
+        "thinkgate_config_reloads_total",
+        &[("result", "ok")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        reloaded >= reloads as f64,
+        "{reloads} reloads written, {reloaded} applied"
+    );
+    // RSS flat after warm-up
+    let warm = rss[rss.len() / 5].1;
+    let peak_after = rss[rss.len() / 5..].iter().map(|r| r.1).max().unwrap();
+    let end = rss.last().unwrap().1;
+    // one record per request, and the same outcome on both sides
+    let sent: Vec<serde_json::Value> = records(&out.join("requests.jsonl"));
+    let recs = records(&records_path);
+    let by_id: HashMap<&str, &serde_json::Value> = recs
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r))
+        .collect();
+    let mut outcomes: HashMap<String, u64> = HashMap::new();
+    let mut disagree = Vec::new();
+    for s in &sent {
+        let id = s["request_id"]
+            .as_str()
+            .expect("every request carries its id");
+        let Some(r) = by_id.get(id) else {
+            disagree.push(format!("{id}: no gateway record"));
+            continue;
+        };
+        let outcome = r["outcome"].as_str().unwrap();
+        *outcomes
+            .entry(format!("{} {outcome}", r["status"]))
+            .or_default() += 1;
+        let client_ok = s["error"].is_null()
+            && s["status"]
+                .as_u64()
+                .is_some_and(|c| (200..300).contains(&c));
+        let gateway_ok = outcome == "completed"
+            && r["status"]
+                .as_u64()
+                .is_some_and(|c| (200..300).contains(&c));
+        if s["status"] != r["status"] || client_ok != gateway_ok {
+            disagree.push(format!(
+                "{id}: client {} {:?}, gateway {} {outcome}",
+                s["status"], s["error"], r["status"]
+            ));
+        }
+    }
+    eprintln!(
+        "soak {secs} s: {} requests sent, {} records, outcomes {outcomes:?}; {reloads} reloads; \
+         rss start {} KiB, after warm-up {warm} KiB, peak after warm-up {peak_after} KiB, end {end} KiB; logs in {}",
+        sent.len(),
+        recs.len(),
+        rss[0].1,
+        dir.display()
+    );
+    assert!(
+        disagree.is_empty(),
+        "{} disagreements: {:?}",
+        disagree.len(),
+        &disagree[..disagree.len().min(10)]
+    );
+    assert_eq!(recs.len(), sent.len(), "one record per request");
+    assert!(
+        sent.len() as f64 > secs as f64 * 6.0 * 0.7,
+        "the load ran: {} requests",
+        sent.len()
+    );
+    assert!(
+        outcomes.keys().any(|k| !k.starts_with("200 completed")),
+        "faults were injected and seen: {outcomes:?}"
+    );
+    assert!(
+        peak_after <= warm + RSS_GROWTH_BOUND_KIB,
+        "RSS grew from {warm} to {peak_after} KiB after warm-up"
+    );
+}
