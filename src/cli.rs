@@ -160,6 +160,10 @@ pub struct ServeArgs {
     /// File holding the admin token.
     #[arg(long, env = "THINKGATE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// After the response head, how long the upstream may send nothing, s
+    /// (0: no limit).
+    #[arg(long, env = "THINKGATE_UPSTREAM_IDLE_TIMEOUT_SECS")]
+    pub upstream_idle_timeout_secs: Option<u64>,
     /// Idle keep-alive connections kept per upstream.
     #[arg(long, env = "THINKGATE_POOL_MAX_IDLE_PER_HOST")]
     pub pool_max_idle_per_host: Option<usize>,
@@ -224,6 +228,7 @@ impl ServeArgs {
             upstream_header_timeout_secs,
             client_header_timeout_secs,
             client_body_timeout_secs,
+            upstream_idle_timeout_secs,
             pool_max_idle_per_host,
             drain_timeout_secs,
             stats_window_secs,

@@ -188,6 +188,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// File holding the admin token (a mounted Secret); read at startup.
     pub admin_token_file: Option<PathBuf>,
+    /// After the response head, how long the upstream may send nothing
+    /// before the gateway ends the response (0: no limit). Keep it above the
+    /// longest queue wait an engine may impose before the first token.
+    pub upstream_idle_timeout_secs: u64,
     /// Idle keep-alive connections kept per upstream.
     pub pool_max_idle_per_host: usize,
     /// On SIGTERM/SIGINT: how long in-flight streams may run before exit.
@@ -244,6 +248,7 @@ impl Default for Config {
             upstream_header_timeout_secs: 1_800,
             client_header_timeout_secs: 30,
             client_body_timeout_secs: 60,
+            upstream_idle_timeout_secs: 600,
             admin_token: None,
             admin_token_file: None,
             pool_max_idle_per_host: 1_024,

@@ -28,6 +28,9 @@ pub enum Outcome {
     StreamError,
     /// The upstream connection failed after the response head.
     UpstreamReset,
+    /// The upstream sent nothing for `upstream_idle_timeout_secs` after the
+    /// response head; the gateway ended the response.
+    UpstreamIdle,
     /// The client went away before the end; the upstream request was dropped.
     ClientGone,
     /// The gateway answered with an error (see `error`).
@@ -41,6 +44,7 @@ impl Outcome {
             Outcome::Truncated => "truncated",
             Outcome::StreamError => "stream_error",
             Outcome::UpstreamReset => "upstream_reset",
+            Outcome::UpstreamIdle => "upstream_idle",
             Outcome::ClientGone => "client_gone",
             Outcome::GatewayError => "gateway_error",
         }

@@ -136,6 +136,7 @@ async fn each_fault_has_a_clear_result_a_record_and_a_count() {
     let gw = gateway(vec![up], move |c| {
         c.records = Some(rec);
         c.upstream_header_timeout_secs = 1;
+        c.upstream_idle_timeout_secs = 1;
         c.straggler.retries = 0;
     })
     .await;
@@ -147,9 +148,9 @@ async fn each_fault_has_a_clear_result_a_record_and_a_count() {
     // (fault, streamed, expected status, client sees a cut, outcome)
     let cases: &[(&str, bool, u16, bool, &str)] = &[
         ("reset_before_headers", true, 502, false, "gateway_error"),
-        ("reset_mid_stream", true, 200, true, "upstream_reset"),
+        ("reset_mid_stream", true, 200, false, "upstream_reset"),
         ("stall_before_headers", true, 504, false, "gateway_error"),
-        ("stall_mid_stream", true, 200, true, "upstream_reset"),
+        ("stall_mid_stream", true, 200, false, "upstream_idle"),
         ("status_500", true, 500, false, "completed"),
         ("status_503", false, 503, false, "completed"),
         ("status_429", true, 429, false, "completed"),
@@ -195,6 +196,23 @@ async fn each_fault_has_a_clear_result_a_record_and_a_count() {
                 assert!(s.body.len() > 50 << 20);
             }
             "http10" => assert!(ends_done(&s.body)),
+            "reset_mid_stream" | "stall_mid_stream" => {
+                // ended cleanly: the events so far, then an error event
+                let text = String::from_utf8_lossy(&s.body);
+                let last = text.trim_end().rsplit("\n\n").next().unwrap();
+                let e: serde_json::Value =
+                    serde_json::from_str(last.trim_start_matches("data: ")).expect(fault);
+                let kind = if *fault == "reset_mid_stream" {
+                    "upstream_reset"
+                } else {
+                    "upstream_idle"
+                };
+                assert_eq!(e["error"]["type"], kind, "{text}");
+                assert!(
+                    text.matches("data: {").count() >= 3,
+                    "the events before the fault arrived"
+                );
+            }
             "length_long" => {
                 // the gateway cannot know; what matters is the next response
                 let next = call(&c, &url, chat(false, 50), None).await;
@@ -229,7 +247,7 @@ async fn each_fault_has_a_clear_result_a_record_and_a_count() {
             .entry(r["outcome"].as_str().unwrap().to_string())
             .or_default() += 1;
     }
-    for outcome in ["gateway_error", "upstream_reset"] {
+    for outcome in ["gateway_error", "upstream_reset", "upstream_idle"] {
         let want = cases.iter().filter(|c| c.4 == outcome).count() as u64;
         assert_eq!(
             by_outcome.get(outcome).copied().unwrap_or(0),

@@ -71,11 +71,95 @@ async fn openai_python_client_sees_a_normal_engine() {
     );
     assert_eq!(v["error"]["status"], 404);
 
+    // (filtered by backend: the other test in this binary shares the recorder)
     let m = common::scrape(&gw).await;
+    let backend = format!("http://{sim_addr}");
     let ok = common::metric(
         &m,
         "thinkgate_requests_total",
-        &[("model", "sim-r1-distill-qwen-7b"), ("status", "200")],
+        &[
+            ("backend", backend.as_str()),
+            ("model", "sim-r1-distill-qwen-7b"),
+            ("status", "200"),
+        ],
     );
     assert_eq!(ok, Some(4.0), "{m}");
+}
+
+/// Upstream faults as the real client sees them: a stream whose upstream
+/// fails mid-way raises `APIError` with the gateway's message (not a
+/// protocol error), errors before the first byte raise the status error
+/// of their code, and harmless oddities pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client_sees_faults_as_api_errors() {
+    if !common::python_with_openai() {
+        return;
+    }
+    let sim_cfg = thinkgate_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        time_scale: 50.0,
+        ..Default::default()
+    };
+    let model = sim_cfg.model.clone();
+    let (sim_addr, _sim, _task) = thinkgate_sim::server::spawn(sim_cfg).await.unwrap();
+    let plan = thinkgate_sim::faults::FaultPlan {
+        stall: std::time::Duration::from_secs(5),
+        ..Default::default()
+    };
+    let (front, _stats, _front_task) =
+        thinkgate_sim::faults::spawn("127.0.0.1:0".parse().unwrap(), sim_addr, plan)
+            .await
+            .unwrap();
+    let gw = common::gateway(vec![format!("http://{front}")], |c| {
+        c.upstream_idle_timeout_secs = 1;
+        c.straggler.retries = 0;
+    })
+    .await;
+    let run = |base: String, faults: &'static str| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_faults.py");
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("python3")
+                .args([script, &base, &model, faults])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "python failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        })
+    };
+    let all = "reset_mid_stream,stall_mid_stream,reset_before_headers,status_429,garbage,http10";
+    let v = run(format!("http://{}", gw.proxy_addr), all).await.unwrap();
+    // what the engine's own bytes do to the client is the same without the gateway
+    let direct = run(format!("http://{front}"), "garbage,http10,status_429")
+        .await
+        .unwrap();
+    for fault in ["garbage", "http10", "status_429"] {
+        assert_eq!(
+            v[fault]["raised"], direct[fault]["raised"],
+            "{fault}: {v} vs {direct}"
+        );
+    }
+    for (fault, says) in [
+        ("reset_mid_stream", "lost mid-stream"),
+        ("stall_mid_stream", "sent nothing for 1 s"),
+    ] {
+        assert_eq!(v[fault]["raised"], "APIError", "{fault}: {v}");
+        assert!(
+            v[fault]["message"].as_str().unwrap().contains(says),
+            "{fault}: {v}"
+        );
+        assert!(v[fault]["events"].as_u64().unwrap() >= 2, "{fault}: {v}");
+    }
+    assert_eq!(
+        v["reset_before_headers"]["raised"], "InternalServerError",
+        "{v}"
+    );
+    assert_eq!(v["reset_before_headers"]["status"], 502, "{v}");
+    assert_eq!(v["status_429"]["raised"], "RateLimitError", "{v}");
+    assert_eq!(v["status_429"]["retry_after"], "2", "{v}");
+    assert_eq!(v["http10"]["raised"], serde_json::Value::Null, "{v}");
 }

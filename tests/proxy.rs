@@ -471,36 +471,52 @@ async fn client_disconnect_drops_the_upstream_request_at_once() {
 }
 
 #[tokio::test]
-async fn upstream_reset_mid_stream_is_forwarded_as_received_and_counted() {
+async fn upstream_reset_mid_stream_ends_sse_with_an_error_event_and_is_counted() {
     let chunk = Bytes::from_static(
-        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
+        b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\ndata: {\"choi",
     );
-    let up = upstream(move |_, _| {
+    let up = upstream(move |parts, _| {
         let mut s = Script::sse(vec![(Duration::ZERO, chunk.clone())]);
+        if parts.uri.path() == "/v1/completions" {
+            // not an event stream: the only honest signal is the cut
+            s.headers = vec![("content-type".into(), "application/json".into())];
+        }
         s.end = End::Reset;
         s
     })
     .await;
     let gw = gateway(vec![up.url()], |_| {}).await;
     let c = client();
+    let got = send(
+        &c,
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            r#"{"model":"m-reset","stream":true}"#,
+        ),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got.body);
+    // the bytes the upstream sent, the open event closed, then the error
+    let (sent, tail) = text.split_at(text.find("data: {\"choi\n\n").unwrap() + 14);
+    assert!(sent.starts_with("data: {\"choices\""), "{text}");
+    let e: serde_json::Value = serde_json::from_str(
+        tail.trim_start_matches("\n")
+            .trim_start_matches("data: ")
+            .trim_end(),
+    )
+    .unwrap();
+    assert_eq!(e["error"]["type"], "upstream_reset", "{text}");
+    assert!(tail.ends_with("}\n\n"));
+
+    use http_body_util::BodyExt;
     let resp = c
         .request(post(
-            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            format!("http://{}/v1/completions", gw.proxy_addr),
             r#"{"model":"m-reset","stream":true}"#,
         ))
         .await
         .unwrap();
-    use http_body_util::BodyExt;
     let mut body = resp.into_body();
-    let first = body
-        .frame()
-        .await
-        .unwrap()
-        .map_err(|e| format!("{e:?}"))
-        .unwrap()
-        .into_data()
-        .unwrap();
-    assert!(first.starts_with(b"data: "));
     let mut saw_error = false;
     while let Some(f) = body.frame().await {
         if f.is_err() {
@@ -508,10 +524,7 @@ async fn upstream_reset_mid_stream_is_forwarded_as_received_and_counted() {
             break;
         }
     }
-    assert!(
-        saw_error,
-        "the client sees the stream break, as without the gateway"
-    );
+    assert!(saw_error, "a non-SSE body is cut, as without the gateway");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let m = scrape(&gw).await;
     assert_eq!(
@@ -520,6 +533,6 @@ async fn upstream_reset_mid_stream_is_forwarded_as_received_and_counted() {
             "thinkgate_upstream_errors_total",
             &[("model", "m-reset"), ("kind", "reset")]
         ),
-        Some(1.0)
+        Some(2.0)
     );
 }

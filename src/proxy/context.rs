@@ -239,6 +239,7 @@ impl RequestCtx {
             Outcome::StreamError => self.labels.upstream_error("stream_error"),
             Outcome::Truncated => self.labels.upstream_error("truncated"),
             Outcome::UpstreamReset => self.labels.upstream_error("reset"),
+            Outcome::UpstreamIdle => self.labels.upstream_error("idle"),
             _ => {}
         }
         self.finish(outcome, summary, None);

@@ -274,6 +274,14 @@ async fn read_body(mut body: Incoming, cfg: &crate::config::Config) -> Result<By
     result.map(|()| buf.freeze())
 }
 
+impl Shared {
+    /// `upstream_idle_timeout_secs`, if set.
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        let s = self.cfg.upstream_idle_timeout_secs;
+        (s > 0).then(|| Duration::from_secs(s))
+    }
+}
+
 fn queue_timeout(shared: &Shared) -> Duration {
     Duration::from_millis(shared.cfg.queue_timeout_ms)
 }
@@ -471,7 +479,8 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     } else {
         BodyKind::Opaque
     };
-    let strip = injected && kind == BodyKind::Sse && rparts.status.is_success();
+    let sse_ok = kind == BodyKind::Sse && rparts.status.is_success();
+    let strip = injected && sse_ok;
     if strip {
         rparts.headers.remove(http::header::CONTENT_LENGTH);
     }
@@ -484,6 +493,13 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     let obs = Observer::new(Arc::clone(cfg), kind);
     Response::from_parts(
         rparts,
-        ResponseBody::Observed(ObservedBody::new(rbody, obs, ctx, strip)),
+        ResponseBody::Observed(ObservedBody::new(
+            rbody,
+            obs,
+            ctx,
+            strip,
+            sse_ok,
+            shared.idle_timeout(),
+        )),
     )
 }

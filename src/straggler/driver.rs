@@ -99,9 +99,10 @@ pub async fn respond(mut m: Managed) -> Response<ResponseBody> {
                 .and_then(|v| v.to_str().ok()),
         );
         let obs = Observer::new(Arc::clone(&m.shared.observer), kind);
+        let idle = m.shared.idle_timeout();
         return Response::from_parts(
             parts,
-            ResponseBody::Observed(ObservedBody::new(body, obs, m.ctx, false)),
+            ResponseBody::Observed(ObservedBody::new(body, obs, m.ctx, false, false, idle)),
         );
     }
     let mut leg = Leg::new(&m, backend, resp, None);

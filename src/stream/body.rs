@@ -1,6 +1,13 @@
 //! The response body wrapper: every data frame is observed (framed, split,
 //! stamped) and passed on untouched; the request settles when the body ends
 //! or is dropped.
+//!
+//! When the upstream fails mid-body (a reset, a framing error, or no byte
+//! for `upstream_idle_timeout_secs`), a successful SSE response ends cleanly
+//! for the client: the open event is closed, an `error` event in vLLM's
+//! shape follows (OpenAI clients raise it as an API error), and the HTTP
+//! body ends properly. Other bodies are cut, which is their only honest
+//! signal.
 
 use crate::proxy::context::RequestCtx;
 use crate::proxy::upstream::{BoxError, UpBody};
@@ -9,18 +16,35 @@ use crate::stream::strip::UsageStripper;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 use thinkgate_asu::Observer;
+use tokio::time::Sleep;
+
+/// Cuts a body whose upstream sends nothing for `after`. The timer is
+/// re-armed only when it fires, from the last data's time: one clock read
+/// per frame, no timer work per frame.
+struct Idle {
+    after: Duration,
+    sleep: Pin<Box<Sleep>>,
+    last_ns: u64,
+}
 
 pin_project! {
     /// Wraps the upstream body; see the module docs.
+    #[project = Projected]
     pub struct ObservedBody {
         #[pin]
         inner: UpBody,
         obs: Option<Observer>,
         ctx: Option<RequestCtx>,
         strip: Option<UsageStripper>,
+        // a 2xx SSE response: ended with an error event on upstream failure
+        sse: bool,
+        idle: Option<Idle>,
+        ended: bool,
     }
 
     impl PinnedDrop for ObservedBody {
@@ -38,14 +62,52 @@ pin_project! {
 }
 
 impl ObservedBody {
-    pub fn new(inner: UpBody, obs: Observer, ctx: RequestCtx, strip: bool) -> Self {
+    /// `sse`: the response is a successful event stream. `idle`: cut after
+    /// this long without a byte from the upstream.
+    pub fn new(
+        inner: UpBody,
+        obs: Observer,
+        ctx: RequestCtx,
+        strip: bool,
+        sse: bool,
+        idle: Option<Duration>,
+    ) -> Self {
+        let idle = idle.map(|after| Idle {
+            after,
+            sleep: Box::pin(tokio::time::sleep(after)),
+            last_ns: ctx.elapsed_ns(),
+        });
         Self {
             inner,
             obs: Some(obs),
             ctx: Some(ctx),
             strip: strip.then(UsageStripper::default),
+            sse,
+            idle,
+            ended: false,
         }
     }
+}
+
+/// The event that ends an SSE stream whose upstream failed (vLLM's shape),
+/// after a blank line if an event was open.
+pub fn upstream_lost(kind: &str, message: &str, open_event: bool) -> Bytes {
+    let ev = serde_json::json!({"error": {
+        "message": message, "type": kind, "param": null, "code": 502
+    }});
+    let mut out = Vec::with_capacity(160);
+    if open_event {
+        out.extend_from_slice(b"\n\n");
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(ev.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+enum Failure {
+    Reset(BoxError),
+    Idle(Duration),
 }
 
 fn settle(obs: &mut Option<Observer>, ctx: &mut Option<RequestCtx>, outcome: Outcome) {
@@ -65,15 +127,40 @@ impl Body for ObservedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
         loop {
-            match ready!(this.inner.as_mut().poll_frame(cx)) {
+            let polled = match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(p) => p,
+                Poll::Pending => {
+                    let Some(idle) = this.idle.as_mut() else {
+                        return Poll::Pending;
+                    };
+                    ready!(idle.sleep.as_mut().poll(cx));
+                    let now = this.ctx.as_ref().map_or(0, RequestCtx::elapsed_ns);
+                    let quiet = Duration::from_nanos(now.saturating_sub(idle.last_ns));
+                    if quiet < idle.after {
+                        let at = tokio::time::Instant::now() + (idle.after - quiet);
+                        idle.sleep.as_mut().reset(at);
+                        continue;
+                    }
+                    let after = idle.after;
+                    return fail(this, Failure::Idle(after));
+                }
+            };
+            match polled {
                 Some(Ok(frame)) => {
                     let ended = this.inner.is_end_stream();
                     let frame = match frame.into_data() {
                         Ok(mut data) => {
                             if let (Some(obs), Some(ctx)) = (this.obs.as_mut(), this.ctx.as_mut()) {
                                 let fed_before = obs.fed();
-                                obs.feed(&data, ctx.elapsed_ns());
+                                let now = ctx.elapsed_ns();
+                                if let Some(idle) = this.idle.as_mut() {
+                                    idle.last_ns = now;
+                                }
+                                obs.feed(&data, now);
                                 ctx.set_thinking(obs.in_thinking());
                                 let s = obs.peek();
                                 ctx.set_output_tokens(s.reasoning_chunks + s.visible_chunks);
@@ -106,10 +193,7 @@ impl Body for ObservedBody {
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                Some(Err(e)) => {
-                    settle(this.obs, this.ctx, Outcome::UpstreamReset);
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Some(Err(e)) => return fail(this, Failure::Reset(e)),
                 None => {
                     let rest = this
                         .strip
@@ -137,6 +221,41 @@ impl Body for ObservedBody {
             self.inner.size_hint()
         }
     }
+}
+
+/// The upstream failed mid-body: settle, then end an SSE stream cleanly
+/// with an error event, or cut any other body.
+fn fail(this: Projected<'_>, why: Failure) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let (kind, message, outcome) = match &why {
+        Failure::Reset(e) => (
+            "upstream_reset",
+            format!("the upstream connection was lost mid-stream: {e}"),
+            Outcome::UpstreamReset,
+        ),
+        Failure::Idle(d) => (
+            "upstream_idle",
+            format!("the upstream sent nothing for {} s", d.as_secs_f64()),
+            Outcome::UpstreamIdle,
+        ),
+    };
+    // bytes held by the usage stripper were received: they go first
+    let held = this
+        .strip
+        .as_mut()
+        .map(UsageStripper::flush)
+        .unwrap_or_default();
+    let open_event = this.obs.as_ref().is_some_and(|o| o.boundary() < o.fed());
+    settle(this.obs, this.ctx, outcome);
+    *this.ended = true;
+    if *this.sse {
+        let tail = upstream_lost(kind, &message, open_event);
+        return Poll::Ready(Some(Ok(Frame::data(join(held, tail)))));
+    }
+    let err: BoxError = match why {
+        Failure::Reset(e) => e,
+        Failure::Idle(_) => message.into(),
+    };
+    Poll::Ready(Some(Err(err)))
 }
 
 fn join(a: Bytes, b: Bytes) -> Bytes {
