@@ -182,3 +182,84 @@ async fn config_file_change_and_sighup_reload_routing() {
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
+
+/// Prompts never reach the logs (at the most verbose level) nor the
+/// records; output text reaches the records only when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_and_outputs_are_not_logged_unless_asked() {
+    let cfg = thinkgate_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        time_scale: 50.0,
+        ..Default::default()
+    };
+    let (sim, _s, _t) = thinkgate_sim::server::spawn(cfg).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("tg-privacy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    const CANARY: &str = "zebra-canary-9431";
+    for include_text in [false, true] {
+        let records = dir.join(format!("records-{include_text}.jsonl"));
+        let log = dir.join(format!("log-{include_text}.txt"));
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--upstream", &format!("http://{sim}"), "--records"])
+            .arg(&records)
+            .args(["--records-include-text", &include_text.to_string()])
+            .env("THINKGATE_LOG", "trace")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let proxy = line
+            .split("proxy=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        let c = client();
+        for stream in [true, false] {
+            let body = serde_json::json!({
+                "model": "sim-r1-distill-qwen-7b", "stream": stream, "max_tokens": 200,
+                "messages": [{"role": "user", "content": format!("What is 2+2? {CANARY}")}],
+            });
+            let got = send(
+                &c,
+                post(
+                    format!("http://{proxy}/v1/chat/completions"),
+                    &body.to_string(),
+                ),
+            )
+            .await;
+            assert_eq!(got.status, 200);
+        }
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        assert!(child.wait().unwrap().success());
+        let log_text = std::fs::read_to_string(&log).unwrap();
+        let rec_text = std::fs::read_to_string(&records).unwrap();
+        assert!(!log_text.contains(CANARY), "the prompt reached the log");
+        assert!(!rec_text.contains(CANARY), "the prompt reached a record");
+        assert_eq!(
+            rec_text.contains("\"text\":"),
+            include_text,
+            "output text in records only when asked"
+        );
+        if include_text {
+            let rec: serde_json::Value =
+                serde_json::from_str(rec_text.lines().next().unwrap()).unwrap();
+            let reasoning = rec["text"][0]["reasoning"].as_str().unwrap();
+            assert!(reasoning.len() > 40);
+            assert!(
+                !log_text.contains(&reasoning[..40]),
+                "output reached the log"
+            );
+        }
+        assert_eq!(rec_text.lines().count(), 2);
+    }
+}
