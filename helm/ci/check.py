@@ -66,6 +66,16 @@ for name, values in sets:
                 continue
             n += 1
             kind = doc.get("kind")
+            token = (values.get("adminToken") or {}).get("secretName")
+            if token and kind == "Deployment":
+                c = doc["spec"]["template"]["spec"]["containers"][0]
+                ref = [e for e in c.get("env", []) if e["name"] == "THINKGATE_ADMIN_TOKEN"]
+                if not ref or ref[0]["valueFrom"]["secretKeyRef"]["name"] != token:
+                    fail(f"{name}: the admin token is not passed to the gateway")
+            if token and kind in ("ServiceMonitor", "PodMonitor"):
+                eps = doc["spec"].get("endpoints") or doc["spec"].get("podMetricsEndpoints")
+                if any(e.get("authorization", {}).get("credentials", {}).get("name") != token for e in eps):
+                    fail(f"{name}: {kind} scrapes without the admin token")
             if kind in OPERATOR:
                 api = doc.get("apiVersion")
                 if api != "monitoring.coreos.com/v1" or "spec" not in doc:
