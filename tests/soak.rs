@@ -190,15 +190,26 @@ fn soak() {
         dir.display()
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let metrics = {
+    let get = |url: String| {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let req = http::Request::get(format!("http://{admin}/metrics"))
+            let req = http::Request::get(url)
                 .body(http_body_util::Full::new(bytes::Bytes::new()))
                 .unwrap();
             String::from_utf8_lossy(&send(&client(), req).await.body).into_owned()
         })
     };
+    let metrics = get(format!("http://{admin}/metrics"));
+    // what the fault fronts injected (the flapping one's down windows too)
+    let mut injected: HashMap<String, u64> = HashMap::new();
+    for a in [&a1, &a2] {
+        let v: serde_json::Value =
+            serde_json::from_str(&get(format!("http://{a}/_sim/faults"))).unwrap();
+        for (k, n) in v["injected"].as_object().unwrap() {
+            *injected.entry(k.clone()).or_default() += n.as_u64().unwrap();
+        }
+        *injected.entry("flap_resets".into()).or_default() += v["flap_resets"].as_u64().unwrap();
+    }
     // SIGTERM: drain and flush the records
     let _ = Command::new("kill").arg(pid.to_string()).status();
     assert!(
@@ -264,7 +275,7 @@ fn soak() {
         }
     }
     eprintln!(
-        "soak {secs} s: {} requests sent, {} records, outcomes {outcomes:?}; {reloads} reloads; \
+        "soak {secs} s: {} requests sent, {} records, outcomes {outcomes:?}; injected {injected:?}; {reloads} reloads; \
          rss start {} KiB, after warm-up {warm} KiB, peak after warm-up {peak_after} KiB, end {end} KiB; logs in {}",
         sent.len(),
         recs.len(),
@@ -287,6 +298,7 @@ fn soak() {
         outcomes.keys().any(|k| !k.starts_with("200 completed")),
         "faults were injected and seen: {outcomes:?}"
     );
+    assert!(injected.values().sum::<u64>() > 0, "no fault was injected");
     assert!(
         peak_after <= warm + RSS_GROWTH_BOUND_KIB,
         "RSS grew from {warm} to {peak_after} KiB after warm-up"

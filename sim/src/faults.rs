@@ -175,6 +175,22 @@ impl FaultStats {
         self.injected[f.index()].load(Ordering::Relaxed)
     }
 
+    /// `{"requests", "flap_resets", "firehose_bytes", "injected": {name: n}}`,
+    /// served by the front at [`STATS_PATH`].
+    pub fn to_json(&self) -> serde_json::Value {
+        let injected: serde_json::Map<String, serde_json::Value> = self
+            .summary()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
+        serde_json::json!({
+            "requests": self.requests.load(Ordering::Relaxed),
+            "flap_resets": self.flap_resets.load(Ordering::Relaxed),
+            "firehose_bytes": self.firehose_bytes.load(Ordering::Relaxed),
+            "injected": injected,
+        })
+    }
+
     /// Every fault with a non-zero count.
     pub fn summary(&self) -> Vec<(&'static str, u64)> {
         Fault::ALL
@@ -232,6 +248,9 @@ struct Parsed {
     headers: HeaderMap,
     body: Bytes,
 }
+
+/// The front's own route: what it injected so far, as JSON.
+pub const STATS_PATH: &str = "/_sim/faults";
 
 const MAX_HEAD: usize = 64 << 10;
 const MAX_BODY: usize = 16 << 20;
@@ -314,6 +333,19 @@ impl Front {
 async fn connection(mut io: TcpStream, front: Arc<Front>, mut rng: StdRng) {
     let mut buf = BytesMut::with_capacity(8 << 10);
     while let Some(req) = read_request(&mut io, &mut buf).await {
+        if req.path == STATS_PATH {
+            let body = front.stats.to_json().to_string();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            if io.write_all(head.as_bytes()).await.is_err()
+                || io.write_all(body.as_bytes()).await.is_err()
+            {
+                return;
+            }
+            continue;
+        }
         front.stats.requests.fetch_add(1, Ordering::Relaxed);
         let fault = front.choose(&req, &mut rng);
         if let Some(f) = fault {
