@@ -417,3 +417,57 @@ async fn a_flapping_backend_costs_no_request() {
     );
     assert!(on_bad > 0, "the flapping backend came back");
 }
+
+/// A managed stream (here: a thinking budget is set) ends the same clean
+/// way when its upstream resets or goes silent mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_streams_end_cleanly_when_the_upstream_fails() {
+    let (up, _) = faulty(FaultPlan {
+        stall: Duration::from_secs(5),
+        ..FaultPlan::default()
+    })
+    .await;
+    let dir = tempdir("managed");
+    let rec_path = dir.join("records.jsonl");
+    let rec = rec_path.clone();
+    let gw = gateway(vec![up], move |c| {
+        c.records = Some(rec);
+        c.upstream_idle_timeout_secs = 1;
+        c.straggler.retries = 0;
+        c.straggler.thinking_budget = Some(1_000_000);
+    })
+    .await;
+    let url = format!("http://{}", gw.proxy_addr);
+    let c = client();
+    for (fault, kind) in [
+        ("reset_mid_stream", "upstream_reset"),
+        ("stall_mid_stream", "upstream_idle"),
+    ] {
+        let t = Instant::now();
+        let s = call(&c, &url, chat(true, 300), Some(fault)).await;
+        assert_eq!(s.status, 200);
+        assert!(!s.cut, "{fault}");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{fault}: {:?}",
+            t.elapsed()
+        );
+        let text = String::from_utf8_lossy(&s.body);
+        let last = text.trim_end().rsplit("\n\n").next().unwrap();
+        let e: serde_json::Value =
+            serde_json::from_str(last.trim_start_matches("data: ")).expect(fault);
+        assert_eq!(e["error"]["type"], kind, "{text}");
+    }
+    gw.shutdown();
+    gw.wait().await;
+    let recs = records(&rec_path);
+    let outcomes: Vec<_> = recs
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(outcomes, ["upstream_reset", "upstream_idle"]);
+    assert!(
+        recs.iter().all(|r| r["thinking_budget"] == 1_000_000),
+        "the managed path handled them"
+    );
+}

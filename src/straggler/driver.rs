@@ -162,6 +162,8 @@ struct Leg {
     /// Stop feeding a read at the event that reaches this many thinking
     /// tokens.
     force_budget: Option<u64>,
+    /// `upstream_idle_timeout_secs`: the leg fails after this long silent.
+    idle: Option<std::time::Duration>,
 }
 
 enum Step {
@@ -170,6 +172,8 @@ enum Step {
     /// The body ended; the bytes of an unfinished event, if any.
     End(Bytes),
     Reset,
+    /// Nothing from the upstream for the idle timeout.
+    Idle,
 }
 
 impl Leg {
@@ -198,6 +202,7 @@ impl Leg {
             t_recv: m.ctx.t_recv,
             load,
             force_budget: m.ctx.plan.force_budget,
+            idle: m.shared.idle_timeout(),
         }
     }
 
@@ -205,7 +210,14 @@ impl Leg {
         if let Some(s) = self.pending.take() {
             return s;
         }
-        match self.body.frame().await {
+        let frame = match self.idle {
+            Some(d) => match tokio::time::timeout(d, self.body.frame()).await {
+                Ok(f) => f,
+                Err(_) => return Step::Idle,
+            },
+            None => self.body.frame().await,
+        };
+        match frame {
             Some(Ok(f)) => {
                 let Ok(data) = f.into_data() else {
                     return Step::Bytes(Bytes::new());
@@ -378,6 +390,17 @@ fn promote(m: &mut Managed, mut won: Leg) -> Leg {
     m.ctx.switch_backend(Arc::clone(&won.backend));
     won.load = None;
     won
+}
+
+/// The next frame, or `None` after `idle` without one.
+async fn frame_or_idle(
+    body: &mut UpBody,
+    idle: Option<std::time::Duration>,
+) -> Option<Option<Result<http_body::Frame<Bytes>, crate::proxy::upstream::BoxError>>> {
+    match idle {
+        Some(d) => tokio::time::timeout(d, body.frame()).await.ok(),
+        None => Some(body.frame().await),
+    }
 }
 
 async fn step_opt(l: &mut Option<Leg>) -> Step {
@@ -618,6 +641,10 @@ async fn first_leg(
                     let _ = view.emit(upstream_lost()).await;
                     return FirstEnd::Done(Outcome::UpstreamReset);
                 }
+                Step::Idle => {
+                    let _ = view.emit(upstream_idle(m)).await;
+                    return FirstEnd::Done(Outcome::UpstreamIdle);
+                }
             }
         }
     }
@@ -627,14 +654,23 @@ fn fallback_ident(m: &Managed) -> Identity {
     Identity::fallback(m.ctx.endpoint, &m.ctx.id, m.ctx.features.model.as_deref())
 }
 
-/// The error event sent when an upstream fails mid-stream (vLLM's shape).
+/// The error event sent when an upstream fails mid-stream (vLLM's shape;
+/// the same as the plain path's).
 fn upstream_lost() -> Bytes {
-    events::event(&serde_json::json!({"error": {
-        "message": "the upstream connection was lost mid-stream",
-        "type": "upstream_reset",
-        "param": null,
-        "code": 502
-    }}))
+    crate::stream::body::upstream_lost(
+        "upstream_reset",
+        "the upstream connection was lost mid-stream",
+        false,
+    )
+}
+
+fn upstream_idle(m: &Managed) -> Bytes {
+    let secs = m.shared.cfg.upstream_idle_timeout_secs;
+    crate::stream::body::upstream_lost(
+        "upstream_idle",
+        &format!("the upstream sent nothing for {secs} s"),
+        false,
+    )
 }
 
 async fn end_at_deadline(mut m: Managed, mut view: View, id: &Identity) -> (StatusCode, Bytes) {
@@ -708,6 +744,7 @@ async fn forced(
         Some(Ok((_, r))) => r,
     };
     let mut body = resp.into_body();
+    let idle = m.shared.idle_timeout();
     let mut framer = SseFramer::default();
     let mut usage = None;
     let mut pending: Vec<Rewritten> = Vec::new();
@@ -719,7 +756,13 @@ async fn forced(
                 drop(body);
                 return end_at_deadline(m, view, &id).await;
             }
-            f = body.frame() => f,
+            f = frame_or_idle(&mut body, idle) => match f {
+                Some(f) => f,
+                None => {
+                    let _ = view.emit(upstream_idle(&m)).await;
+                    break Outcome::UpstreamIdle;
+                }
+            },
         };
         match frame {
             Some(Ok(f)) => {
