@@ -199,30 +199,13 @@ async fn prompts_and_outputs_are_not_logged_unless_asked() {
     for include_text in [false, true] {
         let records = dir.join(format!("records-{include_text}.jsonl"));
         let log = dir.join(format!("log-{include_text}.txt"));
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(["--upstream", &format!("http://{sim}"), "--records"])
+        let mut cmd = serve_command(BIN);
+        cmd.args(["--upstream", &format!("http://{sim}"), "--records"])
             .arg(&records)
             .args(["--records-include-text", &include_text.to_string()])
             .env("THINKGATE_LOG", "trace")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let proxy = line
-            .split("proxy=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
+            .stderr(std::fs::File::create(&log).unwrap());
+        let (mut child, proxy, _) = serve_with(cmd);
         let c = client();
         for stream in [true, false] {
             let body = serde_json::json!({

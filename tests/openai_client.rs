@@ -8,18 +8,31 @@ mod common;
 
 use std::process::Command;
 
+/// A fast simulated engine: its address, model, and what keeps it running.
+async fn sim() -> (
+    std::net::SocketAddr,
+    String,
+    (
+        std::sync::Arc<thinkgate_sim::server::Sim>,
+        tokio::task::JoinHandle<()>,
+    ),
+) {
+    let cfg = thinkgate_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        time_scale: 50.0,
+        ..Default::default()
+    };
+    let model = cfg.model.clone();
+    let (addr, sim, task) = thinkgate_sim::server::spawn(cfg).await.unwrap();
+    (addr, model, (sim, task))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_client_sees_a_normal_engine() {
     if !common::python_with_openai() {
         return;
     }
-    let sim_cfg = thinkgate_sim::SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        time_scale: 50.0,
-        ..Default::default()
-    };
-    let model = sim_cfg.model.clone();
-    let (sim_addr, _sim, _task) = thinkgate_sim::server::spawn(sim_cfg).await.unwrap();
+    let (sim_addr, model, _sim) = sim().await;
     let gw = common::gateway(vec![format!("http://{sim_addr}")], |_| {}).await;
     let base = format!("http://{}", gw.proxy_addr);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
@@ -95,13 +108,7 @@ async fn openai_python_client_sees_faults_as_api_errors() {
     if !common::python_with_openai() {
         return;
     }
-    let sim_cfg = thinkgate_sim::SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        time_scale: 50.0,
-        ..Default::default()
-    };
-    let model = sim_cfg.model.clone();
-    let (sim_addr, _sim, _task) = thinkgate_sim::server::spawn(sim_cfg).await.unwrap();
+    let (sim_addr, model, _sim) = sim().await;
     let plan = thinkgate_sim::faults::FaultPlan {
         stall: std::time::Duration::from_secs(5),
         ..Default::default()

@@ -102,34 +102,11 @@ fn soak() {
     let cfg_path = dir.join("thinkgate.toml");
     let policies = ["least_request", "round_robin", "least_tokens", "random"];
     std::fs::write(&cfg_path, config(&upstreams, &records_path, policies[0])).unwrap();
-    let mut gw = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--config",
-        ])
+    let mut cmd = serve_command(BIN);
+    cmd.arg("--config")
         .arg(&cfg_path)
-        .stdout(Stdio::piped())
-        .stderr(log("gateway.log"))
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(gw.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let field = |name: &str| {
-        line.split(name)
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let (proxy, admin) = (field("proxy="), field("admin="));
+        .stderr(log("gateway.log"));
+    let (mut gw, proxy, admin) = serve_with(cmd);
     let pid = gw.id();
 
     let out = dir.join("load");

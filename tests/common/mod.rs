@@ -319,15 +319,23 @@ pub fn python_with_openai() -> bool {
 /// Start the `thinkgate serve` binary at `bin` on port 0 with `args`;
 /// returns the child and the proxy and admin addresses it printed.
 pub fn serve_binary(bin: &str, args: &[&std::ffi::OsStr]) -> (std::process::Child, String, String) {
+    let mut cmd = serve_command(bin);
+    cmd.args(args).stderr(std::process::Stdio::null());
+    serve_with(cmd)
+}
+
+/// `thinkgate serve` on port 0 (proxy and admin), for more arguments,
+/// variables and where stderr goes.
+pub fn serve_command(bin: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    cmd
+}
+
+/// Spawn `cmd` (a `thinkgate serve`) and read the addresses it prints.
+pub fn serve_with(mut cmd: std::process::Command) -> (std::process::Child, String, String) {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
