@@ -219,6 +219,18 @@ async fn slow_heads_and_bodies_time_out() {
         "an idle connection is closed"
     );
     assert!(up.seen.lock().unwrap().is_empty());
+    // a keep-alive connection left idle after a request
+    let mut io = TcpStream::connect(gw.proxy_addr).await.unwrap();
+    io.write_all(b"GET /v1/models HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let (resp, closed) = read_all(&mut io, Duration::from_secs(4)).await;
+    assert_eq!(statuses(&resp), vec![200]);
+    assert!(
+        closed && t.elapsed() < Duration::from_secs(3),
+        "an idle keep-alive connection is closed"
+    );
 }
 
 #[tokio::test]
