@@ -211,7 +211,27 @@ fn soak() {
         reloaded >= reloads as f64,
         "{reloads} reloads written, {reloaded} applied"
     );
-    // RSS flat after warm-up
+    // RSS flat after warm-up; the series is kept beside the logs
+    let series: String = rss
+        .iter()
+        .map(|(t, kib)| format!("{:.0},{kib}\n", t.as_secs_f64()))
+        .collect();
+    std::fs::write(dir.join("rss.csv"), format!("seconds,rss_kib\n{series}")).unwrap();
+    let quarter = |q: usize| {
+        let n = rss.len();
+        rss[n * q / 4..(n * (q + 1) / 4).max(n * q / 4 + 1).min(n)]
+            .iter()
+            .map(|r| r.1)
+            .max()
+            .unwrap_or(0)
+    };
+    eprintln!(
+        "rss peak per quarter of the run: {} / {} / {} / {} KiB",
+        quarter(0),
+        quarter(1),
+        quarter(2),
+        quarter(3)
+    );
     let warm = rss[rss.len() / 5].1;
     let peak_after = rss[rss.len() / 5..].iter().map(|r| r.1).max().unwrap();
     let end = rss.last().unwrap().1;
