@@ -11,7 +11,7 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_thinkgate");
 
-fn serve(args: &[&std::ffi::OsStr]) -> (std::process::Child, String, String) {
+fn serve(args: &[&std::ffi::OsStr]) -> (Proc, String, String) {
     serve_binary(BIN, args)
 }
 

@@ -15,7 +15,7 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_thinkgate");
@@ -32,7 +32,7 @@ fn env_secs(name: &str, default: u64) -> u64 {
 }
 
 /// `thinkgate sim` with `args`; returns the child and its address.
-fn sim(args: &[&str], stderr: std::fs::File) -> (Child, String) {
+fn sim(args: &[&str], stderr: std::fs::File) -> (Proc, String) {
     let mut child = Command::new(BIN)
         .args(["sim", "--listen", "127.0.0.1:0", "--time-scale", "20"])
         .args(args)
@@ -50,7 +50,7 @@ fn sim(args: &[&str], stderr: std::fs::File) -> (Child, String) {
         .and_then(|s| s.split_whitespace().next())
         .unwrap()
         .to_string();
-    (child, addr)
+    (Proc(child), addr)
 }
 
 const FAULTS: &str = "reset_before_headers=0.01,reset_mid_stream=0.01,stall_mid_stream=0.005,\
@@ -110,37 +110,39 @@ fn soak() {
     let pid = gw.id();
 
     let out = dir.join("load");
-    let mut load = Command::new(BIN)
-        .args([
-            "load",
-            "--url",
-            &format!("http://{proxy}"),
-            "--model",
-            "sim-r1-distill-qwen-7b",
-        ])
-        .args([
-            "--rate",
-            "6",
-            "--burstiness",
-            "0.5",
-            "--num-requests",
-            "1000000",
-            "--max-tokens",
-            "1500",
-        ])
-        .args([
-            "--timeout",
-            "60",
-            "--quiet",
-            "--duration",
-            &secs.to_string(),
-            "--out",
-        ])
-        .arg(&out)
-        .stdout(log("load.log"))
-        .stderr(log("load.err"))
-        .spawn()
-        .unwrap();
+    let mut load = Proc(
+        Command::new(BIN)
+            .args([
+                "load",
+                "--url",
+                &format!("http://{proxy}"),
+                "--model",
+                "sim-r1-distill-qwen-7b",
+            ])
+            .args([
+                "--rate",
+                "6",
+                "--burstiness",
+                "0.5",
+                "--num-requests",
+                "1000000",
+                "--max-tokens",
+                "1500",
+            ])
+            .args([
+                "--timeout",
+                "60",
+                "--quiet",
+                "--duration",
+                &secs.to_string(),
+                "--out",
+            ])
+            .arg(&out)
+            .stdout(log("load.log"))
+            .stderr(log("load.err"))
+            .spawn()
+            .unwrap(),
+    );
 
     let t0 = Instant::now();
     let mut rss = Vec::new();

@@ -318,7 +318,7 @@ pub fn python_with_openai() -> bool {
 
 /// Start the `thinkgate serve` binary at `bin` on port 0 with `args`;
 /// returns the child and the proxy and admin addresses it printed.
-pub fn serve_binary(bin: &str, args: &[&std::ffi::OsStr]) -> (std::process::Child, String, String) {
+pub fn serve_binary(bin: &str, args: &[&std::ffi::OsStr]) -> (Proc, String, String) {
     let mut cmd = serve_command(bin);
     cmd.args(args).stderr(std::process::Stdio::null());
     serve_with(cmd)
@@ -333,7 +333,7 @@ pub fn serve_command(bin: &str) -> std::process::Command {
 }
 
 /// Spawn `cmd` (a `thinkgate serve`) and read the addresses it prints.
-pub fn serve_with(mut cmd: std::process::Command) -> (std::process::Child, String, String) {
+pub fn serve_with(mut cmd: std::process::Command) -> (Proc, String, String) {
     use std::io::{BufRead, BufReader};
     let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
@@ -349,7 +349,31 @@ pub fn serve_with(mut cmd: std::process::Command) -> (std::process::Child, Strin
             .unwrap()
             .to_string()
     };
-    (child, field("proxy="), field("admin="))
+    (Proc(child), field("proxy="), field("admin="))
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test
+/// leaves no server behind.
+pub struct Proc(pub std::process::Child);
+
+impl std::ops::Deref for Proc {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
