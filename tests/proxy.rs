@@ -525,6 +525,16 @@ async fn upstream_reset_mid_stream_ends_sse_with_an_error_event_and_is_counted()
         }
     }
     assert!(saw_error, "a non-SSE body is cut, as without the gateway");
+    // strict passthrough adds no byte: the SSE reset stays a cut
+    let strict = gateway(vec![up.url()], |c| c.passthrough_strict = true).await;
+    let resp = c
+        .request(post(
+            format!("http://{}/v1/chat/completions", strict.proxy_addr),
+            r#"{"model":"m-reset","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    assert!(resp.into_body().collect().await.is_err(), "strict: a cut");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let m = scrape(&gw).await;
     assert_eq!(
@@ -533,6 +543,6 @@ async fn upstream_reset_mid_stream_ends_sse_with_an_error_event_and_is_counted()
             "thinkgate_upstream_errors_total",
             &[("model", "m-reset"), ("kind", "reset")]
         ),
-        Some(2.0)
+        Some(3.0)
     );
 }

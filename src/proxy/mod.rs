@@ -498,7 +498,8 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
             obs,
             ctx,
             strip,
-            sse_ok,
+            // strict passthrough never adds a byte: a failure stays a cut
+            sse_ok && !shared.cfg.passthrough_strict,
             shared.idle_timeout(),
         )),
     )
