@@ -471,3 +471,49 @@ async fn managed_streams_end_cleanly_when_the_upstream_fails() {
         "the managed path handled them"
     );
 }
+
+/// An upstream whose connection fails after `[DONE]` (the whole stream
+/// arrived; only the chunked terminator is missing): the client's stream
+/// is whole and ends cleanly, with no error event, and the request counts
+/// as completed, on the plain and the managed path. (Found by the soak:
+/// the load generator and the gateway disagreed on exactly these.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_done_changes_nothing() {
+    let body = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"4\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    let up = upstream(move |_, _| {
+        let mut s = Script::sse(vec![(
+            Duration::ZERO,
+            bytes::Bytes::from_static(body.as_bytes()),
+        )]);
+        s.end = common::End::Reset;
+        s
+    })
+    .await;
+    for managed in [false, true] {
+        let dir = tempdir("after-done");
+        let rec_path = dir.join("records.jsonl");
+        let rec = rec_path.clone();
+        let url = up.url();
+        let gw = gateway(vec![url], move |c| {
+            c.records = Some(rec);
+            if managed {
+                c.straggler.thinking_budget = Some(1_000_000);
+            }
+        })
+        .await;
+        let s = call(
+            &client(),
+            &format!("http://{}", gw.proxy_addr),
+            chat(true, 50),
+            None,
+        )
+        .await;
+        assert_eq!(s.status, 200);
+        assert!(!s.cut, "managed={managed}");
+        assert_eq!(String::from_utf8_lossy(&s.body), body, "managed={managed}");
+        gw.shutdown();
+        gw.wait().await;
+        let recs = records(&rec_path);
+        assert_eq!(recs[0]["outcome"], "completed", "managed={managed}");
+    }
+}

@@ -611,6 +611,11 @@ async fn first_leg(
             _ = sleep_opt(deadline), if deadline.is_some() => return FirstEnd::Deadline,
             _ = sleep_opt(force_at), if may_force => return FirstEnd::Force(Trigger::Deadline),
             s = leg.step() => match s {
+                // past `[DONE]` (already sent), a failed transport end
+                // changes nothing for the client: it is the end
+                Step::Reset if leg.obs.peek().done_marker => {
+                    leg.pending = Some(Step::End(Bytes::new()));
+                }
                 Step::Bytes(b) => {
                     m.ctx.set_thinking(leg.obs.in_thinking());
                     let p = leg.obs.peek();
@@ -748,6 +753,7 @@ async fn forced(
     let mut framer = SseFramer::default();
     let mut usage = None;
     let mut pending: Vec<Rewritten> = Vec::new();
+    let mut saw_done = false;
     let outcome = loop {
         let frame = tokio::select! {
             biased;
@@ -767,7 +773,10 @@ async fn forced(
         match frame {
             Some(Ok(f)) => {
                 let Ok(data) = f.into_data() else { continue };
-                framer.feed(&data, |ev| pending.push(events::rewrite(&id, ev.data)));
+                framer.feed(&data, |ev| {
+                    saw_done |= ev.data == b"[DONE]";
+                    pending.push(events::rewrite(&id, ev.data));
+                });
                 let mut gone = false;
                 for r in pending.drain(..) {
                     let sent = match r {
@@ -787,11 +796,12 @@ async fn forced(
                     break Outcome::ClientGone;
                 }
             }
-            Some(Err(_)) => {
+            Some(Err(_)) if !saw_done => {
                 let _ = view.emit(upstream_lost()).await;
                 break Outcome::UpstreamReset;
             }
-            None => {
+            // past its `[DONE]`, a failed transport end changes nothing
+            Some(Err(_)) | None => {
                 let total = events::summed_usage(thinking_tokens, usage.as_ref());
                 let u = id.usage(&total);
                 let r = if m.client_wants_usage || !m.client_streams {

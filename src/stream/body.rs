@@ -245,8 +245,18 @@ fn fail(this: Projected<'_>, why: Failure) -> Poll<Option<Result<Frame<Bytes>, B
         .map(UsageStripper::flush)
         .unwrap_or_default();
     let open_event = this.obs.as_ref().is_some_and(|o| o.boundary() < o.fed());
-    settle(this.obs, this.ctx, outcome);
+    // `[DONE]` already passed: the stream was whole for the client, and
+    // only the transport's end failed; it ends cleanly and counts as done
+    let done = *this.sse && this.obs.as_ref().is_some_and(|o| o.peek().done_marker);
+    settle(
+        this.obs,
+        this.ctx,
+        if done { Outcome::Completed } else { outcome },
+    );
     *this.ended = true;
+    if done {
+        return Poll::Ready((!held.is_empty()).then(|| Ok(Frame::data(held))));
+    }
     if *this.sse {
         let tail = upstream_lost(kind, &message, open_event);
         return Poll::Ready(Some(Ok(Frame::data(join(held, tail)))));
