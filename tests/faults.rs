@@ -517,3 +517,36 @@ async fn a_failure_after_done_changes_nothing() {
         assert_eq!(recs[0]["outcome"], "completed", "managed={managed}");
     }
 }
+
+/// A streamed response whose `Content-Length` promises more than the body
+/// (found by the soak): passed on with that length, the only honest end is
+/// a cut, recorded as `upstream_reset`; re-framed by the gateway (usage
+/// injected), the whole stream arrived and ends cleanly as `completed`.
+/// Either way the client and the record agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_length_on_a_stream_gives_agreeing_results() {
+    let (up, _) = faulty(FaultPlan::default()).await;
+    let dir = tempdir("short-stream");
+    let rec_path = dir.join("records.jsonl");
+    let rec = rec_path.clone();
+    let gw = gateway(vec![up], move |c| {
+        c.records = Some(rec);
+        c.straggler.retries = 0;
+    })
+    .await;
+    let url = format!("http://{}", gw.proxy_addr);
+    let c = client();
+    let mut with_usage: serde_json::Value = serde_json::from_str(&chat(true, 40)).unwrap();
+    with_usage["stream_options"] = serde_json::json!({"include_usage": true});
+    let passed_on = call(&c, &url, with_usage.to_string(), Some("length_short")).await;
+    assert!(passed_on.cut, "the client's own length cannot be met");
+    let reframed = call(&c, &url, chat(true, 40), Some("length_short")).await;
+    assert!(!reframed.cut && ends_done(&reframed.body));
+    gw.shutdown();
+    gw.wait().await;
+    let outcomes: Vec<_> = records(&rec_path)
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(outcomes, ["upstream_reset", "completed"]);
+}

@@ -490,6 +490,11 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     } else {
         &shared.observer
     };
+    // strict passthrough never adds a byte, and a length-framed response
+    // cannot take one: there a failure stays a cut
+    let clean_end = sse_ok
+        && !shared.cfg.passthrough_strict
+        && !rparts.headers.contains_key(http::header::CONTENT_LENGTH);
     let obs = Observer::new(Arc::clone(cfg), kind);
     Response::from_parts(
         rparts,
@@ -498,8 +503,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
             obs,
             ctx,
             strip,
-            // strict passthrough never adds a byte: a failure stays a cut
-            sse_ok && !shared.cfg.passthrough_strict,
+            clean_end,
             shared.idle_timeout(),
         )),
     )

@@ -62,8 +62,9 @@ pin_project! {
 }
 
 impl ObservedBody {
-    /// `sse`: the response is a successful event stream. `idle`: cut after
-    /// this long without a byte from the upstream.
+    /// `sse`: the response is a successful event stream, framed by the
+    /// gateway (not by a `Content-Length` passed on), so it can end cleanly.
+    /// `idle`: cut after this long without a byte from the upstream.
     pub fn new(
         inner: UpBody,
         obs: Observer,
