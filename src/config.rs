@@ -364,6 +364,17 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
+    /// `upstream_idle_timeout_secs`, unless 0 (no limit).
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        let s = self.upstream_idle_timeout_secs;
+        (s > 0).then(|| std::time::Duration::from_secs(s))
+    }
+
+    /// `queue_timeout_ms`.
+    pub fn queue_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.queue_timeout_ms)
+    }
+
     /// Usage injection in effect.
     pub fn injects_usage(&self) -> bool {
         self.inject_usage && !self.passthrough_strict

@@ -193,8 +193,7 @@ async fn prompts_and_outputs_are_not_logged_unless_asked() {
         ..Default::default()
     };
     let (sim, _s, _t) = thinkgate_sim::server::spawn(cfg).await.unwrap();
-    let dir = std::env::temp_dir().join(format!("tg-privacy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("privacy");
     const CANARY: &str = "zebra-canary-9431";
     for include_text in [false, true] {
         let records = dir.join(format!("records-{include_text}.jsonl"));

@@ -278,16 +278,6 @@ async fn each_fault_has_a_clear_result_a_record_and_a_count() {
     assert!(recs.iter().any(|r| r["status"] == 429));
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "tg-{tag}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Process-level bounds, on the real binary: a 50 MB SSE line and a client
 /// that stops reading a firehose keep the gateway's peak RSS bounded, and
 /// backpressure reaches the upstream (it cannot write past the buffers).

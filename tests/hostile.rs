@@ -339,8 +339,7 @@ async fn bad_json_and_content_types_get_the_engines_answer_and_a_record() {
         ..Default::default()
     };
     let (addr, _sim, _task) = thinkgate_sim::server::spawn(cfg).await.unwrap();
-    let dir = std::env::temp_dir().join(format!("tg-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("hostile");
     let rec_path = dir.join("records.jsonl");
     let rec = rec_path.clone();
     let gw = gateway(vec![format!("http://{addr}")], move |c| {

@@ -137,12 +137,7 @@ fn tagged_body() -> String {
 async fn counts(body: String, cuts: Vec<usize>) -> serde_json::Value {
     let up =
         upstream(move |_, _| Script::sse(chunked(body.as_bytes(), &cuts, Duration::ZERO))).await;
-    let dir = std::env::temp_dir().join(format!(
-        "tg-counts-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("counts");
     let path = dir.join("r.jsonl");
     let p = path.clone();
     let gw = gateway(vec![up.url()], move |c| c.records = Some(p)).await;

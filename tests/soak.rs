@@ -72,8 +72,7 @@ fn config(upstreams: &[String], records: &std::path::Path, policy: &str) -> Stri
 fn soak() {
     let secs = env_secs("SOAK_SECS", 120);
     let reload_every = env_secs("SOAK_RELOAD_SECS", 60);
-    let dir = std::env::temp_dir().join(format!("tg-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("soak");
     let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
 
     let (mut s1, a1) = sim(

@@ -101,37 +101,28 @@ impl<'a> Scan<'a> {
         if b.get(i) == Some(&b'-') {
             i += 1;
         }
-        match b.get(i)? {
-            b'0' => i += 1,
-            b'1'..=b'9' => {
-                while b.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                }
-            }
+        // the end of the run of digits from `i`, if it is not empty
+        let digits = |i: usize| {
+            let end = i + b[i.min(b.len())..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            (end > i).then_some(end)
+        };
+        i = match b.get(i)? {
+            b'0' => i + 1,
+            b'1'..=b'9' => digits(i)?,
             _ => return None,
-        }
+        };
         if b.get(i) == Some(&b'.') {
-            i += 1;
-            let d = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            if i == d {
-                return None;
-            }
+            i = digits(i + 1)?;
         }
         if matches!(b.get(i), Some(b'e' | b'E')) {
             i += 1;
             if matches!(b.get(i), Some(b'+' | b'-')) {
                 i += 1;
             }
-            let d = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            if i == d {
-                return None;
-            }
+            i = digits(i)?;
         }
         self.i = i;
         self.s.get(start..i)

@@ -108,21 +108,26 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
             ..Default::default()
         }),
     };
-    let Some(plan) = plan else {
-        let (addr, _sim, _task) = crate::server::spawn(cfg).await?;
-        println!("thinkgate-sim listening on {addr}");
-        let _ = std::io::stdout().flush();
-        let _ = tokio::signal::ctrl_c().await;
-        return Ok(());
+    // the engine, and the fault front before it when faults are asked for;
+    // both run until Ctrl-C
+    let _running = match plan {
+        None => {
+            let (addr, sim, task) = crate::server::spawn(cfg).await?;
+            println!("thinkgate-sim listening on {addr}");
+            (sim, task, None)
+        }
+        Some(plan) => {
+            let listen = cfg.listen;
+            let inner = SimConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..cfg
+            };
+            let (inner_addr, sim, task) = crate::server::spawn(inner).await?;
+            let (addr, _stats, front) = crate::faults::spawn(listen, inner_addr, plan).await?;
+            println!("thinkgate-sim listening on {addr} (fault front; engine on {inner_addr})");
+            (sim, task, Some(front))
+        }
     };
-    let listen = cfg.listen;
-    let inner = SimConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..cfg
-    };
-    let (inner_addr, _sim, _task) = crate::server::spawn(inner).await?;
-    let (addr, _stats, _front) = crate::faults::spawn(listen, inner_addr, plan).await?;
-    println!("thinkgate-sim listening on {addr} (fault front; engine on {inner_addr})");
     let _ = std::io::stdout().flush();
     let _ = tokio::signal::ctrl_c().await;
     Ok(())

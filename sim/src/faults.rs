@@ -92,8 +92,9 @@ impl Fault {
         Fault::ALL.into_iter().find(|f| f.name() == s.trim())
     }
 
+    /// Its place in [`Fault::ALL`] (declaration order).
     fn index(self) -> usize {
-        Fault::ALL.iter().position(|f| *f == self).unwrap_or(0)
+        self as usize
     }
 }
 
@@ -165,7 +166,7 @@ impl FaultPlan {
 #[derive(Debug, Default)]
 pub struct FaultStats {
     pub requests: AtomicU64,
-    injected: [AtomicU64; 13],
+    injected: [AtomicU64; Fault::ALL.len()],
     pub flap_resets: AtomicU64,
     pub firehose_bytes: AtomicU64,
 }
@@ -622,6 +623,7 @@ mod tests {
         assert!(FaultPlan::parse_flap("2000").is_err());
         for f in Fault::ALL {
             assert_eq!(Fault::parse(f.name()), Some(f));
+            assert_eq!(Fault::ALL[f.index()], f);
         }
     }
 }

@@ -256,14 +256,14 @@ fn finish(
     buf: BytesMut,
 ) -> Result<Response<RawBody>, H1Error> {
     let h = &head.headers;
-    let lengths: Vec<_> = h.get_all(http::header::CONTENT_LENGTH).iter().collect();
+    let lengths = h.get_all(http::header::CONTENT_LENGTH);
     let chunked = has_token(h, http::header::TRANSFER_ENCODING, "chunked");
     let framing =
         if head.status == StatusCode::NO_CONTENT || head.status == StatusCode::NOT_MODIFIED {
             Framing::Length(0)
         } else if chunked {
             Framing::Chunked(Chunked::Size)
-        } else if let Some(first) = lengths.first() {
+        } else if let Some(first) = lengths.iter().next() {
             // RFC 9112 §6.3: differing or invalid lengths are unrecoverable
             let n = first
                 .to_str()
@@ -281,7 +281,7 @@ fn finish(
         Version::HTTP_10 => has_token(h, http::header::CONNECTION, "keep-alive"),
         _ => !has_token(h, http::header::CONNECTION, "close"),
     } && !matches!(framing, Framing::Close)
-        && (!chunked || lengths.is_empty());
+        && (!chunked || lengths.iter().next().is_none());
     let body = RawBody {
         io: Some(io),
         buf,

@@ -274,18 +274,6 @@ async fn read_body(mut body: Incoming, cfg: &crate::config::Config) -> Result<By
     result.map(|()| buf.freeze())
 }
 
-impl Shared {
-    /// `upstream_idle_timeout_secs`, if set.
-    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
-        let s = self.cfg.upstream_idle_timeout_secs;
-        (s > 0).then(|| Duration::from_secs(s))
-    }
-}
-
-fn queue_timeout(shared: &Shared) -> Duration {
-    Duration::from_millis(shared.cfg.queue_timeout_ms)
-}
-
 fn gateway_error(ctx: &mut RequestCtx, err: GatewayError) -> Response<ResponseBody> {
     ctx.fail(&err);
     err.to_response().map(ResponseBody::Full)
@@ -317,7 +305,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         let adm = &shared.admission;
         let admitted = adm.try_admit(limit)
             || adm
-                .wait(shared.cfg.max_queued, queue_timeout(&shared), || {
+                .wait(shared.cfg.max_queued, shared.cfg.queue_timeout(), || {
                     adm.try_admit(limit).then_some(())
                 })
                 .await
@@ -384,7 +372,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     if picked.is_err() && fleet.busy_limit().is_some() {
         let waited = shared
             .admission
-            .wait(shared.cfg.max_queued, queue_timeout(&shared), || {
+            .wait(shared.cfg.max_queued, shared.cfg.queue_timeout(), || {
                 fleet.pick(arm, &mut info).ok()
             })
             .await;
@@ -504,7 +492,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
             ctx,
             strip,
             clean_end,
-            shared.idle_timeout(),
+            shared.cfg.idle_timeout(),
         )),
     )
 }

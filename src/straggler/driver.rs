@@ -99,7 +99,7 @@ pub async fn respond(mut m: Managed) -> Response<ResponseBody> {
                 .and_then(|v| v.to_str().ok()),
         );
         let obs = Observer::new(Arc::clone(&m.shared.observer), kind);
-        let idle = m.shared.idle_timeout();
+        let idle = m.shared.cfg.idle_timeout();
         return Response::from_parts(
             parts,
             ResponseBody::Observed(ObservedBody::new(body, obs, m.ctx, false, false, idle)),
@@ -202,7 +202,7 @@ impl Leg {
             t_recv: m.ctx.t_recv,
             load,
             force_budget: m.ctx.plan.force_budget,
-            idle: m.shared.idle_timeout(),
+            idle: m.shared.cfg.idle_timeout(),
         }
     }
 
@@ -210,12 +210,8 @@ impl Leg {
         if let Some(s) = self.pending.take() {
             return s;
         }
-        let frame = match self.idle {
-            Some(d) => match tokio::time::timeout(d, self.body.frame()).await {
-                Ok(f) => f,
-                Err(_) => return Step::Idle,
-            },
-            None => self.body.frame().await,
+        let Some(frame) = frame_or_idle(&mut self.body, self.idle).await else {
+            return Step::Idle;
         };
         match frame {
             Some(Ok(f)) => {
@@ -749,7 +745,7 @@ async fn forced(
         Some(Ok((_, r))) => r,
     };
     let mut body = resp.into_body();
-    let idle = m.shared.idle_timeout();
+    let idle = m.shared.cfg.idle_timeout();
     let mut framer = SseFramer::default();
     let mut usage = None;
     let mut pending: Vec<Rewritten> = Vec::new();

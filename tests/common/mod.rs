@@ -393,3 +393,14 @@ pub fn open_fds(pid: u32) -> usize {
         .unwrap()
         .count()
 }
+
+/// A fresh directory under the system temp dir.
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "tg-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
