@@ -121,6 +121,9 @@ pub struct ServeArgs {
     /// Add x-thinkgate-request-id and x-thinkgate-backend response headers.
     #[arg(long, env = "THINKGATE_RESPONSE_HEADERS", num_args = 0..=1, default_missing_value = "true")]
     pub response_headers: Option<bool>,
+    /// Send the gateway's request id to engines as x-request-id when the client sent none (changes vLLM's response ids).
+    #[arg(long, env = "THINKGATE_UPSTREAM_REQUEST_ID", num_args = 0..=1, default_missing_value = "true")]
+    pub upstream_request_id: Option<bool>,
     /// Inline thinking markers: auto, starts-in-thinking (DeepSeek-R1 family) or off.
     #[arg(long, env = "THINKGATE_THINK_TAGS", value_parser = parse_think_tags)]
     pub think_tags: Option<ThinkTags>,
@@ -218,6 +221,7 @@ impl ServeArgs {
             inject_usage,
             passthrough_strict,
             response_headers,
+            upstream_request_id,
             think_tags,
             think_open,
             think_close,

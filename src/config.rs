@@ -157,6 +157,12 @@ pub struct Config {
     pub passthrough_strict: bool,
     /// Add `x-thinkgate-request-id` and `x-thinkgate-backend` to responses.
     pub response_headers: bool,
+    /// Send the gateway's request id to the engine as `x-request-id` when
+    /// the client sent none. Off by default: vLLM builds its response ids
+    /// from that header (`chatcmpl-<x-request-id>`), so adding one changes
+    /// what every client sees. A client's own `x-request-id` is always
+    /// forwarded as it came.
+    pub upstream_request_id: bool,
     /// Inline thinking markers in `content`: `auto`, `starts_in_thinking`
     /// (DeepSeek-R1 family) or `off`.
     pub think_tags: ThinkTags,
@@ -237,6 +243,7 @@ impl Default for Config {
             inject_usage: true,
             passthrough_strict: false,
             response_headers: true,
+            upstream_request_id: false,
             think_tags: ThinkTags::Auto,
             think_open: "<think>".into(),
             think_close: "</think>".into(),
@@ -381,6 +388,11 @@ impl Config {
     }
 
     /// `x-thinkgate-*` response headers in effect.
+    /// Whether the gateway's own request id goes to the engine.
+    pub fn sends_request_id(&self) -> bool {
+        self.upstream_request_id && !self.passthrough_strict
+    }
+
     pub fn adds_response_headers(&self) -> bool {
         self.response_headers && !self.passthrough_strict
     }

@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, SetRequestIdLayer};
 
 /// A running gateway.
 pub struct Gateway {
@@ -123,9 +122,6 @@ async fn serve_proxy(
     let svc = ServiceBuilder::new()
         // a bug must cost one request a 500, never the process or a connection
         .layer(CatchPanicLayer::custom(panic_response))
-        // every request gets an `x-request-id` (the client's if it sent
-        // one); it is forwarded, so vLLM/SGLang log under the same id
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // the proxy; the body limit and the upstream-head timeout act
         // inside, where their errors become OpenAI-style bodies and records
         .service(Proxy::new(Arc::clone(&shared)));

@@ -221,6 +221,9 @@ struct State {
     itl_sum: u64,
     itl_n: u64,
     strip: Vec<Range<u64>>,
+    /// Terminal events (a choice's `finish_reason`) completed by the last
+    /// `feed`, when `strip_usage_only` is set.
+    terminal: Vec<Range<u64>>,
     reasoning_chars: u64,
     visible_chars: u64,
 }
@@ -258,6 +261,7 @@ impl Observer {
                 itl_sum: 0,
                 itl_n: 0,
                 strip: Vec::new(),
+                terminal: Vec::new(),
                 reasoning_chars: 0,
                 visible_chars: 0,
             },
@@ -276,6 +280,7 @@ impl Observer {
                 st.now = now_ns;
                 st.token_in_feed = false;
                 st.strip.clear();
+                st.terminal.clear();
                 self.framer.feed(bytes, |ev| st.on_event(ev));
                 if st.token_in_feed {
                     if let Some(last) = st.last_token_feed {
@@ -312,6 +317,15 @@ impl Observer {
     /// last `feed`, when `strip_usage_only` is set.
     pub fn strip_ranges(&self) -> &[Range<u64>] {
         &self.st.strip
+    }
+
+    /// Byte ranges (absolute offsets) of terminal events (those carrying a
+    /// `finish_reason`) completed by the last `feed`, when
+    /// `strip_usage_only` is set: engines move fields from these to the
+    /// usage event when usage is on (vLLM's `system_fingerprint`,
+    /// llama.cpp's `timings`), and the caller moves them back.
+    pub fn terminal_ranges(&self) -> &[Range<u64>] {
+        &self.st.terminal
     }
 
     /// True while the request is in its thinking phase: reasoning has started
@@ -443,6 +457,9 @@ impl State {
                     if self.s.finish_reason.is_none() {
                         self.s.finish_reason = Some(fr.chars().take(32).collect());
                     }
+                    if self.cfg.strip_usage_only {
+                        self.terminal.push(ev.start..ev.end);
+                    }
                 }
                 self.stamp(marks, idx);
                 return;
@@ -468,6 +485,15 @@ impl State {
             if self.cfg.strip_usage_only && chunk.is_usage_only() {
                 self.strip.push(ev.start..ev.end);
             }
+        }
+        if self.cfg.strip_usage_only
+            && chunk
+                .choices
+                .iter()
+                .flatten()
+                .any(|c| c.finish_reason.is_some())
+        {
+            self.terminal.push(ev.start..ev.end);
         }
         for choice in chunk.choices.iter().flatten() {
             let (reasoning, content, tool) = match &choice.delta {

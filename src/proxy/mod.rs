@@ -283,12 +283,16 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     let t_recv = Instant::now();
     let (parts, body) = req.into_parts();
     let endpoint = Endpoint::classify(&parts.method, parts.uri.path());
-    let id = parts
+    // The client's `x-request-id` is the request's id and is forwarded as
+    // it came; without one the gateway makes its own, which reaches the
+    // engine only when configured (vLLM builds response ids from it).
+    let client_id = parts
         .headers
         .get(headers::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_default();
+        .map(str::to_string);
+    let minted = client_id.is_none();
+    let id = client_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut ctx = RequestCtx::new(
         Arc::clone(&shared),
         t_recv,
@@ -399,6 +403,11 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     hdrs.remove(http::header::HOST);
     hdrs.remove(crate::straggler::BUDGET_HEADER);
     hdrs.remove(crate::straggler::DEADLINE_HEADER);
+    if minted && shared.cfg.sends_request_id() {
+        if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+            hdrs.insert(headers::REQUEST_ID, v);
+        }
+    }
     if endpoint.is_inference() {
         // The body was read whole (and maybe rewritten): send its length.
         hdrs.remove(http::header::CONTENT_LENGTH);

@@ -251,7 +251,7 @@ impl Leg {
         let before = self.obs.fed();
         self.obs.feed(&data, now);
         self.strip
-            .process(data, before, self.obs.boundary(), self.obs.strip_ranges())
+            .process(data, before, &self.obs)
     }
 
     fn has_token(&self) -> bool {

@@ -166,12 +166,7 @@ impl Body for ObservedBody {
                                 let s = obs.peek();
                                 ctx.set_output_tokens(s.reasoning_chunks + s.visible_chunks);
                                 if let Some(st) = this.strip.as_mut() {
-                                    data = st.process(
-                                        data,
-                                        fed_before,
-                                        obs.boundary(),
-                                        obs.strip_ranges(),
-                                    );
+                                    data = st.process(data, fed_before, obs);
                                     if ended {
                                         data = join(data, st.flush());
                                     }

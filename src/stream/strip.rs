@@ -9,12 +9,29 @@
 //! An event in progress past the observer's event cap cannot be the usage
 //! event (the observer drops oversized events), so its bytes are released
 //! as they come: a stream holds at most the cap, whatever the upstream sends.
+//!
+//! Engines also *move* fields when usage is on: vLLM puts
+//! `system_fingerprint` on the terminal chunks (those with a
+//! `finish_reason`) only without usage, and llama.cpp moves `timings` from
+//! the terminal chunk to the usage chunk. So from the first terminal event
+//! on, the stream is held until the usage event arrives (the engine sends it
+//! right after) and the fields of the usage event that a terminal event
+//! lacks are put back on it, before its closing brace, where the engine
+//! writes them. A stream that ends without a usage event, or holds more than
+//! the cap, is released unchanged.
 
 use bytes::{Bytes, BytesMut};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::ops::Range;
+use thinkgate_asu::Observer;
 
 /// The observer's event cap: a longer event in progress is not held.
 const MAX_HELD: usize = thinkgate_asu::sse::SseFramer::DEFAULT_MAX_EVENT_BYTES;
+
+/// Fields of the usage event that are never moved: the identity every
+/// chunk has, and what makes it the usage event.
+const NOT_MOVED: [&str; 6] = ["id", "object", "created", "model", "choices", "usage"];
 
 #[derive(Debug, Default)]
 pub struct UsageStripper {
@@ -24,21 +41,20 @@ pub struct UsageStripper {
     /// A stripped event ended in `\r` at the end of a chunk: its `\n` may
     /// arrive at this offset and belongs to it.
     swallow_lf_at: Option<u64>,
+    /// Terminal events held for the usage event's fields.
+    terminal: Vec<Range<u64>>,
 }
 
 impl UsageStripper {
-    /// `chunk` holds the bytes at absolute offsets `start..` just fed to the
-    /// observer; `boundary` and `strip` are what the observer reported.
-    pub fn process(
-        &mut self,
-        chunk: Bytes,
-        start: u64,
-        boundary: u64,
-        strip: &[Range<u64>],
-    ) -> Bytes {
+    /// `chunk` holds the bytes at absolute offsets `start..` just fed to
+    /// `obs` (which strips usage-only events).
+    pub fn process(&mut self, chunk: Bytes, start: u64, obs: &Observer) -> Bytes {
+        let (boundary, strip) = (obs.boundary(), obs.strip_ranges());
+        let terminal = obs.terminal_ranges();
         let end = start + chunk.len() as u64;
         if self.held.is_empty()
             && strip.is_empty()
+            && terminal.is_empty()
             && boundary == end
             && self.swallow_lf_at.is_none()
         {
@@ -48,7 +64,20 @@ impl UsageStripper {
             self.held_start = start;
         }
         self.held.extend_from_slice(&chunk);
-        let mut release = (boundary.saturating_sub(self.held_start) as usize).min(self.held.len());
+        self.terminal.extend_from_slice(terminal);
+        let mut release_to = boundary;
+        let mut moving = false;
+        if let Some(first) = self.terminal.first() {
+            if !strip.is_empty() {
+                moving = true;
+            } else if self.held.len() > MAX_HELD {
+                self.terminal.clear();
+            } else {
+                release_to = release_to.min(first.start);
+            }
+        }
+        let mut release =
+            (release_to.saturating_sub(self.held_start) as usize).min(self.held.len());
         if self.held.len() - release > MAX_HELD && strip.iter().all(|r| r.end <= boundary) {
             release = self.held.len();
         }
@@ -69,36 +98,125 @@ impl UsageStripper {
                 self.swallow_lf_at = Some(r.end);
             }
         }
-        if cuts.is_empty() {
+        let inserts = if moving {
+            let terminal = std::mem::take(&mut self.terminal);
+            moved_fields(&region, region_start, strip, &terminal)
+        } else {
+            Vec::new()
+        };
+        if cuts.is_empty() && inserts.is_empty() {
             return region.freeze();
         }
         cuts.sort_by_key(|r| r.start);
-        let mut out = BytesMut::with_capacity(region.len());
+        let mut out = BytesMut::with_capacity(region.len() + 256);
         let mut pos = region_start;
+        let mut ins = inserts.into_iter().peekable();
+        let region_end = region_start + region.len() as u64;
+        let copy_to = |out: &mut BytesMut, pos: u64, to: u64, ins: &mut std::iter::Peekable<std::vec::IntoIter<(u64, Vec<u8>)>>| {
+            let mut p = pos;
+            while let Some((at, _)) = ins.peek() {
+                if *at >= to {
+                    break;
+                }
+                if let Some((at, bytes)) = ins.next() {
+                    let at = at.max(p);
+                    out.extend_from_slice(&region[(p - region_start) as usize..(at - region_start) as usize]);
+                    out.extend_from_slice(&bytes);
+                    p = at;
+                }
+            }
+            if to > p {
+                out.extend_from_slice(&region[(p - region_start) as usize..(to - region_start) as usize]);
+            }
+        };
         for r in cuts {
-            let (a, b) = (
-                r.start.max(pos),
-                r.end.min(region_start + region.len() as u64),
-            );
+            let (a, b) = (r.start.max(pos), r.end.min(region_end));
             if a > pos {
-                out.extend_from_slice(
-                    &region[(pos - region_start) as usize..(a - region_start) as usize],
-                );
+                copy_to(&mut out, pos, a, &mut ins);
             }
             pos = pos.max(b);
         }
-        let tail = (pos - region_start) as usize;
-        if tail < region.len() {
-            out.extend_from_slice(&region[tail..]);
+        if pos < region_end {
+            copy_to(&mut out, pos, region_end, &mut ins);
         }
         out.freeze()
     }
 
-    /// End of the body: release whatever is held (a partial event is
-    /// forwarded as received).
+    /// End of the body: release whatever is held (a partial event, or
+    /// terminal events that no usage event followed, as received).
     pub fn flush(&mut self) -> Bytes {
+        self.terminal.clear();
         std::mem::take(&mut self.held).freeze()
     }
+}
+
+/// The JSON object in one complete event's bytes (its `data:` line) and
+/// the offset of its closing brace within them.
+fn event_object(ev: &[u8]) -> Option<(serde_json::Map<String, serde_json::Value>, usize)> {
+    let data = memchr::memmem::find(ev, b"data:")? + 5;
+    let line_end = memchr::memchr(b'\n', &ev[data..]).map_or(ev.len(), |i| data + i);
+    let json = &ev[data..line_end];
+    let close = memchr::memrchr(b'}', json)?;
+    let map = serde_json::from_slice(json).ok()?;
+    Some((map, data + close))
+}
+
+/// Where to insert what: for each terminal event in `region`, the fields of
+/// the stripped usage event that it lacks, as `,"key":value` before its
+/// closing brace (absolute offsets).
+fn moved_fields(
+    region: &[u8],
+    region_start: u64,
+    strip: &[Range<u64>],
+    terminal: &[Range<u64>],
+) -> Vec<(u64, Vec<u8>)> {
+    let slice = |r: &Range<u64>| {
+        let a = r.start.checked_sub(region_start)? as usize;
+        let b = r.end.checked_sub(region_start)? as usize;
+        region.get(a..b)
+    };
+    let Some((order, raw)) = strip.iter().find_map(|r| {
+        let ev = slice(r)?;
+        let data = memchr::memmem::find(ev, b"data:")? + 5;
+        let line_end = memchr::memchr(b'\n', &ev[data..]).map_or(ev.len(), |i| data + i);
+        let json = &ev[data..line_end];
+        // the keys in the engine's order, the values as the engine wrote them
+        let order: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json).ok()?;
+        let raw: HashMap<String, Box<RawValue>> = serde_json::from_slice(json).ok()?;
+        Some((order, raw))
+    }) else {
+        return Vec::new();
+    };
+    let extra: Vec<(&String, &RawValue)> = order
+        .keys()
+        .filter(|k| !NOT_MOVED.contains(&k.as_str()))
+        .filter_map(|k| Some((k, &**raw.get(k)?)))
+        .collect();
+    if extra.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for t in terminal {
+        let Some((have, close)) = slice(t).and_then(event_object) else {
+            continue;
+        };
+        let mut add = Vec::new();
+        for (k, v) in &extra {
+            if !have.contains_key(k.as_str()) {
+                add.push(b',');
+                if serde_json::to_writer(&mut add, k).is_err() {
+                    continue;
+                }
+                add.push(b':');
+                add.extend_from_slice(v.get().as_bytes());
+            }
+        }
+        if !add.is_empty() {
+            out.push((t.start + close as u64, add));
+        }
+    }
+    out.sort_by_key(|x| x.0);
+    out
 }
 
 #[cfg(test)]
@@ -119,12 +237,7 @@ mod tests {
         for &c in cuts.iter().chain(std::iter::once(&body.len())) {
             let chunk = Bytes::copy_from_slice(&body[prev..c]);
             obs.feed(&chunk, 0);
-            out.extend_from_slice(&st.process(
-                chunk,
-                prev as u64,
-                obs.boundary(),
-                obs.strip_ranges(),
-            ));
+            out.extend_from_slice(&st.process(chunk, prev as u64, &obs));
             prev = c;
         }
         out.extend_from_slice(&st.flush());
@@ -167,18 +280,13 @@ mod tests {
         let mut fed = 6u64;
         obs.feed(b"data: ", 0);
         let mut out = st
-            .process(
-                Bytes::from_static(b"data: "),
-                0,
-                obs.boundary(),
-                obs.strip_ranges(),
-            )
+            .process(Bytes::from_static(b"data: "), 0, &obs)
             .len();
         let mut most_held = 0;
         for _ in 0..(16 << 20) / piece.len() {
             obs.feed(&piece, 0);
             out += st
-                .process(piece.clone(), fed, obs.boundary(), obs.strip_ranges())
+                .process(piece.clone(), fed, &obs)
                 .len();
             fed += piece.len() as u64;
             most_held = most_held.max(st.held.len());
@@ -189,12 +297,7 @@ mod tests {
             b"\n\ndata: {\"choices\":[],\"usage\":{\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
         obs.feed(usage, 0);
         out += st
-            .process(
-                Bytes::from_static(usage),
-                fed,
-                obs.boundary(),
-                obs.strip_ranges(),
-            )
+            .process(Bytes::from_static(usage), fed, &obs)
             .len();
         out += st.flush().len();
         assert_eq!(
@@ -211,5 +314,38 @@ mod tests {
             String::from_utf8_lossy(&run(body.as_bytes(), &[10, 50])),
             body
         );
+    }
+
+    #[test]
+    fn fields_the_engine_moved_to_the_usage_event_go_back_under_every_cut() {
+        // vLLM: `system_fingerprint` on terminal chunks only without usage;
+        // llama.cpp: `timings` moves; a field the terminal chunk has stays.
+        let role = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"},\"finish_reason\":null}]}\n\n";
+        let fin0 = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]";
+        let fin1 = "data: {\"id\":\"c\",\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"length\"}],\"system_fingerprint\":\"own\"";
+        let usage = "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"completion_tokens\":3},\"system_fingerprint\":\"fp-1\",\"timings\":{\"predicted_ms\":20533.880903490757}}\n\n";
+        let done = "data: [DONE]\n\n";
+        let body = format!("{role}{fin0}}}\n\n{fin1}}}\n\n{usage}{done}");
+        let want = format!(
+            "{role}{fin0},\"system_fingerprint\":\"fp-1\",\"timings\":{{\"predicted_ms\":20533.880903490757}}}}\n\n\
+             {fin1},\"timings\":{{\"predicted_ms\":20533.880903490757}}}}\n\n{done}"
+        );
+        assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &[])), want);
+        for i in 1..body.len() {
+            assert_eq!(
+                String::from_utf8_lossy(&run(body.as_bytes(), &[i])),
+                want,
+                "cut {i}"
+            );
+        }
+        let every: Vec<usize> = (1..body.len()).collect();
+        assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &every)), want);
+    }
+
+    #[test]
+    fn terminal_events_pass_unchanged_when_no_usage_event_follows() {
+        let body = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &[])), body);
+        assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &[30, 70])), body);
     }
 }

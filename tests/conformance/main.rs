@@ -1,0 +1,295 @@
+//! The conformance suite: every promise of the gateway held against real
+//! engines (vLLM and llama.cpp server), through the gateway and directly, in
+//! every mode the engine has.
+//!
+//! The tests are `#[ignore]`d in a plain `cargo test` (they need the engines
+//! of `scripts/engines/install.sh`, several GB); CI installs the engines and
+//! runs them with `cargo test --test conformance -- --ignored`, where a
+//! missing engine fails the run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../common/mod.rs"]
+mod common;
+mod engines;
+mod wire;
+
+use bytes::Bytes;
+use common::{client, gateway, records, tempdir, HttpClient};
+use engines::{chain, shared, Engine, Kind};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thinkgate::config::{BackendConfig, Config};
+use thinkgate::server::Gateway;
+use thinkgate_asu::{BodyKind, Observer, ObserverConfig, Summary};
+
+const NEEDS: &str = "needs real engines: scripts/engines/install.sh, then \
+                     cargo test --test conformance -- --ignored --test-threads=1";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A gateway in front of `engines`, each with its flavour, records on.
+async fn gateway_for(engines: &[&Engine], tweak: impl FnOnce(&mut Config)) -> (Gateway, std::path::PathBuf) {
+    let dir = tempdir("conf");
+    let rec = dir.join("records.jsonl");
+    let r = rec.clone();
+    let backends: Vec<BackendConfig> = engines
+        .iter()
+        .map(|e| BackendConfig {
+            url: e.url.clone(),
+            weight: 1,
+            pool: "default".into(),
+            models: vec![],
+            flavor: e.kind.flavor(),
+        })
+        .collect();
+    let gw = gateway(vec![], move |c| {
+        c.backends = backends;
+        c.records = Some(r);
+        c.records_include_text = true;
+        tweak(c);
+    })
+    .await;
+    (gw, rec)
+}
+
+async fn stop(gw: Gateway, rec: &std::path::Path) -> Vec<Value> {
+    gw.shutdown();
+    gw.wait().await;
+    records(rec)
+}
+
+/// One response as a client saw it: head, body, and the client's own ASU
+/// measurement (same observer code, client-side clock).
+struct Seen {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Bytes,
+    asu: Summary,
+}
+
+async fn call(c: &HttpClient, base: &str, path: &str, body: &Value, hdrs: &[(&str, &str)]) -> Seen {
+    let mut req = Request::post(format!("{base}{path}")).header("content-type", "application/json");
+    for (k, v) in hdrs {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())))
+        .unwrap();
+    let t0 = Instant::now();
+    let resp = c.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let kind = BodyKind::from_content_type(
+        headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut obs = Observer::new(Arc::new(ObserverConfig::default()), kind);
+    let mut body = resp.into_body();
+    let mut all = Vec::new();
+    while let Some(f) = body.frame().await {
+        let Ok(d) = f.unwrap().into_data() else { continue };
+        obs.feed(&d, t0.elapsed().as_nanos() as u64);
+        all.extend_from_slice(&d);
+    }
+    let asu = obs.finish(t0.elapsed().as_nanos() as u64);
+    Seen {
+        status,
+        headers,
+        body: all.into(),
+        asu,
+    }
+}
+
+fn chat(stream: bool, usage: bool) -> Value {
+    let mut v = json!({
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "What is two plus two?"}],
+        "max_tokens": 200,
+        "stream": stream,
+    });
+    if usage {
+        v["stream_options"] = json!({"include_usage": true});
+    }
+    v
+}
+
+fn completion(stream: bool, usage: bool) -> Value {
+    let mut v = json!({
+        "model": "tiny",
+        "prompt": "<|im_start|>user\nWhat is two plus two?<|im_end|>\n<|im_start|>assistant\n",
+        "max_tokens": 200,
+        "stream": stream,
+    });
+    if usage {
+        v["stream_options"] = json!({"include_usage": true});
+    }
+    v
+}
+
+/// Every mode of `kind`: (name, path, body, streamed).
+fn modes(kind: Kind) -> Vec<(&'static str, &'static str, Value, bool)> {
+    let chat_path = "/v1/chat/completions";
+    let comp_path = "/v1/completions";
+    let mut m = vec![
+        ("chat stream", chat_path, chat(true, false), true),
+        ("chat stream usage", chat_path, chat(true, true), true),
+        ("chat json", chat_path, chat(false, false), false),
+        ("completions stream", comp_path, completion(true, false), true),
+        ("completions stream usage", comp_path, completion(true, true), true),
+        ("completions json", comp_path, completion(false, false), false),
+    ];
+    if kind.is_vllm() {
+        let mut n2 = chat(true, false);
+        n2["n"] = 2.into();
+        m.push(("chat stream n=2", chat_path, n2, true));
+        let mut n2u = chat(true, true);
+        n2u["n"] = 2.into();
+        m.push(("chat stream usage n=2", chat_path, n2u, true));
+    }
+    m
+}
+
+/// The headers that must match: all but `date`, the gateway's own
+/// `x-thinkgate-*` (README), the hop-by-hop `keep-alive` and `connection`
+/// (they describe each connection, RFC 9110 7.6.1), and `content-length`,
+/// which follows the body (ids and timings differ in length; it is checked
+/// against the body apart).
+fn comparable_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    let skip = ["date", "keep-alive", "connection", "content-length"];
+    let mut v: Vec<(String, String)> = h
+        .iter()
+        .filter(|(k, _)| !skip.contains(&k.as_str()) && !k.as_str().starts_with("x-thinkgate-"))
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn the_client_sees_what_the_engine_sent_in_every_mode() {
+    let _ = NEEDS;
+    rt().block_on(async {
+        let c = client();
+        let mut failures = Vec::new();
+        for kind in Kind::ALL {
+            let e = shared(kind);
+            let (gw, rec) = gateway_for(&[e], |_| {}).await;
+            let via = format!("http://{}", gw.proxy_addr);
+            for (name, path, body, streamed) in modes(kind) {
+                let direct = call(&c, &e.url, path, &body, &[]).await;
+                let through = call(&c, &via, path, &body, &[]).await;
+                let what = format!("{kind:?} {name}");
+                assert_eq!(direct.status, 200, "{what}: direct status");
+                if direct.status != through.status {
+                    failures.push(format!("{what}: status {} vs {}", direct.status, through.status));
+                }
+                let (a, b) = if streamed {
+                    (
+                        wire::canonical_stream(&direct.body),
+                        wire::canonical_stream(&through.body),
+                    )
+                } else {
+                    (wire::canonical_json(&direct.body), wire::canonical_json(&through.body))
+                };
+                if a != b {
+                    failures.push(format!(
+                        "{what}: body differs\n  direct:  {a}\n  gateway: {b}"
+                    ));
+                }
+                for s in [&direct, &through] {
+                    if let Some(cl) = s.headers.get(http::header::CONTENT_LENGTH) {
+                        assert_eq!(cl.to_str().unwrap(), s.body.len().to_string(), "{what}: content-length");
+                    }
+                }
+                let (ha, hb) = (comparable_headers(&direct.headers), comparable_headers(&through.headers));
+                if ha != hb {
+                    failures.push(format!("{what}: headers differ\n  direct:  {ha:?}\n  gateway: {hb:?}"));
+                }
+                let shape = |b: &Bytes| {
+                    let mut s: Vec<String> = wire::ids(b, streamed).iter().map(|i| wire::id_shape(i)).collect();
+                    s.dedup();
+                    s
+                };
+                if shape(&direct.body) != shape(&through.body) {
+                    failures.push(format!(
+                        "{what}: id shape {:?} vs {:?}",
+                        shape(&direct.body),
+                        shape(&through.body)
+                    ));
+                }
+            }
+            let recs = stop(gw, &rec).await;
+            assert_eq!(recs.len(), modes(kind).len(), "{kind:?}: one record per request");
+        }
+        assert!(failures.is_empty(), "{} differences:\n{}", failures.len(), failures.join("\n"));
+    });
+}
+
+/// The engine's own token counts for one streamed chat request: (thinking,
+/// completion). vLLM with a parser reports reasoning tokens; elsewhere the
+/// model's fixed chain says how many thinking words it wrote.
+fn engine_counts(kind: Kind, usage: &Value) -> (u64, u64) {
+    let completion = usage["completion_tokens"].as_u64().expect("completion_tokens");
+    let thinking = match usage["completion_tokens_details"]["reasoning_tokens"].as_u64() {
+        Some(r) => r,
+        None => chain().think_words.len() as u64,
+    };
+    if kind == Kind::VllmParser {
+        assert!(usage["completion_tokens_details"]["reasoning_tokens"].is_u64());
+    }
+    (thinking, completion)
+}
+
+fn usage_of(body: &[u8]) -> Value {
+    wire::data_events(body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find_map(|v| v.get("usage").filter(|u| !u.is_null()).cloned())
+        .expect("a usage event")
+}
+
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn ttfvt_and_token_counts_agree_with_the_client_and_the_engine() {
+    rt().block_on(async {
+        let c = client();
+        for kind in Kind::ALL {
+            let e = shared(kind);
+            let (gw, rec) = gateway_for(&[e], |_| {}).await;
+            let via = format!("http://{}", gw.proxy_addr);
+            let direct = call(&c, &e.url, "/v1/chat/completions", &chat(true, true), &[]).await;
+            let (think, completion) = engine_counts(kind, &usage_of(&direct.body));
+            let mut client_ttfvt = Vec::new();
+            for usage in [false, true, false, true] {
+                let s = call(&c, &via, "/v1/chat/completions", &chat(true, usage), &[]).await;
+                assert_eq!(s.status, 200);
+                client_ttfvt.push(s.asu.t_first_visible_ns.expect("visible"));
+            }
+            let recs = stop(gw, &rec).await;
+            assert_eq!(recs.len(), 4);
+            for (r, client_ns) in recs.iter().zip(&client_ttfvt) {
+                let asu = &r["asu"];
+                let gw_ns = asu["t_first_visible_ns"].as_u64().expect("gateway ttfvt");
+                let diff_ms = (*client_ns as f64 - gw_ns as f64).abs() / 1e6;
+                assert!(
+                    diff_ms <= 3.0,
+                    "{kind:?}: gateway TTFVT {gw_ns} ns vs client {client_ns} ns ({diff_ms:.2} ms apart)"
+                );
+                assert_eq!(asu["thinking_tokens"], think, "{kind:?}: thinking tokens, record {r}");
+                assert_eq!(asu["completion_tokens"], completion, "{kind:?}: completion tokens, record {r}");
+                assert_eq!(asu["visible_tokens"], completion - think, "{kind:?}: visible tokens");
+            }
+        }
+    });
+}

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Start one real engine for the conformance suite and keep it for as long as
+the caller lives.
+
+    serve.py vllm  [--reasoning-parser qwen3] [--model qwen3] [extra args...]
+    serve.py llama [--model qwen3] [extra args...]
+
+Reads THINKGATE_ENGINES_DIR/engines.env (written by scripts/engines/install.sh),
+starts the engine on a free loopback port, waits until it answers /health,
+prints `READY http://127.0.0.1:PORT PID` and then waits for its standard input
+to close: when the test process that started it ends, however it ends, the
+pipe closes and the engine's whole process group is killed. The engine's log
+goes to THINKGATE_ENGINES_DIR/logs/.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+
+def env_file():
+    d = Path(os.environ.get("THINKGATE_ENGINES_DIR", "/var/cache/thinkgate/engines"))
+    f = d / "engines.env"
+    if not f.exists():
+        sys.exit(f"{f} is missing: run scripts/engines/install.sh first")
+    out = {}
+    for line in f.read_text().splitlines():
+        k, _, v = line.partition("=")
+        out[k] = v
+    return d, out
+
+
+def free_port():
+    # The engines take a port number, not a socket: the port is chosen here
+    # and the start is retried if another process takes it meanwhile.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(kind, env, args, port):
+    model = "qwen3"
+    if "--model" in args:
+        i = args.index("--model")
+        model = args[i + 1]
+        args = args[:i] + args[i + 2 :]
+    models = Path(env["THINKGATE_MODELS"])
+    if kind == "vllm":
+        return [
+            env["THINKGATE_VLLM_PYTHON"], "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(models / model), "--served-model-name", "tiny",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--enforce-eager", "--max-model-len", "4096", "--max-num-seqs", "16",
+            "--disable-log-stats", *args,
+        ]
+    if kind == "llama":
+        return [
+            env["THINKGATE_LLAMA_SERVER"], "-m", str(models / f"{model}.gguf"),
+            "--alias", "tiny", "--host", "127.0.0.1", "--port", str(port),
+            "--metrics", "-c", "16384", "-np", "4", "-t", "1", *args,
+        ]
+    sys.exit(f"unknown engine {kind}")
+
+
+def healthy(url):
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    kind, args = sys.argv[1], sys.argv[2:]
+    d, env = env_file()
+    logs = d / "logs"
+    logs.mkdir(exist_ok=True)
+    child_env = dict(os.environ)
+    child_env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        VLLM_CPU_KVCACHE_SPACE=child_env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        VLLM_CPU_OMP_THREADS_BIND=child_env.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
+        OMP_NUM_THREADS="1",
+    )
+    for attempt in range(3):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = open(logs / f"{kind}-{port}.log", "wb")
+        p = subprocess.Popen(
+            command(kind, env, args, port), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=child_env, start_new_session=True,
+        )
+
+        def kill(*_):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None and not healthy(url):
+            time.sleep(0.5)
+        if p.poll() is None and healthy(url):
+            break
+        kill()
+        p.wait()
+        tail = (logs / f"{kind}-{port}.log").read_text(errors="replace")[-3000:]
+        print(f"engine {kind} did not start (attempt {attempt + 1}):\n{tail}", file=sys.stderr)
+    else:
+        sys.exit(1)
+    signal.signal(signal.SIGTERM, lambda *_: (kill(), os._exit(0)))
+    print(f"READY {url} {p.pid}", flush=True)
+    # Wait for the caller to go away (stdin closes), or the engine to die.
+    t = threading.Thread(target=lambda: (sys.stdin.read(), kill()), daemon=True)
+    t.start()
+    while t.is_alive() and p.poll() is None:
+        time.sleep(0.2)
+    kill()
+
+
+if __name__ == "__main__":
+    main()
