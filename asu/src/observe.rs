@@ -120,7 +120,8 @@ pub struct Summary {
     pub thinking_tokens: u64,
     pub visible_tokens: u64,
     pub token_source: TokenSource,
-    /// Events carrying reasoning (or a thinking marker).
+    /// Events carrying reasoning text (an event with only a thinking marker
+    /// starts or ends thinking but is not a thinking token).
     pub reasoning_chunks: u64,
     /// Events carrying visible text.
     pub visible_chunks: u64,
@@ -199,7 +200,12 @@ struct ChoiceState {
 /// Flags of one choice's delta in one event.
 #[derive(Debug, Default, Clone, Copy)]
 struct Marks {
+    /// The delta belongs to thinking (text, or only a marker).
     reasoning: bool,
+    /// It carried thinking text, not only a marker: a thinking token. The
+    /// markers are tokens of their own that engines do not count as
+    /// reasoning (vLLM's `reasoning_tokens` leaves them out).
+    reasoning_text: bool,
     visible: bool,
     visible_nonws: bool,
     undecided: bool,
@@ -531,6 +537,7 @@ impl State {
         if let Some(r) = reasoning {
             cs.saw_reasoning_field = true;
             m.reasoning = true;
+            m.reasoning_text = true;
             if let Some(t) = cs.text.as_mut() {
                 t.0.reasoning.push_str(r);
             }
@@ -547,7 +554,10 @@ impl State {
                 let text = &mut cs.text;
                 cs.split.push(mode, &cfg.markers, c, &mut |k, s: &str| {
                     match k {
-                        Span::Reasoning => m.reasoning = true,
+                        Span::Reasoning => {
+                            m.reasoning = true;
+                            m.reasoning_text |= !s.is_empty();
+                        }
                         Span::Visible => {
                             m.visible = true;
                             m.visible_nonws |= !is_blank(s);
@@ -569,7 +579,8 @@ impl State {
                 });
                 let after = cs.split.state();
                 closed = before != SplitState::Visible && after == SplitState::Visible;
-                // A chunk that only opened thinking is a thinking token.
+                // A chunk that only opened thinking starts thinking (it is
+                // the marker's token, not a thinking token).
                 if before == SplitState::Start && after == SplitState::Thinking {
                     m.reasoning = true;
                 }
@@ -585,8 +596,10 @@ impl State {
         }
         if closed {
             // The close marker settles undecided text as thinking (the R1
-            // form), and the chunk that carried it ends thinking.
+            // form), and the chunk that carried it ends thinking; it is a
+            // thinking token if it carried text before the marker.
             m.reasoning = true;
+            m.reasoning_text |= m.undecided;
             let u = std::mem::take(&mut cs.undecided);
             if let Some(t) = cs.text.as_mut() {
                 let und = std::mem::take(&mut t.1);
@@ -613,7 +626,9 @@ impl State {
         if m.reasoning {
             self.s.t_think_start_ns.get_or_insert(now);
             self.s.t_think_end_ns = Some(now);
-            self.s.reasoning_chunks += 1;
+            if m.reasoning_text {
+                self.s.reasoning_chunks += 1;
+            }
         }
         if m.visible {
             self.s.visible_chunks += 1;

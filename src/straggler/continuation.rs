@@ -30,9 +30,26 @@ pub struct Forced<'a> {
     pub answer_max_tokens: Option<u64>,
 }
 
-/// The continuation body, or `None` when this request cannot be continued
+/// A continuation request and what its stream repeats.
+#[derive(Debug)]
+pub struct Continuation {
+    pub body: Bytes,
+    /// Text the engine echoes at the start of the answer: llama.cpp treats
+    /// a trailing assistant message as a prefill and streams the prefill
+    /// back before what it generates; the caller removes it. Empty
+    /// elsewhere.
+    pub echo: String,
+}
+
+/// The continuation, or `None` when this request cannot be continued
 /// (the caller ends the stream with `finish_reason: "length"`).
-pub fn body(f: &Forced<'_>) -> Option<Bytes> {
+pub fn build(f: &Forced<'_>) -> Option<Continuation> {
+    let mut echo = String::new();
+    let body = body(f, &mut echo)?;
+    Some(Continuation { body, echo })
+}
+
+fn body(f: &Forced<'_>, echo: &mut String) -> Option<Bytes> {
     let mut v: Value = serde_json::from_slice(f.original).ok()?;
     let obj = v.as_object_mut()?;
     let closed = format!(
@@ -47,6 +64,7 @@ pub fn body(f: &Forced<'_>) -> Option<Bytes> {
             let msgs = obj.get_mut("messages")?.as_array_mut()?;
             msgs.push(json!({"role": "assistant", "content": closed}));
             if f.flavor == Flavor::Llamacpp {
+                echo.push_str(&closed);
                 let kw = obj
                     .entry("chat_template_kwargs")
                     .or_insert_with(|| Value::Object(Map::new()));
@@ -126,7 +144,7 @@ mod tests {
     fn chat_continues_a_closed_assistant_message() {
         let m = Markers::default();
         let orig = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":100,"stream":false,"n":1}"#;
-        let b = body(&forced(orig, Endpoint::Chat, &m)).unwrap();
+        let b = build(&forced(orig, Endpoint::Chat, &m)).unwrap().body;
         let v: Value = serde_json::from_slice(&b).unwrap();
         let last = &v["messages"][1];
         assert_eq!(last["role"], "assistant");
@@ -152,7 +170,9 @@ mod tests {
         let orig = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
         let mut f = forced(orig, Endpoint::Chat, &m);
         f.flavor = Flavor::Llamacpp;
-        let v: Value = serde_json::from_slice(&body(&f).unwrap()).unwrap();
+        let c = build(&f).unwrap();
+        assert_eq!(c.echo, "<think>\nlet me see 2+2\n</think>\n\nFinal answer:");
+        let v: Value = serde_json::from_slice(&c.body).unwrap();
         assert_eq!(v["chat_template_kwargs"]["enable_thinking"], false);
         assert!(v.get("continue_final_message").is_none());
         assert_eq!(v["max_tokens"], 64);
@@ -162,12 +182,13 @@ mod tests {
     fn completions_append_the_generated_text() {
         let m = Markers::default();
         let v: Value = serde_json::from_slice(
-            &body(&forced(
+            &build(&forced(
                 br#"{"prompt":"Q: 2+2?\n<think>\n"}"#,
                 Endpoint::Completions,
                 &m,
             ))
-            .unwrap(),
+            .unwrap()
+            .body,
         )
         .unwrap();
         assert_eq!(
@@ -175,7 +196,9 @@ mod tests {
             "Q: 2+2?\n<think>\nlet me see 2+2\n</think>\n\nFinal answer:"
         );
         let v: Value = serde_json::from_slice(
-            &body(&forced(br#"{"prompt":"Q"}"#, Endpoint::Completions, &m)).unwrap(),
+            &build(&forced(br#"{"prompt":"Q"}"#, Endpoint::Completions, &m))
+                .unwrap()
+                .body,
         )
         .unwrap();
         assert_eq!(
@@ -187,8 +210,8 @@ mod tests {
     #[test]
     fn what_cannot_be_continued_is_none() {
         let m = Markers::default();
-        assert!(body(&forced(b"not json", Endpoint::Chat, &m)).is_none());
-        assert!(body(&forced(br#"{"prompt":[1,2,3]}"#, Endpoint::Completions, &m)).is_none());
-        assert!(body(&forced(br#"{"messages":"x"}"#, Endpoint::Chat, &m)).is_none());
+        assert!(build(&forced(b"not json", Endpoint::Chat, &m)).is_none());
+        assert!(build(&forced(br#"{"prompt":[1,2,3]}"#, Endpoint::Completions, &m)).is_none());
+        assert!(build(&forced(br#"{"messages":"x"}"#, Endpoint::Chat, &m)).is_none());
     }
 }

@@ -703,7 +703,7 @@ async fn forced(
     });
     let cue = m.fleet.straggler.answer_cue.clone();
     let markers = m.shared.markers.clone();
-    let body = continuation::body(&Forced {
+    let cont = continuation::build(&Forced {
         original: &m.original,
         endpoint: m.ctx.endpoint,
         flavor: backend.flavor,
@@ -713,7 +713,7 @@ async fn forced(
         cue: &cue,
         answer_max_tokens: m.fleet.straggler.answer_max_tokens,
     });
-    let Some(body) = body else {
+    let Some(continuation::Continuation { body, mut echo }) = cont else {
         return fallback(m, view, &id, "request cannot be continued").await;
     };
     if !in_fields {
@@ -747,7 +747,9 @@ async fn forced(
     let mut body = resp.into_body();
     let idle = m.shared.cfg.idle_timeout();
     let mut framer = SseFramer::default();
-    let mut usage = None;
+    let mut usage_event: Option<serde_json::Map<String, serde_json::Value>> = None;
+    // terminal chunks wait for the usage event (see `events::put_back_moved`)
+    let mut terminal: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
     let mut pending: Vec<Rewritten> = Vec::new();
     let mut saw_done = false;
     let outcome = loop {
@@ -771,14 +773,18 @@ async fn forced(
                 let Ok(data) = f.into_data() else { continue };
                 framer.feed(&data, |ev| {
                     saw_done |= ev.data == b"[DONE]";
-                    pending.push(events::rewrite(&id, ev.data));
+                    pending.push(events::rewrite(&id, &mut echo, ev.data));
                 });
                 let mut gone = false;
                 for r in pending.drain(..) {
                     let sent = match r {
                         Rewritten::Send(b) | Rewritten::Error(b) => view.emit(b).await,
+                        Rewritten::Terminal(t) => {
+                            terminal.push(t);
+                            Ok(())
+                        }
                         Rewritten::Usage(u) => {
-                            usage = Some(u);
+                            usage_event = Some(u);
                             Ok(())
                         }
                         Rewritten::Skip => Ok(()),
@@ -793,19 +799,42 @@ async fn forced(
                 }
             }
             Some(Err(_)) if !saw_done => {
+                for t in terminal.drain(..) {
+                    let _ = view.emit(events::event(&serde_json::Value::Object(t))).await;
+                }
                 let _ = view.emit(upstream_lost()).await;
                 break Outcome::UpstreamReset;
             }
             // past its `[DONE]`, a failed transport end changes nothing
             Some(Err(_)) | None => {
-                let total = events::summed_usage(thinking_tokens, usage.as_ref());
-                let u = id.usage(&total);
-                let r = if m.client_wants_usage || !m.client_streams {
-                    view.emit(u).await
-                } else {
-                    view.note(&u);
-                    Ok(())
+                let cont_usage = usage_event.as_ref().and_then(|u| u.get("usage"));
+                let total = events::summed_usage(thinking_tokens, cont_usage);
+                let sends_usage = m.client_wants_usage || !m.client_streams;
+                let mut r = Ok(());
+                for mut t in terminal.drain(..) {
+                    if let (false, Some(u)) = (sends_usage, usage_event.as_ref()) {
+                        events::put_back_moved(&mut t, u);
+                    }
+                    if r.is_ok() {
+                        r = view.emit(events::event(&serde_json::Value::Object(t))).await;
+                    }
+                }
+                // the engine's own usage event, with the summed usage
+                let u = match usage_event.take() {
+                    Some(mut e) => {
+                        e.insert("usage".into(), total);
+                        events::event(&serde_json::Value::Object(e))
+                    }
+                    None => id.usage(&total),
                 };
+                if r.is_ok() {
+                    r = if sends_usage {
+                        view.emit(u).await
+                    } else {
+                        view.note(&u);
+                        Ok(())
+                    };
+                }
                 let r = match r {
                     Ok(()) => view.emit(Bytes::from_static(events::DONE)).await,
                     e => e,

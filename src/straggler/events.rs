@@ -64,6 +64,21 @@ impl Identity {
         }
     }
 
+    /// Put this identity on an engine's chunk, keeping its fields and their
+    /// order.
+    fn restamp(&self, o: &mut Map<String, Value>) {
+        for (k, v) in [
+            ("id", &self.id),
+            ("object", &self.object),
+            ("created", &self.created),
+            ("model", &self.model),
+        ] {
+            if let Some(slot) = o.get_mut(k) {
+                *slot = v.clone();
+            }
+        }
+    }
+
     fn chunk(&self, choices: Value) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("id".into(), self.id.clone());
@@ -107,8 +122,12 @@ impl Identity {
 pub enum Rewritten {
     /// Send these bytes.
     Send(Bytes),
-    /// Usage of the continuation (kept for the summed usage).
-    Usage(Value),
+    /// A terminal chunk (a `finish_reason`): held until the usage event,
+    /// whose moved fields it may take back (see [`put_back_moved`]).
+    Terminal(Map<String, Value>),
+    /// The continuation's usage event, whole (kept for the summed usage
+    /// and the fields the engine put on it).
+    Usage(Map<String, Value>),
     /// An error event: send it and end.
     Error(Bytes),
     /// `[DONE]`, or a chunk with nothing for the client.
@@ -119,7 +138,7 @@ pub enum Rewritten {
 /// identity: choice index 0, reasoning fields turned into content (the
 /// continuation is the answer; an engine's reasoning parser may not know
 /// the prompt closed thinking), the repeated role dropped.
-pub fn rewrite(id: &Identity, data: &[u8]) -> Rewritten {
+pub fn rewrite(id: &Identity, echo: &mut String, data: &[u8]) -> Rewritten {
     if data == b"[DONE]" {
         return Rewritten::Skip;
     }
@@ -129,9 +148,10 @@ pub fn rewrite(id: &Identity, data: &[u8]) -> Rewritten {
     if o.contains_key("error") {
         return Rewritten::Error(event(&Value::Object(o)));
     }
-    let usage = o.remove("usage").filter(|u| !u.is_null());
-    let mut choices = match o.remove("choices") {
-        Some(Value::Array(c)) => c,
+    let usage = o.get("usage").is_some_and(|u| !u.is_null());
+    // the choices are edited in place, so every field keeps its position
+    let mut choices = match o.get_mut("choices") {
+        Some(Value::Array(c)) => std::mem::take(c),
         _ => Vec::new(),
     };
     choices.retain_mut(|c| {
@@ -144,14 +164,22 @@ pub fn rewrite(id: &Identity, data: &[u8]) -> Rewritten {
         let finish = c.get("finish_reason").is_some_and(|f| !f.is_null());
         if let Some(Value::Object(d)) = c.get_mut("delta") {
             d.remove("role");
-            let mut text = String::new();
+            let mut text = None::<String>;
             for k in ["reasoning_content", "reasoning", "content"] {
                 if let Some(Value::String(s)) = d.remove(k) {
-                    text.push_str(&s);
+                    text.get_or_insert_default().push_str(&s);
                 }
             }
-            if !text.is_empty() {
-                d.insert("content".into(), Value::String(text));
+            if let Some(t) = text.as_mut() {
+                strip_echo(t, echo);
+            }
+            // an empty text stays on a terminal chunk (vLLM's has
+            // `content: ""`); elsewhere it carries nothing
+            match text {
+                Some(t) if !t.is_empty() || finish => {
+                    d.insert("content".into(), Value::String(t));
+                }
+                _ => {}
             }
             return finish || !d.is_empty();
         }
@@ -160,14 +188,63 @@ pub fn rewrite(id: &Identity, data: &[u8]) -> Rewritten {
                 .and_then(Value::as_str)
                 .is_some_and(|t| !t.is_empty())
     });
+    id.restamp(&mut o);
     if choices.is_empty() {
-        return match usage {
-            Some(u) => Rewritten::Usage(u),
-            None => Rewritten::Skip,
+        return if usage {
+            Rewritten::Usage(o)
+        } else {
+            Rewritten::Skip
         };
     }
-    let m = id.chunk(Value::Array(choices));
-    Rewritten::Send(event(&Value::Object(m)))
+    let terminal = choices
+        .iter()
+        .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()));
+    if let Some(slot) = o.get_mut("choices") {
+        *slot = Value::Array(choices);
+    }
+    if terminal {
+        Rewritten::Terminal(o)
+    } else {
+        Rewritten::Send(event(&Value::Object(o)))
+    }
+}
+
+/// Remove from the start of `text` what is left of `echo` (a prefill the
+/// engine streams back); at the first difference the echo is over.
+fn strip_echo(text: &mut String, echo: &mut String) {
+    if echo.is_empty() {
+        return;
+    }
+    let n = text
+        .char_indices()
+        .zip(echo.chars())
+        .take_while(|((_, a), b)| a == b)
+        .last()
+        .map_or(0, |((i, a), _)| i + a.len_utf8());
+    let whole = n == echo.len();
+    if n == text.len() || whole {
+        text.drain(..n);
+        echo.drain(..n);
+    } else {
+        // not the echo after all: leave the text alone
+        echo.clear();
+    }
+}
+
+/// Fields of a usage event that are not moved onto terminal chunks: the
+/// identity every chunk has, and what makes it the usage event.
+pub const NOT_MOVED: [&str; 6] = ["id", "object", "created", "model", "choices", "usage"];
+
+/// Give `terminal` the fields of `usage_event` it lacks: engines put some
+/// fields on the usage event instead of the terminal chunks when usage is on
+/// (vLLM `system_fingerprint`, llama.cpp `timings`), so a client that asked
+/// for no usage gets them where the engine would have put them.
+pub fn put_back_moved(terminal: &mut Map<String, Value>, usage_event: &Map<String, Value>) {
+    for (k, v) in usage_event {
+        if !NOT_MOVED.contains(&k.as_str()) && !terminal.contains_key(k) {
+            terminal.insert(k.clone(), v.clone());
+        }
+    }
 }
 
 /// Usage of a forced response: the thinking moved from completion into the
@@ -333,8 +410,7 @@ mod tests {
     #[test]
     fn continuation_takes_the_first_legs_identity_and_answers_in_content() {
         let id = ident();
-        let r = rewrite(
-            &id,
+        let r = rewrite(&id, &mut String::new(),
             br#"{"id":"chatcmpl-2","object":"chat.completion.chunk","created":9,"model":"m2","choices":[{"index":0,"delta":{"reasoning":"42"},"finish_reason":null}]}"#,
         );
         let Rewritten::Send(b) = r else {
@@ -352,32 +428,67 @@ mod tests {
     fn role_only_done_and_usage_are_not_sent() {
         let id = ident();
         assert_eq!(
-            rewrite(
-                &id,
+            rewrite(&id, &mut String::new(),
                 br#"{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#
             ),
             Rewritten::Skip
         );
-        assert_eq!(rewrite(&id, b"[DONE]"), Rewritten::Skip);
+        assert_eq!(rewrite(&id, &mut String::new(), b"[DONE]"), Rewritten::Skip);
         assert_eq!(
-            rewrite(
-                &id,
+            rewrite(&id, &mut String::new(),
                 br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3}}"#
             ),
-            Rewritten::Usage(json!({"prompt_tokens": 3}))
+            Rewritten::Usage(
+                json!({"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":3}})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+            )
         );
         assert!(matches!(
-            rewrite(&id, br#"{"error":{"message":"boom"}}"#),
+            rewrite(&id, &mut String::new(), br#"{"error":{"message":"boom"}}"#),
             Rewritten::Error(_)
         ));
-        // The finishing chunk is kept even with an empty delta.
+        // The finishing chunk is kept even with an empty delta, and held.
         assert!(matches!(
-            rewrite(
-                &id,
+            rewrite(&id, &mut String::new(),
                 br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#
             ),
-            Rewritten::Send(_)
+            Rewritten::Terminal(_)
         ));
+        // vLLM's own terminal chunk keeps its shape: `content: ""`, its
+        // other fields in their places.
+        let Rewritten::Terminal(t) = rewrite(&id, &mut String::new(),
+            br#"{"id":"x","object":"chat.completion.chunk","created":9,"model":"m","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop","stop_reason":null}]}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop","stop_reason":null}]}"#
+        );
+    }
+
+    #[test]
+    fn a_prefill_the_engine_streams_back_is_removed() {
+        let id = ident();
+        let mut echo = "<think>\nhm\n</think>\n\n".to_string();
+        let chunk = |t: &str| {
+            format!(r#"{{"choices":[{{"index":0,"delta":{{"content":{}}}}}]}}"#, json!(t))
+        };
+        // llama.cpp: the prefill arrives with the first generated token
+        assert_eq!(rewrite(&id, &mut echo, chunk("<think>\nhm").as_bytes()), Rewritten::Skip);
+        let Rewritten::Send(b) = rewrite(&id, &mut echo, chunk("\n</think>\n\n 42").as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(data(&b)["choices"][0]["delta"]["content"], " 42");
+        assert!(echo.is_empty());
+        // an answer that does not start with the echo is left alone
+        let mut echo = "<think>x</think>".to_string();
+        let Rewritten::Send(b) = rewrite(&id, &mut echo, chunk("<thin!").as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(data(&b)["choices"][0]["delta"]["content"], "<thin!");
     }
 
     #[test]

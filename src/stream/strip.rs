@@ -70,7 +70,8 @@ impl UsageStripper {
         if let Some(first) = self.terminal.first() {
             if !strip.is_empty() {
                 moving = true;
-            } else if self.held.len() > MAX_HELD {
+            } else if self.held.len() > MAX_HELD || obs.peek().done_marker {
+                // no usage event is coming (it precedes `[DONE]`)
                 self.terminal.clear();
             } else {
                 release_to = release_to.min(first.start);
@@ -347,5 +348,15 @@ mod tests {
         let body = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
         assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &[])), body);
         assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &[30, 70])), body);
+        // `[DONE]` releases what was held without waiting for the end
+        let cfg = Arc::new(ObserverConfig {
+            strip_usage_only: true,
+            ..ObserverConfig::default()
+        });
+        let mut obs = Observer::new(cfg, BodyKind::Sse);
+        let mut st = UsageStripper::default();
+        obs.feed(body.as_bytes(), 0);
+        let out = st.process(Bytes::from_static(body.as_bytes()), 0, &obs);
+        assert_eq!(out, body.as_bytes());
     }
 }

@@ -270,16 +270,23 @@ fn ttfvt_and_token_counts_agree_with_the_client_and_the_engine() {
             let via = format!("http://{}", gw.proxy_addr);
             let direct = call(&c, &e.url, "/v1/chat/completions", &chat(true, true), &[]).await;
             let (think, completion) = engine_counts(kind, &usage_of(&direct.body));
+            // a connection to the gateway first: clients reuse theirs, and
+            // connection setup happens before the gateway can time anything
+            let _ = call(&c, &via, "/v1/models", &json!({}), &[]).await;
             let mut client_ttfvt = Vec::new();
             for usage in [false, true, false, true] {
                 let s = call(&c, &via, "/v1/chat/completions", &chat(true, usage), &[]).await;
                 assert_eq!(s.status, 200);
                 client_ttfvt.push(s.asu.t_first_visible_ns.expect("visible"));
             }
-            let recs = stop(gw, &rec).await;
+            let recs: Vec<Value> = stop(gw, &rec)
+                .await
+                .into_iter()
+                .filter(|r| r["path"] == "/v1/chat/completions")
+                .collect();
             assert_eq!(recs.len(), 4);
             for (r, client_ns) in recs.iter().zip(&client_ttfvt) {
-                let asu = &r["asu"];
+                let asu = r;
                 let gw_ns = asu["t_first_visible_ns"].as_u64().expect("gateway ttfvt");
                 let diff_ms = (*client_ns as f64 - gw_ns as f64).abs() / 1e6;
                 assert!(
@@ -289,6 +296,78 @@ fn ttfvt_and_token_counts_agree_with_the_client_and_the_engine() {
                 assert_eq!(asu["thinking_tokens"], think, "{kind:?}: thinking tokens, record {r}");
                 assert_eq!(asu["completion_tokens"], completion, "{kind:?}: completion tokens, record {r}");
                 assert_eq!(asu["visible_tokens"], completion - think, "{kind:?}: visible tokens");
+            }
+        }
+    });
+}
+
+/// Thinking words in a reasoning text (the model's words are one token each).
+fn words(s: &str) -> Vec<String> {
+    s.replace("<think>", " ")
+        .replace("</think>", " ")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn a_thinking_budget_is_exact_in_tokens_and_the_forced_answer_looks_like_the_engines() {
+    let ch = chain();
+    let think: Vec<String> = ch.think_words.iter().map(|w| w.trim().to_string()).collect();
+    let answer: Vec<String> = ch.answer_words.iter().map(|w| w.trim().to_string()).collect();
+    rt().block_on(async {
+        let c = client();
+        for kind in Kind::ALL {
+            let e = shared(kind);
+            let (gw, rec) = gateway_for(&[e], |_| {}).await;
+            let via = format!("http://{}", gw.proxy_addr);
+            let mut n = 0;
+            for budget in [1u64, 10, 25] {
+                for (usage, streamed) in [(false, true), (true, true), (false, false)] {
+                    let b = budget.to_string();
+                    let s = call(
+                        &c,
+                        &via,
+                        "/v1/chat/completions",
+                        &chat(streamed, usage),
+                        &[("x-thinkgate-thinking-budget", b.as_str())],
+                    )
+                    .await;
+                    n += 1;
+                    let what = format!("{kind:?} budget {budget} usage {usage} stream {streamed}");
+                    assert_eq!(s.status, 200, "{what}");
+                    let (reasoning, content) = if streamed {
+                        wire::texts(&wire::canonical_stream(&s.body))
+                    } else {
+                        let v = wire::canonical_json(&s.body);
+                        let m = &v["choices"][0]["message"];
+                        let r = m["reasoning"].as_str().or(m["reasoning_content"].as_str()).unwrap_or("");
+                        (r.to_string(), m["content"].as_str().unwrap_or("").to_string())
+                    };
+                    // Inline thinking arrives in content, up to the close marker.
+                    let (reasoning, content) = if kind.parser() {
+                        (reasoning, content)
+                    } else {
+                        let (r, c) = content.split_once("</think>").expect("thinking closed");
+                        (r.to_string(), c.to_string())
+                    };
+                    assert_eq!(words(&reasoning), think[..budget as usize], "{what}: thinking seen");
+                    assert_eq!(words(&content), answer, "{what}: answer seen");
+                    if streamed {
+                        let canon = wire::canonical_stream(&s.body);
+                        let direct = call(&c, &e.url, "/v1/chat/completions", &chat(true, usage), &[]).await;
+                        let dc = wire::canonical_stream(&direct.body);
+                        assert_eq!(canon["choices"], dc["choices"], "{what}: event skeleton");
+                        assert_eq!(canon["other"].as_array().map(Vec::len), dc["other"].as_array().map(Vec::len), "{what}: events without choices");
+                    }
+                }
+            }
+            let recs = stop(gw, &rec).await;
+            assert_eq!(recs.len(), n);
+            for r in &recs {
+                let budget = r["thinking_budget"].as_u64().expect("budget recorded");
+                assert_eq!(r["thinking_tokens"], budget, "{kind:?}: record {r}");
             }
         }
     });
