@@ -79,8 +79,9 @@ impl Default for ObserverConfig {
 pub enum TokenSource {
     /// The engine's usage gave completion and reasoning tokens.
     Usage,
-    /// The engine's usage gave completion tokens; the thinking/visible split
-    /// is proportional to the counted chunks.
+    /// The engine's usage gave completion tokens; thinking tokens are the
+    /// events that carried thinking text (one token each), visible tokens
+    /// the rest.
     UsageSplitByChunks,
     /// Non-streamed: usage total split in proportion to reasoning/visible
     /// characters.
@@ -741,11 +742,12 @@ impl State {
         let (think, total, source) = match usage.and_then(|u| u.completion_tokens) {
             Some(ct) => match usage.and_then(|u| u.engine_reasoning_tokens()) {
                 Some(rt) => (rt.min(ct), ct, TokenSource::Usage),
-                None if s.streamed => (
-                    split(ct, think_c, vis_c),
-                    ct,
-                    TokenSource::UsageSplitByChunks,
-                ),
+                // Streamed: each event carrying thinking text is one token
+                // (engines stream a token per event; the markers and the
+                // end token carry no thinking text). An engine that merges
+                // tokens into one event makes this an undercount by the
+                // merged tokens.
+                None if s.streamed => (think_c.min(ct), ct, TokenSource::UsageSplitByChunks),
                 None => (
                     split(ct, self.reasoning_chars, self.visible_chars),
                     ct,

@@ -250,8 +250,7 @@ impl Leg {
     fn feed(&mut self, data: Bytes, now: u64) -> Bytes {
         let before = self.obs.fed();
         self.obs.feed(&data, now);
-        self.strip
-            .process(data, before, &self.obs)
+        self.strip.process(data, before, &self.obs)
     }
 
     fn has_token(&self) -> bool {
@@ -713,7 +712,7 @@ async fn forced(
         cue: &cue,
         answer_max_tokens: m.fleet.straggler.answer_max_tokens,
     });
-    let Some(continuation::Continuation { body, mut echo }) = cont else {
+    let Some(continuation::Continuation { body, echo }) = cont else {
         return fallback(m, view, &id, "request cannot be continued").await;
     };
     if !in_fields {
@@ -746,6 +745,7 @@ async fn forced(
     };
     let mut body = resp.into_body();
     let idle = m.shared.cfg.idle_timeout();
+    let mut echo = events::Echo::new(echo);
     let mut framer = SseFramer::default();
     let mut usage_event: Option<serde_json::Map<String, serde_json::Value>> = None;
     // terminal chunks wait for the usage event (see `events::put_back_moved`)
@@ -800,7 +800,9 @@ async fn forced(
             }
             Some(Err(_)) if !saw_done => {
                 for t in terminal.drain(..) {
-                    let _ = view.emit(events::event(&serde_json::Value::Object(t))).await;
+                    let _ = view
+                        .emit(events::event(&serde_json::Value::Object(t)))
+                        .await;
                 }
                 let _ = view.emit(upstream_lost()).await;
                 break Outcome::UpstreamReset;
@@ -816,7 +818,9 @@ async fn forced(
                         events::put_back_moved(&mut t, u);
                     }
                     if r.is_ok() {
-                        r = view.emit(events::event(&serde_json::Value::Object(t))).await;
+                        r = view
+                            .emit(events::event(&serde_json::Value::Object(t)))
+                            .await;
                     }
                 }
                 // the engine's own usage event, with the summed usage

@@ -138,7 +138,7 @@ pub enum Rewritten {
 /// identity: choice index 0, reasoning fields turned into content (the
 /// continuation is the answer; an engine's reasoning parser may not know
 /// the prompt closed thinking), the repeated role dropped.
-pub fn rewrite(id: &Identity, echo: &mut String, data: &[u8]) -> Rewritten {
+pub fn rewrite(id: &Identity, echo: &mut Echo, data: &[u8]) -> Rewritten {
     if data == b"[DONE]" {
         return Rewritten::Skip;
     }
@@ -170,8 +170,8 @@ pub fn rewrite(id: &Identity, echo: &mut String, data: &[u8]) -> Rewritten {
                     text.get_or_insert_default().push_str(&s);
                 }
             }
-            if let Some(t) = text.as_mut() {
-                strip_echo(t, echo);
+            if let Some(t) = text.take() {
+                text = Some(echo.pass(t, finish));
             }
             // an empty text stays on a terminal chunk (vLLM's has
             // `content: ""`); elsewhere it carries nothing
@@ -209,25 +209,42 @@ pub fn rewrite(id: &Identity, echo: &mut String, data: &[u8]) -> Rewritten {
     }
 }
 
-/// Remove from the start of `text` what is left of `echo` (a prefill the
-/// engine streams back); at the first difference the echo is over.
-fn strip_echo(text: &mut String, echo: &mut String) {
-    if echo.is_empty() {
-        return;
+/// A prefill the engine streams back before what it generates (llama.cpp
+/// does, sometimes after the template's own empty thinking block): the
+/// answer's first text is held until the prefill has passed, and what
+/// precedes it is dropped with it. Text that never shows the prefill within
+/// a bound is released as it came.
+#[derive(Debug, Default)]
+pub struct Echo {
+    prefill: String,
+    held: String,
+}
+
+impl Echo {
+    pub fn new(prefill: String) -> Self {
+        Self {
+            prefill,
+            held: String::new(),
+        }
     }
-    let n = text
-        .char_indices()
-        .zip(echo.chars())
-        .take_while(|((_, a), b)| a == b)
-        .last()
-        .map_or(0, |((i, a), _)| i + a.len_utf8());
-    let whole = n == echo.len();
-    if n == text.len() || whole {
-        text.drain(..n);
-        echo.drain(..n);
-    } else {
-        // not the echo after all: leave the text alone
-        echo.clear();
+
+    /// What of `text` the client gets; `last`: no more text will come.
+    fn pass(&mut self, text: String, last: bool) -> String {
+        if self.prefill.is_empty() {
+            return text;
+        }
+        self.held.push_str(&text);
+        if let Some(i) = self.held.find(&self.prefill) {
+            let rest = self.held.split_off(i + self.prefill.len());
+            self.prefill.clear();
+            self.held.clear();
+            return rest;
+        }
+        if last || self.held.len() > self.prefill.len() + 256 {
+            self.prefill.clear();
+            return std::mem::take(&mut self.held);
+        }
+        String::new()
     }
 }
 
@@ -410,7 +427,7 @@ mod tests {
     #[test]
     fn continuation_takes_the_first_legs_identity_and_answers_in_content() {
         let id = ident();
-        let r = rewrite(&id, &mut String::new(),
+        let r = rewrite(&id, &mut Echo::default(),
             br#"{"id":"chatcmpl-2","object":"chat.completion.chunk","created":9,"model":"m2","choices":[{"index":0,"delta":{"reasoning":"42"},"finish_reason":null}]}"#,
         );
         let Rewritten::Send(b) = r else {
@@ -428,14 +445,21 @@ mod tests {
     fn role_only_done_and_usage_are_not_sent() {
         let id = ident();
         assert_eq!(
-            rewrite(&id, &mut String::new(),
+            rewrite(
+                &id,
+                &mut Echo::default(),
                 br#"{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#
             ),
             Rewritten::Skip
         );
-        assert_eq!(rewrite(&id, &mut String::new(), b"[DONE]"), Rewritten::Skip);
         assert_eq!(
-            rewrite(&id, &mut String::new(),
+            rewrite(&id, &mut Echo::default(), b"[DONE]"),
+            Rewritten::Skip
+        );
+        assert_eq!(
+            rewrite(
+                &id,
+                &mut Echo::default(),
                 br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3}}"#
             ),
             Rewritten::Usage(
@@ -446,19 +470,25 @@ mod tests {
             )
         );
         assert!(matches!(
-            rewrite(&id, &mut String::new(), br#"{"error":{"message":"boom"}}"#),
+            rewrite(
+                &id,
+                &mut Echo::default(),
+                br#"{"error":{"message":"boom"}}"#
+            ),
             Rewritten::Error(_)
         ));
         // The finishing chunk is kept even with an empty delta, and held.
         assert!(matches!(
-            rewrite(&id, &mut String::new(),
+            rewrite(
+                &id,
+                &mut Echo::default(),
                 br#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#
             ),
             Rewritten::Terminal(_)
         ));
         // vLLM's own terminal chunk keeps its shape: `content: ""`, its
         // other fields in their places.
-        let Rewritten::Terminal(t) = rewrite(&id, &mut String::new(),
+        let Rewritten::Terminal(t) = rewrite(&id, &mut Echo::default(),
             br#"{"id":"x","object":"chat.completion.chunk","created":9,"model":"m","choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop","stop_reason":null}]}"#,
         ) else {
             panic!()
@@ -472,23 +502,46 @@ mod tests {
     #[test]
     fn a_prefill_the_engine_streams_back_is_removed() {
         let id = ident();
-        let mut echo = "<think>\nhm\n</think>\n\n".to_string();
+        let mut echo = Echo::new("<think>\nhm\n</think>\n\n".into());
         let chunk = |t: &str| {
-            format!(r#"{{"choices":[{{"index":0,"delta":{{"content":{}}}}}]}}"#, json!(t))
+            format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"content":{}}}}}]}}"#,
+                json!(t)
+            )
         };
         // llama.cpp: the prefill arrives with the first generated token
-        assert_eq!(rewrite(&id, &mut echo, chunk("<think>\nhm").as_bytes()), Rewritten::Skip);
-        let Rewritten::Send(b) = rewrite(&id, &mut echo, chunk("\n</think>\n\n 42").as_bytes()) else {
+        assert_eq!(
+            rewrite(&id, &mut echo, chunk("<think>\nhm").as_bytes()),
+            Rewritten::Skip
+        );
+        let Rewritten::Send(b) = rewrite(&id, &mut echo, chunk("\n</think>\n\n 42").as_bytes())
+        else {
             panic!()
         };
         assert_eq!(data(&b)["choices"][0]["delta"]["content"], " 42");
-        assert!(echo.is_empty());
         // an answer that does not start with the echo is left alone
-        let mut echo = "<think>x</think>".to_string();
-        let Rewritten::Send(b) = rewrite(&id, &mut echo, chunk("<thin!").as_bytes()) else {
+        // llama.cpp without a reasoning parser: the template's empty
+        // thinking block comes first
+        let mut echo = Echo::new("<think>x</think>".into());
+        let Rewritten::Send(b) = rewrite(
+            &id,
+            &mut echo,
+            chunk("<think>\n\n</think>\n\n<think>x</think> 42").as_bytes(),
+        ) else {
             panic!()
         };
-        assert_eq!(data(&b)["choices"][0]["delta"]["content"], "<thin!");
+        assert_eq!(data(&b)["choices"][0]["delta"]["content"], " 42");
+        // an answer that never shows the prefill is released at its end
+        let mut echo = Echo::new("<think>x</think>".into());
+        assert_eq!(
+            rewrite(&id, &mut echo, chunk("<thin!").as_bytes()),
+            Rewritten::Skip
+        );
+        let fin = r#"{"choices":[{"index":0,"delta":{"content":" ok"},"finish_reason":"stop"}]}"#;
+        let Rewritten::Terminal(t) = rewrite(&id, &mut echo, fin.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(t["choices"][0]["delta"]["content"], "<thin! ok");
     }
 
     #[test]

@@ -113,23 +113,31 @@ impl UsageStripper {
         let mut pos = region_start;
         let mut ins = inserts.into_iter().peekable();
         let region_end = region_start + region.len() as u64;
-        let copy_to = |out: &mut BytesMut, pos: u64, to: u64, ins: &mut std::iter::Peekable<std::vec::IntoIter<(u64, Vec<u8>)>>| {
-            let mut p = pos;
-            while let Some((at, _)) = ins.peek() {
-                if *at >= to {
-                    break;
+        let copy_to =
+            |out: &mut BytesMut,
+             pos: u64,
+             to: u64,
+             ins: &mut std::iter::Peekable<std::vec::IntoIter<(u64, Vec<u8>)>>| {
+                let mut p = pos;
+                while let Some((at, _)) = ins.peek() {
+                    if *at >= to {
+                        break;
+                    }
+                    if let Some((at, bytes)) = ins.next() {
+                        let at = at.max(p);
+                        out.extend_from_slice(
+                            &region[(p - region_start) as usize..(at - region_start) as usize],
+                        );
+                        out.extend_from_slice(&bytes);
+                        p = at;
+                    }
                 }
-                if let Some((at, bytes)) = ins.next() {
-                    let at = at.max(p);
-                    out.extend_from_slice(&region[(p - region_start) as usize..(at - region_start) as usize]);
-                    out.extend_from_slice(&bytes);
-                    p = at;
+                if to > p {
+                    out.extend_from_slice(
+                        &region[(p - region_start) as usize..(to - region_start) as usize],
+                    );
                 }
-            }
-            if to > p {
-                out.extend_from_slice(&region[(p - region_start) as usize..(to - region_start) as usize]);
-            }
-        };
+            };
         for r in cuts {
             let (a, b) = (r.start.max(pos), r.end.min(region_end));
             if a > pos {
@@ -182,7 +190,8 @@ fn moved_fields(
         let line_end = memchr::memchr(b'\n', &ev[data..]).map_or(ev.len(), |i| data + i);
         let json = &ev[data..line_end];
         // the keys in the engine's order, the values as the engine wrote them
-        let order: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json).ok()?;
+        let order: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(json).ok()?;
         let raw: HashMap<String, Box<RawValue>> = serde_json::from_slice(json).ok()?;
         Some((order, raw))
     }) else {
@@ -280,15 +289,11 @@ mod tests {
         let piece = Bytes::from(vec![b'x'; 64 << 10]);
         let mut fed = 6u64;
         obs.feed(b"data: ", 0);
-        let mut out = st
-            .process(Bytes::from_static(b"data: "), 0, &obs)
-            .len();
+        let mut out = st.process(Bytes::from_static(b"data: "), 0, &obs).len();
         let mut most_held = 0;
         for _ in 0..(16 << 20) / piece.len() {
             obs.feed(&piece, 0);
-            out += st
-                .process(piece.clone(), fed, &obs)
-                .len();
+            out += st.process(piece.clone(), fed, &obs).len();
             fed += piece.len() as u64;
             most_held = most_held.max(st.held.len());
         }
@@ -297,9 +302,7 @@ mod tests {
         let usage =
             b"\n\ndata: {\"choices\":[],\"usage\":{\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
         obs.feed(usage, 0);
-        out += st
-            .process(Bytes::from_static(usage), fed, &obs)
-            .len();
+        out += st.process(Bytes::from_static(usage), fed, &obs).len();
         out += st.flush().len();
         assert_eq!(
             out as u64,
@@ -347,7 +350,10 @@ mod tests {
     fn terminal_events_pass_unchanged_when_no_usage_event_follows() {
         let body = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
         assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &[])), body);
-        assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &[30, 70])), body);
+        assert_eq!(
+            String::from_utf8_lossy(&run(body.as_bytes(), &[30, 70])),
+            body
+        );
         // `[DONE]` releases what was held without waiting for the end
         let cfg = Arc::new(ObserverConfig {
             strip_usage_only: true,

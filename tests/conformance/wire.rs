@@ -64,12 +64,21 @@ pub fn canonical_stream(body: &[u8]) -> Value {
     for d in data_events(body) {
         let mut v = serde_json::from_str::<Value>(&d).unwrap_or(Value::String(d));
         scrub(&mut v);
-        let Some(list) = v.get("choices").and_then(Value::as_array).filter(|l| !l.is_empty()).cloned() else {
+        let Some(list) = v
+            .get("choices")
+            .and_then(Value::as_array)
+            .filter(|l| !l.is_empty())
+            .cloned()
+        else {
             other.push(v);
             continue;
         };
         for mut c in list {
-            let i = c.get("index").and_then(Value::as_u64).unwrap_or(0).to_string();
+            let i = c
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .to_string();
             let mut only_text = c.get("finish_reason").is_none_or(Value::is_null);
             let holder = match c.get_mut("delta") {
                 Some(d) => d,
@@ -93,6 +102,12 @@ pub fn canonical_stream(body: &[u8]) -> Value {
                 }
             }
             if !only_text {
+                // reasoning in an event with other content is the engine's
+                // merging (vLLM puts the last tokens on the terminal chunk)
+                if let Some(o) = c.get_mut("delta").and_then(Value::as_object_mut) {
+                    o.remove("reasoning");
+                    o.remove("reasoning_content");
+                }
                 let mut e = v.clone();
                 e["choices"] = Value::Array(vec![c]);
                 match choices.entry(i).or_insert_with(|| Value::Array(vec![])) {
@@ -107,7 +122,10 @@ pub fn canonical_stream(body: &[u8]) -> Value {
 
 /// Keys of a choice or delta that carry no content of their own.
 fn c_is_meta(k: &str) -> bool {
-    matches!(k, "index" | "logprobs" | "finish_reason" | "stop_reason" | "token_ids" | "delta")
+    matches!(
+        k,
+        "index" | "logprobs" | "finish_reason" | "stop_reason" | "token_ids" | "delta"
+    )
 }
 
 /// A JSON body, scrubbed.
