@@ -66,9 +66,55 @@ pub fn parse(text: &str) -> EngineSample {
     }
 }
 
+/// KV-cache use of a llama.cpp server from its `GET /slots`, which has no
+/// KV gauge since `llamacpp:kv_cache_usage_ratio` was removed: the tokens
+/// held by slots at work (prompt plus decoded) over all slots' context.
+/// Idle slots keep a cached prompt that the next request may reuse or
+/// overwrite: that is free space, as vLLM counts a freed prefix block.
+pub fn llamacpp_slots_kv(slots: &[u8]) -> Option<f64> {
+    #[derive(serde::Deserialize)]
+    struct Slot {
+        n_ctx: u64,
+        #[serde(default)]
+        is_processing: bool,
+        #[serde(default)]
+        n_prompt_tokens: u64,
+        #[serde(default)]
+        next_token: Vec<Next>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Next {
+        #[serde(default)]
+        n_decoded: u64,
+    }
+    let slots: Vec<Slot> = serde_json::from_slice(slots).ok()?;
+    let ctx: u64 = slots.iter().map(|s| s.n_ctx).sum();
+    if ctx == 0 {
+        return None;
+    }
+    let used: u64 = slots
+        .iter()
+        .filter(|s| s.is_processing)
+        .map(|s| {
+            let decoded = s.next_token.first().map_or(0, |n| n.n_decoded);
+            (s.n_prompt_tokens + decoded).min(s.n_ctx)
+        })
+        .sum();
+    Some(used as f64 / ctx as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llamacpp_kv_from_slots() {
+        let slots = br#"[{"id":0,"n_ctx":4096,"is_processing":true,"n_prompt_tokens":96,"params":{},"next_token":[{"has_next_token":true,"n_decoded":928}]},
+            {"id":1,"n_ctx":4096,"is_processing":false,"n_prompt_tokens":58,"next_token":[{"n_decoded":0}]}]"#;
+        assert_eq!(llamacpp_slots_kv(slots), Some(1024.0 / 8192.0));
+        assert_eq!(llamacpp_slots_kv(b"[]"), None);
+        assert_eq!(llamacpp_slots_kv(b"{\"error\":1}"), None);
+    }
 
     #[test]
     fn reads_each_engines_names() {

@@ -63,13 +63,22 @@ pub fn spawn(
             loop {
                 tick.tick().await;
                 for b in &fleet.backends {
-                    let sample = match get(&client, b, "/metrics").await {
+                    let mut sample = match get(&client, b, "/metrics").await {
                         Some((s, body)) if (200..300).contains(&s) => {
                             thinkgate_asu::engine::parse(&String::from_utf8_lossy(&body))
                         }
                         // Unknown state is better than stale state.
                         _ => thinkgate_asu::engine::EngineSample::default(),
                     };
+                    // llama.cpp exports no KV gauge: derived from its slots
+                    if sample.kv_usage.is_none() && b.flavor == crate::config::Flavor::Llamacpp {
+                        sample.kv_usage = match get(&client, b, "/slots").await {
+                            Some((s, body)) if (200..300).contains(&s) => {
+                                thinkgate_asu::engine::llamacpp_slots_kv(&body)
+                            }
+                            _ => None,
+                        };
+                    }
                     b.kv_usage.set(sample.kv_usage);
                     b.running.set(sample.running);
                     b.waiting.set(sample.waiting);

@@ -514,3 +514,157 @@ fn a_thinking_budget_is_exact_in_tokens_and_the_forced_answer_looks_like_the_eng
         }
     });
 }
+
+/// A Prometheus sample from an engine's `/metrics` (summed over labels).
+async fn engine_metric(c: &HttpClient, e: &Engine, name: &str) -> Option<f64> {
+    let req = Request::get(format!("{}/metrics", e.url))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let body = common::send(c, req).await.body;
+    common::metric(&String::from_utf8_lossy(&body), name, &[])
+}
+
+/// Whether the engine is still working on any request.
+async fn engine_busy(c: &HttpClient, e: &Engine) -> bool {
+    if e.kind.is_vllm() {
+        engine_metric(c, e, "vllm:num_requests_running")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    } else {
+        let req = Request::get(format!("{}/slots", e.url))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let v: Value = serde_json::from_slice(&common::send(c, req).await.body).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["is_processing"] == true)
+    }
+}
+
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn a_client_that_leaves_makes_the_engine_drop_the_request() {
+    rt().block_on(async {
+        let c = client();
+        for kind in Kind::ALL {
+            let e = shared(kind);
+            let (gw, rec) = gateway_for(&[e], |_| {}).await;
+            let via = format!("http://{}", gw.proxy_addr);
+            // Long enough that only an abort ends it early: the chain
+            // repeats past its end token with `ignore_eos`.
+            let max_tokens = if kind.is_vllm() { 3000 } else { 4000 };
+            let tokens_before = if kind.is_vllm() {
+                engine_metric(&c, e, "vllm:generation_tokens_total").await
+            } else {
+                engine_metric(&c, e, "llamacpp:tokens_predicted_total").await
+            };
+            let mut body = chat(true, false);
+            body["max_tokens"] = max_tokens.into();
+            body["ignore_eos"] = true.into();
+            let req = Request::post(format!("{via}/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+                .unwrap();
+            let resp = c.request(req).await.unwrap();
+            let mut b = resp.into_body();
+            // the first events, then leave
+            let mut got = 0;
+            while got < 3 {
+                if b.frame().await.is_some() {
+                    got += 1;
+                }
+            }
+            assert!(engine_busy(&c, e).await, "{kind:?}: the engine shows the running request");
+            drop(b);
+            let left = Instant::now();
+            let mut busy = true;
+            while left.elapsed() < Duration::from_secs(1) {
+                if !engine_busy(&c, e).await {
+                    busy = false;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let took = left.elapsed();
+            assert!(!busy, "{kind:?}: the engine still runs the request 1 s after the client left");
+            let tokens_after = if kind.is_vllm() {
+                engine_metric(&c, e, "vllm:generation_tokens_total").await
+            } else {
+                engine_metric(&c, e, "llamacpp:tokens_predicted_total").await
+            };
+            let generated = tokens_after.unwrap_or(0.0) - tokens_before.unwrap_or(0.0);
+            eprintln!("{kind:?}: engine idle {took:?} after the client left, {generated} tokens generated of {max_tokens}");
+            assert!(generated < f64::from(max_tokens) * 0.9, "{kind:?}: the engine generated {generated} tokens");
+            // vLLM counts no abort (`request_success_total` has no abort
+            // reason): the gateway is where a client abort shows.
+            let metrics = common::scrape(&gw).await;
+            let gone = common::metric(&metrics, "thinkgate_client_disconnects_total", &[]).unwrap_or(0.0);
+            assert!(gone >= 1.0, "{kind:?}: client disconnects {gone}");
+            let recs = stop(gw, &rec).await;
+            assert_eq!(recs.len(), 1);
+            assert_eq!(recs[0]["outcome"], "client_gone", "{kind:?}");
+        }
+    });
+}
+
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn engine_state_is_scraped_from_the_real_engines() {
+    rt().block_on(async {
+        let c = client();
+        for kind in [Kind::VllmParser, Kind::LlamaParser] {
+            let e = shared(kind);
+            let (gw, rec) = gateway_for(&[e], |cfg| cfg.scrape_interval_ms = 50).await;
+            let via = format!("http://{}", gw.proxy_addr);
+            let mut body = chat(true, false);
+            body["max_tokens"] = 4000.into();
+            body["ignore_eos"] = true.into();
+            let req = Request::post(format!("{via}/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+                .unwrap();
+            let resp = c.request(req).await.unwrap();
+            let mut b = resp.into_body();
+            let started = Instant::now();
+            let mut seen = None;
+            // read the stream while watching the gateway's view of the engine
+            while started.elapsed() < Duration::from_secs(5) && seen.is_none() {
+                let f = tokio::time::timeout(Duration::from_millis(20), b.frame()).await;
+                if matches!(f, Ok(None)) {
+                    break;
+                }
+                let m = common::scrape(&gw).await;
+                let kv = common::metric(
+                    &m,
+                    "thinkgate_backend_kv_usage",
+                    &[("backend", e.url.as_str())],
+                )
+                .unwrap_or(0.0);
+                if kv > 0.0 {
+                    let own = if kind.is_vllm() {
+                        engine_metric(&c, e, "vllm:kv_cache_usage_perc").await
+                    } else {
+                        let req = Request::get(format!("{}/slots", e.url))
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        thinkgate_asu::engine::llamacpp_slots_kv(&common::send(&c, req).await.body)
+                    };
+                    seen = Some((kv, own));
+                }
+            }
+            drop(b);
+            let (kv, own) =
+                seen.unwrap_or_else(|| panic!("{kind:?}: the gateway never saw KV-cache use"));
+            eprintln!("{kind:?}: KV use at the gateway {kv:.6}, at the engine {own:?}");
+            let own = own.expect("the engine's own KV figure");
+            // sampled 50 ms apart while the request grows: same magnitude
+            assert!(
+                kv <= 1.0 && own > 0.0 && (kv / own) > 0.2 && (kv / own) < 5.0,
+                "{kind:?}: {kv} vs {own}"
+            );
+            stop(gw, &rec).await;
+        }
+    });
+}

@@ -57,7 +57,7 @@ def command(kind, env, args, port):
             "--model", str(models / model), "--served-model-name", "tiny",
             "--host", "127.0.0.1", "--port", str(port),
             "--enforce-eager", "--max-model-len", "4096", "--max-num-seqs", "16",
-            "--disable-log-stats", *args,
+            *args,
         ]
     if kind == "llama":
         return [
