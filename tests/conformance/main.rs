@@ -668,3 +668,64 @@ fn engine_state_is_scraped_from_the_real_engines() {
         }
     });
 }
+
+fn openai_modes(base: &str, headers: &[&str]) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/engines/openai_modes.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(base)
+        .args(headers)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the openai client failed against {base}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn the_openai_client_parses_every_mode_as_it_does_directly() {
+    assert!(
+        std::process::Command::new("python3")
+            .args(["-c", "import openai"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "the conformance suite needs python3 with the openai package"
+    );
+    let think = chain().think_words;
+    rt().block_on(async {
+        for kind in Kind::ALL {
+            let e = shared(kind);
+            let (gw, rec) = gateway_for(&[e], |_| {}).await;
+            let via = format!("http://{}", gw.proxy_addr);
+            let (url, v) = (e.url.clone(), via.clone());
+            let direct = tokio::task::spawn_blocking(move || openai_modes(&url, &[])).await.unwrap();
+            let through = tokio::task::spawn_blocking(move || openai_modes(&v, &[])).await.unwrap();
+            for (mode, want) in direct.as_object().unwrap() {
+                assert_eq!(&through[mode], want, "{kind:?} {mode}: what the openai client parsed");
+            }
+            // a forced answer parses too, with the budget's thinking
+            let v = via.clone();
+            let forced = tokio::task::spawn_blocking(move || {
+                openai_modes(&v, &["x-thinkgate-thinking-budget=5"])
+            })
+            .await
+            .unwrap();
+            let t = &forced["chat stream usage=False"]["text"];
+            let thinking = if kind.parser() {
+                t["0:reasoning"].as_str().unwrap_or("").to_string()
+            } else {
+                t["0:content"].as_str().unwrap_or("").split("</think>").next().unwrap_or("").to_string()
+            };
+            // (exactness is the budget test's; here: cut, and parsed)
+            let n = words(&thinking).len();
+            assert!(n >= 5 && n < think.len(), "{kind:?}: {thinking:?}");
+            let answer = t["0:content"].as_str().unwrap_or("");
+            assert!(answer.ends_with(" ansal"), "{kind:?}: the forced answer {answer:?}");
+            stop(gw, &rec).await;
+        }
+    });
+}
