@@ -729,3 +729,63 @@ fn the_openai_client_parses_every_mode_as_it_does_directly() {
         }
     });
 }
+
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn an_engine_killed_with_sigkill_costs_only_its_own_streams() {
+    // Two engines of its own, since this test kills them.
+    let a = Engine::start(Kind::LlamaParser, &[]);
+    let b = Engine::start(Kind::LlamaParser, &[]);
+    rt().block_on(async {
+        let c = client();
+        let (gw, rec) = gateway_for(&[&a, &b], |cfg| {
+            cfg.routing = serde_json::from_value(json!({"type": "round_robin"})).unwrap();
+        })
+        .await;
+        let via = format!("http://{}", gw.proxy_addr);
+        // 1. Mid-stream: the stream on the killed engine ends cleanly with an
+        //    error event; the client learns why.
+        let mut long = chat(true, false);
+        long["max_tokens"] = 4000.into();
+        long["ignore_eos"] = true.into();
+        let mut killed = None;
+        for _ in 0..2 {
+            let req = Request::post(format!("{via}/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(&long).unwrap())))
+                .unwrap();
+            let resp = c.request(req).await.unwrap();
+            let backend = resp.headers()["x-thinkgate-backend"].to_str().unwrap().to_string();
+            let mut body = resp.into_body();
+            let first = body.frame().await.unwrap().unwrap();
+            let mut got = first.into_data().unwrap().to_vec();
+            if killed.is_none() && backend == a.url {
+                a.kill9();
+                killed = Some(backend.clone());
+            }
+            while let Some(f) = body.frame().await {
+                match f {
+                    Ok(f) => got.extend_from_slice(&f.into_data().unwrap_or_default()),
+                    Err(e) => panic!("the stream was cut instead of ended: {e}"),
+                }
+            }
+            let text = String::from_utf8_lossy(&got);
+            if killed.as_deref() == Some(backend.as_str()) {
+                assert!(text.contains("upstream_reset"), "the error event: {}", &text[text.len().saturating_sub(400)..]);
+            }
+        }
+        assert!(killed.is_some(), "round robin sent one of two requests to each engine");
+        // 2. After the kill, every request is answered (a refused connect is
+        //    retried on the other engine) and whole.
+        for _ in 0..6 {
+            let s = call(&c, &via, "/v1/chat/completions", &chat(true, false), &[]).await;
+            assert_eq!(s.status, 200);
+            let canon = wire::canonical_stream(&s.body);
+            assert!(wire::texts(&canon).1.ends_with(" ansal"), "{canon}");
+        }
+        let recs = stop(gw, &rec).await;
+        let outcomes: Vec<&str> = recs.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+        assert_eq!(outcomes.iter().filter(|o| **o == "upstream_reset").count(), 1, "{outcomes:?}");
+        assert_eq!(outcomes.iter().filter(|o| **o == "completed").count(), 7, "{outcomes:?}");
+    });
+}
