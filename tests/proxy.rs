@@ -263,27 +263,46 @@ async fn plain_json_and_other_paths_pass_unchanged() {
     assert!(!seen.headers.contains_key("x-drop-me"));
 }
 
+/// vLLM builds response ids from `x-request-id`: the gateway sends its own
+/// id only when told to (and never in strict mode).
 #[tokio::test]
-async fn strict_mode_adds_no_headers_and_request_id_reaches_upstream() {
+async fn the_gateway_adds_no_request_id_upstream_unless_configured() {
     let up = upstream(|_, _| Script::json("{}")).await;
-    let gw = gateway(vec![up.url()], |c| c.passthrough_strict = true).await;
-    let got = send(
-        &client(),
-        post(
-            format!("http://{}/v1/completions", gw.proxy_addr),
-            r#"{"model":"m"}"#,
-        ),
-    )
-    .await;
-    assert!(got
-        .headers
-        .keys()
-        .all(|k| !k.as_str().starts_with("x-thinkgate")));
-    let id = up.last().headers["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(id.len(), 36, "a generated UUID is sent upstream: {id}");
+    for (strict, send_id, expect) in [
+        (true, true, false),
+        (false, false, false),
+        (false, true, true),
+    ] {
+        let gw = gateway(vec![up.url()], |c| {
+            c.passthrough_strict = strict;
+            c.upstream_request_id = send_id;
+        })
+        .await;
+        let got = send(
+            &client(),
+            post(
+                format!("http://{}/v1/completions", gw.proxy_addr),
+                r#"{"model":"m"}"#,
+            ),
+        )
+        .await;
+        assert_eq!(
+            got.headers
+                .keys()
+                .any(|k| k.as_str().starts_with("x-thinkgate")),
+            !strict
+        );
+        let seen = up.last().headers.get("x-request-id").cloned();
+        assert_eq!(
+            seen.is_some(),
+            expect,
+            "strict {strict}, upstream_request_id {send_id}"
+        );
+        if let Some(id) = seen {
+            assert_eq!(id.len(), 36, "a generated UUID: {id:?}");
+            assert_eq!(got.headers["x-thinkgate-request-id"], id);
+        }
+    }
 }
 
 #[tokio::test]

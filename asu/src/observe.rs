@@ -231,8 +231,8 @@ struct State {
     /// Terminal events (a choice's `finish_reason`) completed by the last
     /// `feed`, when `strip_usage_only` is set.
     terminal: Vec<Range<u64>>,
-    reasoning_chars: u64,
-    visible_chars: u64,
+    reasoning_bytes: u64,
+    visible_bytes: u64,
 }
 
 /// Observes one response body. See the module docs.
@@ -269,8 +269,8 @@ impl Observer {
                 itl_n: 0,
                 strip: Vec::new(),
                 terminal: Vec::new(),
-                reasoning_chars: 0,
-                visible_chars: 0,
+                reasoning_bytes: 0,
+                visible_bytes: 0,
             },
         }
     }
@@ -535,10 +535,12 @@ impl State {
             ..Marks::default()
         };
         let mut closed = false;
+        let (mut r_bytes, mut v_bytes) = (0u64, 0u64);
         if let Some(r) = reasoning {
             cs.saw_reasoning_field = true;
             m.reasoning = true;
             m.reasoning_text = true;
+            r_bytes += r.len() as u64;
             if let Some(t) = cs.text.as_mut() {
                 t.0.reasoning.push_str(r);
             }
@@ -547,6 +549,7 @@ impl State {
             if cs.saw_reasoning_field || mode == ThinkTags::Off {
                 m.visible = true;
                 m.visible_nonws = !is_blank(c);
+                v_bytes += c.len() as u64;
                 if let Some(t) = cs.text.as_mut() {
                     t.0.content.push_str(c);
                 }
@@ -558,10 +561,12 @@ impl State {
                         Span::Reasoning => {
                             m.reasoning = true;
                             m.reasoning_text |= !s.is_empty();
+                            r_bytes += s.len() as u64;
                         }
                         Span::Visible => {
                             m.visible = true;
                             m.visible_nonws |= !is_blank(s);
+                            v_bytes += s.len() as u64;
                         }
                         Span::Undecided => {
                             m.undecided = true;
@@ -613,6 +618,8 @@ impl State {
                 self.s.reasoning_chunks += u.chunks - u64::from(m.undecided);
             }
         }
+        self.reasoning_bytes += r_bytes;
+        self.visible_bytes += v_bytes;
         Some(m)
     }
 
@@ -660,12 +667,9 @@ impl State {
                     .as_ref()
                     .map(|f| f.chars().take(32).collect());
             }
-            // Characters split the usage total in proportion (no tokenizer).
-            self.reasoning_chars += reasoning.map_or(0, |r| r.chars().count() as u64);
+            // Text bytes split the usage total in proportion (no
+            // tokenizer); `on_delta` counts them, inline thinking included.
             let marks = self.on_delta(choice.index, reasoning, content, tool, 0);
-            if marks.is_some_and(|m| m.visible) {
-                self.visible_chars += content.map_or(0, |c| c.chars().count() as u64);
-            }
             self.stamp(marks, 0);
         }
     }
@@ -749,7 +753,7 @@ impl State {
                 // merged tokens.
                 None if s.streamed => (think_c.min(ct), ct, TokenSource::UsageSplitByChunks),
                 None => (
-                    split(ct, self.reasoning_chars, self.visible_chars),
+                    split(ct, self.reasoning_bytes, self.visible_bytes),
                     ct,
                     TokenSource::UsageSplitByChars,
                 ),

@@ -210,7 +210,17 @@ impl Leg {
         if let Some(s) = self.pending.take() {
             return s;
         }
-        let Some(frame) = frame_or_idle(&mut self.body, self.idle).await else {
+        // terminal events wait a moment for the usage event (see `strip`)
+        let next = if self.strip.holding() {
+            let wait = crate::stream::strip::HOLD_FOR_USAGE;
+            match tokio::time::timeout(wait, frame_or_idle(&mut self.body, self.idle)).await {
+                Ok(f) => f,
+                Err(_) => return Step::Bytes(self.strip.release_held()),
+            }
+        } else {
+            frame_or_idle(&mut self.body, self.idle).await
+        };
+        let Some(frame) = next else {
             return Step::Idle;
         };
         match frame {
@@ -445,6 +455,9 @@ struct View {
     obs: Observer,
     sink: Sink,
     t_recv: Instant,
+    /// Thinking tokens of a forced answer, counted on the first leg: an
+    /// assembled body shows only text, which cannot be counted exactly.
+    forced_thinking: Option<u64>,
 }
 
 /// The client went away.
@@ -456,14 +469,19 @@ impl View {
             obs: Observer::new(Arc::clone(&m.shared.observer), BodyKind::Sse),
             sink: Sink::Channel(tx),
             t_recv: m.ctx.t_recv,
+            forced_thinking: None,
         }
     }
 
     fn assemble(m: &Managed) -> Self {
         Self {
             obs: Observer::new(Arc::clone(&m.shared.observer), BodyKind::Json),
-            sink: Sink::Assemble(Box::default()),
+            sink: Sink::Assemble(Box::new((
+                SseFramer::default(),
+                Assembler::new(m.backend.flavor),
+            ))),
             t_recv: m.ctx.t_recv,
+            forced_thinking: None,
         }
     }
 
@@ -518,7 +536,9 @@ impl View {
             mut obs,
             sink,
             t_recv,
+            forced_thinking,
         } = self;
+        let assembled = matches!(sink, Sink::Assemble(_));
         let (status, body) = match sink {
             Sink::Channel(_) => (StatusCode::OK, Bytes::new()),
             Sink::Assemble(a) => {
@@ -534,8 +554,23 @@ impl View {
         };
         ctx.status = status.as_u16();
         let now = t_recv.elapsed().as_nanos() as u64;
-        ctx.settle(outcome, Some(obs.finish(now)));
+        let mut summary = obs.finish(now);
+        if let (true, Some(k)) = (assembled, forced_thinking) {
+            summary.thinking_tokens = k.min(summary.completion_tokens);
+            summary.visible_tokens = summary.completion_tokens - summary.thinking_tokens;
+            summary.token_source = thinking_counted(summary.token_source);
+        }
+        ctx.settle(outcome, Some(summary));
         (status, body)
+    }
+}
+
+/// The token source once thinking was counted on the stream.
+fn thinking_counted(s: thinkgate_asu::TokenSource) -> thinkgate_asu::TokenSource {
+    use thinkgate_asu::TokenSource as T;
+    match s {
+        T::UsageSplitByChars | T::UsageSplitByChunks => T::UsageSplitByChunks,
+        other => other,
     }
 }
 
@@ -696,6 +731,7 @@ async fn forced(
     // Dropping the leg drops the upstream request: the engine aborts it.
     drop(leg);
     m.ctx.set_thinking(false);
+    view.forced_thinking = Some(thinking_tokens);
     m.ctx.act(Action::ForcedAnswer {
         trigger,
         thinking_tokens,
@@ -717,7 +753,7 @@ async fn forced(
     };
     if !in_fields {
         // The client saw thinking open inline: close it the same way.
-        let close = format!("\n{}{}", markers.close(), cue);
+        let close = format!("{}{}", markers.close(), cue);
         if view.emit(id.text(&close)).await.is_err() {
             return view.settle(&mut m.ctx, Outcome::ClientGone);
         }

@@ -3,6 +3,7 @@
 //! identity, a closing `finish_reason`, the summed usage, `[DONE]`), and the
 //! assembly of a non-streamed body from those events.
 
+use crate::config::Flavor;
 use crate::proxy::request::Endpoint;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -266,7 +267,11 @@ pub fn put_back_moved(terminal: &mut Map<String, Value>, usage_event: &Map<Strin
 
 /// Usage of a forced response: the thinking moved from completion into the
 /// continuation's prompt, so it is moved back. `completion_tokens` =
-/// thinking + answer and `total_tokens` = the continuation's total.
+/// thinking + answer and `total_tokens` = the continuation's total. The
+/// engine's own usage object is kept (its fields, their order), and its
+/// reasoning count, when it has one, is the thinking: vLLM counts a
+/// continuation after a closed `</think>` as reasoning although it streams
+/// it as content.
 pub fn summed_usage(thinking_tokens: u64, continuation: Option<&Value>) -> Value {
     let get = |k: &str| continuation.and_then(|u| u.get(k)).and_then(Value::as_u64);
     let prompt = get("prompt_tokens")
@@ -274,18 +279,42 @@ pub fn summed_usage(thinking_tokens: u64, continuation: Option<&Value>) -> Value
         .saturating_sub(thinking_tokens);
     let answer = get("completion_tokens").unwrap_or(0);
     let completion = thinking_tokens + answer;
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "completion_tokens_details": {"reasoning_tokens": thinking_tokens},
-    })
+    let mut u = match continuation {
+        Some(Value::Object(o)) => o.clone(),
+        _ => Map::new(),
+    };
+    u.insert("prompt_tokens".into(), prompt.into());
+    u.insert("completion_tokens".into(), completion.into());
+    u.insert("total_tokens".into(), (prompt + completion).into());
+    match u.get_mut("completion_tokens_details") {
+        Some(Value::Object(d)) => {
+            d.insert("reasoning_tokens".into(), thinking_tokens.into());
+        }
+        // an engine that reports no reasoning count gets none added
+        Some(_) => {}
+        None if continuation.is_none() => {
+            u.insert(
+                "completion_tokens_details".into(),
+                json!({"reasoning_tokens": thinking_tokens}),
+            );
+        }
+        None => {}
+    }
+    Value::Object(u)
 }
 
-/// Builds a non-streamed response from the client's view of the stream.
+/// Builds a non-streamed response from the client's view of the stream, in
+/// the shape the engine gives its own non-streamed responses (vLLM 0.32's
+/// and llama.cpp's are known; other engines get the OpenAI shape).
 #[derive(Debug, Default)]
 pub struct Assembler {
+    flavor: Flavor,
     first: Option<Map<String, Value>>,
+    /// Top-level fields of the terminal chunk and the usage event beyond
+    /// the identity (`system_fingerprint`, llama.cpp's `timings`).
+    extra: Map<String, Value>,
+    /// Choice-level fields of the terminal chunk (vLLM's `stop_reason`).
+    choice_extra: Map<String, Value>,
     /// The reasoning field the engine used (`reasoning` or
     /// `reasoning_content`).
     reasoning_key: Option<String>,
@@ -298,6 +327,13 @@ pub struct Assembler {
 }
 
 impl Assembler {
+    pub fn new(flavor: Flavor) -> Self {
+        Self {
+            flavor,
+            ..Self::default()
+        }
+    }
+
     /// Take one SSE event's `data`.
     pub fn push(&mut self, data: &[u8]) {
         let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(data) else {
@@ -314,6 +350,16 @@ impl Assembler {
             Some(Value::Array(c)) => c,
             _ => Vec::new(),
         };
+        let terminal = choices
+            .iter()
+            .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()));
+        if terminal || choices.is_empty() {
+            for (k, v) in &o {
+                if !NOT_MOVED.contains(&k.as_str()) {
+                    self.extra.insert(k.clone(), v.clone());
+                }
+            }
+        }
         if self.first.is_none() && !choices.is_empty() {
             self.first = Some(o);
         }
@@ -323,6 +369,15 @@ impl Assembler {
             }
             if let Some(f) = c.get("finish_reason").filter(|f| !f.is_null()) {
                 self.finish_reason = f.clone();
+                if let Some(co) = c.as_object() {
+                    for (k, v) in co {
+                        if !["index", "delta", "text", "logprobs", "finish_reason"]
+                            .contains(&k.as_str())
+                        {
+                            self.choice_extra.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
             }
             if let Some(t) = c.get("text").and_then(Value::as_str) {
                 self.content.push_str(t);
@@ -379,6 +434,13 @@ impl Assembler {
         if let Some(e) = self.error {
             return Bytes::from(serde_json::to_vec(&e).unwrap_or_default());
         }
+        if endpoint == Endpoint::Chat && self.tool_calls.is_empty() {
+            match self.flavor {
+                Flavor::Vllm => return self.vllm_chat(),
+                Flavor::Llamacpp => return self.llamacpp_chat(),
+                Flavor::Sglang | Flavor::Openai => {}
+            }
+        }
         let mut o = self.first.unwrap_or_default();
         let choice = match endpoint {
             Endpoint::Chat => {
@@ -402,6 +464,128 @@ impl Assembler {
         o.insert("choices".into(), json!([choice]));
         if let Some(u) = self.usage {
             o.insert("usage".into(), u);
+        }
+        Bytes::from(serde_json::to_vec(&Value::Object(o)).unwrap_or_default())
+    }
+}
+
+impl Assembler {
+    fn ident(&self, k: &str) -> Value {
+        self.first
+            .as_ref()
+            .and_then(|f| f.get(k))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    fn usage_field(&self, k: &str) -> Value {
+        self.usage
+            .as_ref()
+            .and_then(|u| u.get(k))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    fn extra_or_null(&self, k: &str) -> Value {
+        self.extra.get(k).cloned().unwrap_or(Value::Null)
+    }
+
+    /// vLLM 0.32's `chat.completion` (its non-streamed chat response,
+    /// field for field; the conformance suite holds it to the engine's).
+    fn vllm_chat(self) -> Bytes {
+        let choice_field = |k: &str| self.choice_extra.get(k).cloned().unwrap_or(Value::Null);
+        let mut msg = Map::new();
+        msg.insert("role".into(), "assistant".into());
+        msg.insert("content".into(), Value::String(self.content.clone()));
+        for k in ["refusal", "annotations", "audio", "function_call"] {
+            msg.insert(k.into(), Value::Null);
+        }
+        // present without a reasoning parser too, as null
+        match &self.reasoning_key {
+            Some(k) => msg.insert(k.clone(), Value::String(self.reasoning.clone())),
+            None => msg.insert("reasoning".into(), Value::Null),
+        };
+        let choice = json!({
+            "index": 0,
+            "message": msg,
+            "logprobs": null,
+            "finish_reason": self.finish_reason,
+            "stop_reason": choice_field("stop_reason"),
+            "token_ids": null,
+            "routed_experts": null,
+        });
+        let mut usage = Map::new();
+        for k in [
+            "prompt_tokens",
+            "total_tokens",
+            "completion_tokens",
+            "prompt_tokens_details",
+        ] {
+            usage.insert(k.into(), self.usage_field(k));
+        }
+        usage.insert(
+            "completion_tokens_details".into(),
+            self.usage_field("completion_tokens_details"),
+        );
+        let mut o = Map::new();
+        o.insert("id".into(), self.ident("id"));
+        o.insert("object".into(), "chat.completion".into());
+        o.insert("created".into(), self.ident("created"));
+        o.insert("model".into(), self.ident("model"));
+        o.insert("choices".into(), json!([choice]));
+        o.insert("service_tier".into(), Value::Null);
+        o.insert(
+            "system_fingerprint".into(),
+            self.extra_or_null("system_fingerprint"),
+        );
+        o.insert("usage".into(), Value::Object(usage));
+        for k in [
+            "prompt_logprobs",
+            "prompt_token_ids",
+            "prompt_text",
+            "kv_transfer_params",
+            "ec_transfer_params",
+            "metrics",
+        ] {
+            o.insert(k.into(), Value::Null);
+        }
+        Bytes::from(serde_json::to_vec(&Value::Object(o)).unwrap_or_default())
+    }
+
+    /// llama.cpp server's non-streamed chat response.
+    fn llamacpp_chat(self) -> Bytes {
+        let mut msg = Map::new();
+        msg.insert("role".into(), "assistant".into());
+        msg.insert("content".into(), Value::String(self.content.clone()));
+        if let Some(k) = &self.reasoning_key {
+            msg.insert(k.clone(), Value::String(self.reasoning.clone()));
+        }
+        let choice = json!({"finish_reason": self.finish_reason, "index": 0, "message": msg});
+        let mut usage = Map::new();
+        for k in [
+            "completion_tokens",
+            "prompt_tokens",
+            "total_tokens",
+            "prompt_tokens_details",
+        ] {
+            let v = self.usage_field(k);
+            if !v.is_null() {
+                usage.insert(k.into(), v);
+            }
+        }
+        let mut o = Map::new();
+        o.insert("choices".into(), json!([choice]));
+        o.insert("created".into(), self.ident("created"));
+        o.insert("model".into(), self.ident("model"));
+        o.insert(
+            "system_fingerprint".into(),
+            self.ident("system_fingerprint"),
+        );
+        o.insert("object".into(), "chat.completion".into());
+        o.insert("usage".into(), Value::Object(usage));
+        o.insert("id".into(), self.ident("id"));
+        if let Some(t) = self.extra.get("timings") {
+            o.insert("timings".into(), t.clone());
         }
         Bytes::from(serde_json::to_vec(&Value::Object(o)).unwrap_or_default())
     }
@@ -546,14 +730,38 @@ mod tests {
 
     #[test]
     fn usage_adds_up() {
+        // vLLM's order and its reasoning count (which it gives the answer
+        // of a continuation too)
         let u = summed_usage(
             100,
-            Some(&json!({"prompt_tokens": 130, "completion_tokens": 12, "total_tokens": 142})),
+            Some(
+                &json!({"prompt_tokens": 130, "total_tokens": 142, "completion_tokens": 12,
+                "completion_tokens_details": {"reasoning_tokens": 12}}),
+            ),
         );
         assert_eq!(u["prompt_tokens"], 30);
         assert_eq!(u["completion_tokens"], 112);
         assert_eq!(u["total_tokens"], 142);
         assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], 100);
+        assert_eq!(
+            u.as_object().unwrap().keys().collect::<Vec<_>>(),
+            [
+                "prompt_tokens",
+                "total_tokens",
+                "completion_tokens",
+                "completion_tokens_details"
+            ]
+        );
+        // llama.cpp reports no reasoning count: none is added
+        let u = summed_usage(
+            100,
+            Some(&json!({"completion_tokens": 12, "prompt_tokens": 130, "total_tokens": 142})),
+        );
+        assert_eq!(u["completion_tokens"], 112);
+        assert!(u.get("completion_tokens_details").is_none());
+        // no usage from the continuation at all
+        let u = summed_usage(7, None);
+        assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], 7);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pin_project! {
         // a 2xx SSE response: ended with an error event on upstream failure
         sse: bool,
         idle: Option<Idle>,
+        // bounds how long terminal events wait for the usage event
+        hold: Option<Pin<Box<Sleep>>>,
         ended: bool,
     }
 
@@ -85,6 +87,7 @@ impl ObservedBody {
             strip: strip.then(UsageStripper::default),
             sse,
             idle,
+            hold: None,
             ended: false,
         }
     }
@@ -135,6 +138,20 @@ impl Body for ObservedBody {
             let polled = match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(p) => p,
                 Poll::Pending => {
+                    if let Some(st) = this.strip.as_mut().filter(|st| st.holding()) {
+                        let hold = this.hold.get_or_insert_with(|| {
+                            Box::pin(tokio::time::sleep(crate::stream::strip::HOLD_FOR_USAGE))
+                        });
+                        if hold.as_mut().poll(cx).is_ready() {
+                            *this.hold = None;
+                            let out = st.release_held();
+                            if !out.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
+                    } else {
+                        *this.hold = None;
+                    }
                     let Some(idle) = this.idle.as_mut() else {
                         return Poll::Pending;
                     };

@@ -43,13 +43,22 @@ pub struct UsageStripper {
     swallow_lf_at: Option<u64>,
     /// Terminal events held for the usage event's fields.
     terminal: Vec<Range<u64>>,
+    /// The observer's last event boundary.
+    boundary: u64,
 }
+
+/// How long terminal events wait for the usage event. Engines send it right
+/// after them (the same step of the same request); a stalled engine must
+/// not delay what the client has been sent already, visible text merged
+/// into a terminal chunk included: past this, they go as they came.
+pub const HOLD_FOR_USAGE: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl UsageStripper {
     /// `chunk` holds the bytes at absolute offsets `start..` just fed to
     /// `obs` (which strips usage-only events).
     pub fn process(&mut self, chunk: Bytes, start: u64, obs: &Observer) -> Bytes {
         let (boundary, strip) = (obs.boundary(), obs.strip_ranges());
+        self.boundary = boundary;
         let terminal = obs.terminal_ranges();
         let end = start + chunk.len() as u64;
         if self.held.is_empty()
@@ -149,6 +158,20 @@ impl UsageStripper {
             copy_to(&mut out, pos, region_end, &mut ins);
         }
         out.freeze()
+    }
+
+    /// Whether terminal events wait for the usage event.
+    pub fn holding(&self) -> bool {
+        !self.terminal.is_empty()
+    }
+
+    /// Stop waiting for the usage event: the complete events held go as
+    /// they came (an event still arriving stays held).
+    pub fn release_held(&mut self) -> Bytes {
+        self.terminal.clear();
+        let n = (self.boundary.saturating_sub(self.held_start) as usize).min(self.held.len());
+        self.held_start += n as u64;
+        self.held.split_to(n).freeze()
     }
 
     /// End of the body: release whatever is held (a partial event, or
@@ -344,6 +367,30 @@ mod tests {
         }
         let every: Vec<usize> = (1..body.len()).collect();
         assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &every)), want);
+    }
+
+    #[test]
+    fn held_terminal_events_can_be_released_unchanged() {
+        let cfg = Arc::new(ObserverConfig {
+            strip_usage_only: true,
+            ..ObserverConfig::default()
+        });
+        let mut obs = Observer::new(cfg, BodyKind::Sse);
+        let mut st = UsageStripper::default();
+        let fin = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" 4\"},\"finish_reason\":\"stop\"}]}\n\ndata: {\"cho";
+        obs.feed(fin.as_bytes(), 0);
+        assert!(st
+            .process(Bytes::from_static(fin.as_bytes()), 0, &obs)
+            .is_empty());
+        assert!(st.holding());
+        let out = st.release_held();
+        assert_eq!(out, fin.as_bytes()[..fin.len() - 11]);
+        assert!(!st.holding());
+        // the rest streams on as usual
+        let rest = "ices\":[],\"usage\":{\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+        obs.feed(rest.as_bytes(), fin.len() as u64);
+        let out = st.process(Bytes::from_static(rest.as_bytes()), fin.len() as u64, &obs);
+        assert_eq!(out, &b"data: [DONE]\n\n"[..]);
     }
 
     #[test]

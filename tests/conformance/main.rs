@@ -390,6 +390,32 @@ fn ttfvt_and_token_counts_agree_with_the_client_and_the_engine() {
     });
 }
 
+/// A JSON value's shape: every key path, with the type of its value (the
+/// numbers and texts differ between two answers; the fields must not).
+fn shape(v: &Value) -> Vec<String> {
+    fn walk(v: &Value, path: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o {
+                    walk(x, format!("{path}.{k}"), out);
+                }
+            }
+            Value::Array(a) => {
+                for x in a.iter().take(1) {
+                    walk(x, format!("{path}[]"), out);
+                }
+            }
+            Value::Null => out.push(format!("{path}: null")),
+            Value::Bool(_) => out.push(format!("{path}: bool")),
+            Value::Number(_) => out.push(format!("{path}: number")),
+            Value::String(_) => out.push(format!("{path}: string")),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, String::new(), &mut out);
+    out
+}
+
 /// Thinking tokens the engine merged into events with other thinking
 /// tokens, before thinking closed: each event's words beyond its first.
 fn merged_thinking(body: &[u8]) -> usize {
@@ -496,6 +522,12 @@ fn a_thinking_budget_is_exact_in_tokens_and_the_forced_answer_looks_like_the_eng
                     );
                     assert_eq!(seen, think[..seen.len()], "{what}: thinking seen");
                     assert_eq!(words(&content), answer, "{what}: answer seen");
+                    if !streamed {
+                        // the assembled body has the engine's own shape
+                        let direct = call(&c, &e.url, "/v1/chat/completions", &chat(false, false), &[]).await;
+                        let (a, b) = (shape(&wire::canonical_json(&direct.body)), shape(&wire::canonical_json(&s.body)));
+                        assert_eq!(b, a, "{what}: body shape");
+                    }
                     if streamed {
                         let canon = wire::canonical_stream(&s.body);
                         let direct = call(&c, &e.url, "/v1/chat/completions", &chat(true, usage), &[]).await;
@@ -576,7 +608,16 @@ fn a_client_that_leaves_makes_the_engine_drop_the_request() {
                     got += 1;
                 }
             }
-            assert!(engine_busy(&c, e).await, "{kind:?}: the engine shows the running request");
+            // the engine's gauges lag its work a little
+            let mut shown = false;
+            for _ in 0..100 {
+                if engine_busy(&c, e).await {
+                    shown = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(shown, "{kind:?}: the engine shows the running request");
             drop(b);
             let left = Instant::now();
             let mut busy = true;
@@ -702,10 +743,17 @@ fn the_openai_client_parses_every_mode_as_it_does_directly() {
             let (gw, rec) = gateway_for(&[e], |_| {}).await;
             let via = format!("http://{}", gw.proxy_addr);
             let (url, v) = (e.url.clone(), via.clone());
-            let direct = tokio::task::spawn_blocking(move || openai_modes(&url, &[])).await.unwrap();
-            let through = tokio::task::spawn_blocking(move || openai_modes(&v, &[])).await.unwrap();
+            let direct = tokio::task::spawn_blocking(move || openai_modes(&url, &[]))
+                .await
+                .unwrap();
+            let through = tokio::task::spawn_blocking(move || openai_modes(&v, &[]))
+                .await
+                .unwrap();
             for (mode, want) in direct.as_object().unwrap() {
-                assert_eq!(&through[mode], want, "{kind:?} {mode}: what the openai client parsed");
+                assert_eq!(
+                    &through[mode], want,
+                    "{kind:?} {mode}: what the openai client parsed"
+                );
             }
             // a forced answer parses too, with the budget's thinking
             let v = via.clone();
@@ -718,13 +766,22 @@ fn the_openai_client_parses_every_mode_as_it_does_directly() {
             let thinking = if kind.parser() {
                 t["0:reasoning"].as_str().unwrap_or("").to_string()
             } else {
-                t["0:content"].as_str().unwrap_or("").split("</think>").next().unwrap_or("").to_string()
+                t["0:content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split("</think>")
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
             };
             // (exactness is the budget test's; here: cut, and parsed)
             let n = words(&thinking).len();
             assert!(n >= 5 && n < think.len(), "{kind:?}: {thinking:?}");
             let answer = t["0:content"].as_str().unwrap_or("");
-            assert!(answer.ends_with(" ansal"), "{kind:?}: the forced answer {answer:?}");
+            assert!(
+                answer.ends_with(" ansal"),
+                "{kind:?}: the forced answer {answer:?}"
+            );
             stop(gw, &rec).await;
         }
     });
@@ -755,7 +812,10 @@ fn an_engine_killed_with_sigkill_costs_only_its_own_streams() {
                 .body(Full::new(Bytes::from(serde_json::to_vec(&long).unwrap())))
                 .unwrap();
             let resp = c.request(req).await.unwrap();
-            let backend = resp.headers()["x-thinkgate-backend"].to_str().unwrap().to_string();
+            let backend = resp.headers()["x-thinkgate-backend"]
+                .to_str()
+                .unwrap()
+                .to_string();
             let mut body = resp.into_body();
             let first = body.frame().await.unwrap().unwrap();
             let mut got = first.into_data().unwrap().to_vec();
@@ -771,10 +831,17 @@ fn an_engine_killed_with_sigkill_costs_only_its_own_streams() {
             }
             let text = String::from_utf8_lossy(&got);
             if killed.as_deref() == Some(backend.as_str()) {
-                assert!(text.contains("upstream_reset"), "the error event: {}", &text[text.len().saturating_sub(400)..]);
+                assert!(
+                    text.contains("upstream_reset"),
+                    "the error event: {}",
+                    &text[text.len().saturating_sub(400)..]
+                );
             }
         }
-        assert!(killed.is_some(), "round robin sent one of two requests to each engine");
+        assert!(
+            killed.is_some(),
+            "round robin sent one of two requests to each engine"
+        );
         // 2. After the kill, every request is answered (a refused connect is
         //    retried on the other engine) and whole.
         for _ in 0..6 {
@@ -784,8 +851,19 @@ fn an_engine_killed_with_sigkill_costs_only_its_own_streams() {
             assert!(wire::texts(&canon).1.ends_with(" ansal"), "{canon}");
         }
         let recs = stop(gw, &rec).await;
-        let outcomes: Vec<&str> = recs.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
-        assert_eq!(outcomes.iter().filter(|o| **o == "upstream_reset").count(), 1, "{outcomes:?}");
-        assert_eq!(outcomes.iter().filter(|o| **o == "completed").count(), 7, "{outcomes:?}");
+        let outcomes: Vec<&str> = recs
+            .iter()
+            .map(|r| r["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == "upstream_reset").count(),
+            1,
+            "{outcomes:?}"
+        );
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == "completed").count(),
+            7,
+            "{outcomes:?}"
+        );
     });
 }
