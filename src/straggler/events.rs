@@ -5,6 +5,7 @@
 
 use crate::config::Flavor;
 use crate::proxy::request::Endpoint;
+use crate::stream::strip::NOT_MOVED;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
@@ -248,10 +249,6 @@ impl Echo {
         String::new()
     }
 }
-
-/// Fields of a usage event that are not moved onto terminal chunks: the
-/// identity every chunk has, and what makes it the usage event.
-pub const NOT_MOVED: [&str; 6] = ["id", "object", "created", "model", "choices", "usage"];
 
 /// Give `terminal` the fields of `usage_event` it lacks: engines put some
 /// fields on the usage event instead of the terminal chunks when usage is on

@@ -29,9 +29,9 @@ use thinkgate_asu::Observer;
 /// The observer's event cap: a longer event in progress is not held.
 const MAX_HELD: usize = thinkgate_asu::sse::SseFramer::DEFAULT_MAX_EVENT_BYTES;
 
-/// Fields of the usage event that are never moved: the identity every
-/// chunk has, and what makes it the usage event.
-const NOT_MOVED: [&str; 6] = ["id", "object", "created", "model", "choices", "usage"];
+/// Fields of a usage event that are never moved onto terminal chunks: the
+/// identity every chunk has, and what makes it the usage event.
+pub const NOT_MOVED: [&str; 6] = ["id", "object", "created", "model", "choices", "usage"];
 
 #[derive(Debug, Default)]
 pub struct UsageStripper {
@@ -185,12 +185,18 @@ impl UsageStripper {
 /// The JSON object in one complete event's bytes (its `data:` line) and
 /// the offset of its closing brace within them.
 fn event_object(ev: &[u8]) -> Option<(serde_json::Map<String, serde_json::Value>, usize)> {
-    let data = memchr::memmem::find(ev, b"data:")? + 5;
-    let line_end = memchr::memchr(b'\n', &ev[data..]).map_or(ev.len(), |i| data + i);
-    let json = &ev[data..line_end];
+    let (data, json) = data_line(ev)?;
     let close = memchr::memrchr(b'}', json)?;
     let map = serde_json::from_slice(json).ok()?;
     Some((map, data + close))
+}
+
+/// The `data:` line of one complete event (engines write one JSON line), and
+/// its offset in the event.
+fn data_line(ev: &[u8]) -> Option<(usize, &[u8])> {
+    let data = memchr::memmem::find(ev, b"data:")? + 5;
+    let line_end = memchr::memchr(b'\n', &ev[data..]).map_or(ev.len(), |i| data + i);
+    Some((data, &ev[data..line_end]))
 }
 
 /// Where to insert what: for each terminal event in `region`, the fields of
@@ -208,10 +214,7 @@ fn moved_fields(
         region.get(a..b)
     };
     let Some((order, raw)) = strip.iter().find_map(|r| {
-        let ev = slice(r)?;
-        let data = memchr::memmem::find(ev, b"data:")? + 5;
-        let line_end = memchr::memchr(b'\n', &ev[data..]).map_or(ev.len(), |i| data + i);
-        let json = &ev[data..line_end];
+        let (_, json) = data_line(slice(r)?)?;
         // the keys in the engine's order, the values as the engine wrote them
         let order: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(json).ok()?;
