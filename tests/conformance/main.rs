@@ -867,3 +867,53 @@ fn an_engine_killed_with_sigkill_costs_only_its_own_streams() {
         );
     });
 }
+
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn native_budgets_end_thinking_in_the_engine_where_they_bind() {
+    // vLLM's `thinking_token_budget` binds only with a reasoning parser;
+    // llama.cpp's `thinking_budget_tokens` binds in its sampler. Where they
+    // bind, the engine ends thinking at the budget itself: no continuation.
+    let think: Vec<String> = chain()
+        .think_words
+        .iter()
+        .map(|w| w.trim().to_string())
+        .collect();
+    rt().block_on(async {
+        let c = client();
+        for kind in [Kind::VllmParser, Kind::LlamaParser] {
+            let e = shared(kind);
+            let (gw, rec) = gateway_for(&[e], |cfg| {
+                cfg.straggler.native_budget = true;
+            })
+            .await;
+            let via = format!("http://{}", gw.proxy_addr);
+            for budget in [3u64, 12] {
+                let b = budget.to_string();
+                let s = call(
+                    &c,
+                    &via,
+                    "/v1/chat/completions",
+                    &chat(true, false),
+                    &[("x-thinkgate-thinking-budget", b.as_str())],
+                )
+                .await;
+                let (reasoning, content) = wire::texts(&wire::canonical_stream(&s.body));
+                assert_eq!(
+                    words(&reasoning),
+                    think[..budget as usize],
+                    "{kind:?} budget {budget}"
+                );
+                assert!(content.ends_with(" ansal"), "{kind:?}: {content:?}");
+            }
+            let recs = stop(gw, &rec).await;
+            for r in &recs {
+                assert!(
+                    r.get("actions").is_none(),
+                    "{kind:?}: the engine ended thinking, no forced answer: {r}"
+                );
+                assert_eq!(r["thinking_tokens"], r["thinking_budget"], "{kind:?}: {r}");
+            }
+        }
+    });
+}
