@@ -143,6 +143,10 @@ pub struct Summary {
     pub cut_mid_event: bool,
     /// 0-based index of the data event that carried the first visible output.
     pub first_visible_event: Option<u64>,
+    /// The response `id` the engine gave (its first event's, or the JSON
+    /// body's): what the engine logs, to join records with engine logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<Vec<ChoiceText>>,
     #[serde(skip)]
@@ -420,6 +424,18 @@ impl Observer {
     }
 }
 
+/// The top-level `"id"` string of an engine's JSON (once per response),
+/// at most 128 bytes.
+fn response_id(json: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: Option<std::borrow::Cow<'a, str>>,
+    }
+    let id = serde_json::from_slice::<Id<'_>>(json).ok()?.id?;
+    (id.len() <= 128).then(|| id.into_owned())
+}
+
 fn is_blank(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_whitespace())
 }
@@ -449,6 +465,9 @@ impl State {
         if data == b"[DONE]" {
             self.s.done_marker = true;
             return;
+        }
+        if self.s.response_id.is_none() && idx == 0 {
+            self.s.response_id = response_id(data);
         }
         // Nearly every event is one choice's delta: scan it without building
         // the document (see `fast`); anything else takes the full parser.
@@ -648,6 +667,7 @@ impl State {
     }
 
     fn on_json(&mut self, body: &[u8]) {
+        self.s.response_id = response_id(body);
         let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(body) else {
             if !body.is_empty() {
                 self.s.parse_errors = 1;

@@ -326,6 +326,8 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     let mut injected = false;
     let mut features = Features::default();
     let mut original = Bytes::new();
+    // the inference body as it goes upstream (usage injected)
+    let mut sent = Bytes::new();
     let up_body = if endpoint.is_inference() {
         let bytes = match read_body(body, &shared.cfg).await {
             Ok(b) => b,
@@ -345,6 +347,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
             bytes
         };
         ctx.set_features(features.clone());
+        sent = bytes.clone();
         Either::Left(Full::new(bytes))
     } else {
         Either::Right(body)
@@ -417,19 +420,17 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     if managed {
         let native = plan.budget.filter(|_| fleet.straggler.native_budget);
         let client_streams = features.stream;
-        let leg_body = if client_streams && native.is_none() {
-            match &up_body {
-                Either::Left(f) => Some(f.clone()),
-                Either::Right(_) => None,
-            }
-        } else {
-            crate::straggler::driver::first_leg_body(
-                &original,
+        let leg_body = match (&up_body, client_streams && native.is_none()) {
+            (Either::Left(f), true) => Some(f.clone()),
+            // the body as sent (usage injected) gets the native budget
+            (Either::Left(_), false) => crate::straggler::driver::first_leg_body(
+                &sent,
                 client_streams,
                 native,
                 backend.flavor,
             )
-            .map(Full::new)
+            .map(Full::new),
+            (Either::Right(_), _) => None,
         };
         if let Some(leg_body) = leg_body {
             ctx.plan = plan;

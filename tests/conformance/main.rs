@@ -206,9 +206,11 @@ fn the_client_sees_what_the_engine_sent_in_every_mode() {
             let e = shared(kind);
             let (gw, rec) = gateway_for(&[e], |_| {}).await;
             let via = format!("http://{}", gw.proxy_addr);
+            let mut client_ids = Vec::new();
             for (name, path, body, streamed) in modes(kind) {
                 let direct = call(&c, &e.url, path, &body, &[]).await;
                 let through = call(&c, &via, path, &body, &[]).await;
+                client_ids.extend(wire::ids(&through.body, streamed).into_iter().take(1));
                 let what = format!("{kind:?} {name}");
                 assert_eq!(direct.status, 200, "{what}: direct status");
                 if direct.status != through.status {
@@ -671,10 +673,13 @@ fn engine_state_is_scraped_from_the_real_engines() {
             let started = Instant::now();
             let mut seen = None;
             // read the stream while watching the gateway's view of the engine
-            while started.elapsed() < Duration::from_secs(5) && seen.is_none() {
-                let f = tokio::time::timeout(Duration::from_millis(20), b.frame()).await;
-                if matches!(f, Ok(None)) {
-                    break;
+            let mut ended = false;
+            while started.elapsed() < Duration::from_secs(10) && seen.is_none() {
+                if !ended {
+                    let f = tokio::time::timeout(Duration::from_millis(20), b.frame()).await;
+                    ended = matches!(f, Ok(None) | Ok(Some(Err(_))));
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let m = common::scrape(&gw).await;
                 let kv = common::metric(
@@ -700,11 +705,22 @@ fn engine_state_is_scraped_from_the_real_engines() {
                 seen.unwrap_or_else(|| panic!("{kind:?}: the gateway never saw KV-cache use"));
             eprintln!("{kind:?}: KV use at the gateway {kv:.6}, at the engine {own:?}");
             let own = own.expect("the engine's own KV figure");
-            // sampled 50 ms apart while the request grows: same magnitude
             assert!(
-                kv <= 1.0 && own > 0.0 && (kv / own) > 0.2 && (kv / own) < 5.0,
+                kv > 0.0 && kv <= 1.0 && own > 0.0,
                 "{kind:?}: {kv} vs {own}"
             );
+            if kind.is_vllm() {
+                // vLLM's gauge moves by whole blocks: the same value, or a
+                // block apart
+                assert!(
+                    (kv / own) > 0.25 && (kv / own) < 4.0,
+                    "{kind:?}: {kv} vs {own}"
+                );
+            } else {
+                // llama.cpp's request grows by thousands of tokens a second:
+                // the engine's own figure, read after the gateway's, is larger
+                assert!(kv <= own, "{kind:?}: {kv} vs {own}");
+            }
             stop(gw, &rec).await;
         }
     });
