@@ -933,3 +933,52 @@ fn native_budgets_end_thinking_in_the_engine_where_they_bind() {
         }
     });
 }
+
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn a_deadline_forces_the_answer_of_a_request_that_would_think_on() {
+    // The loop model never closes its thinking by itself: without the
+    // deadline this request would think through all of `max_tokens`.
+    let e = Engine::start(Kind::LlamaParser, &["--model", "qwen3-loop"]);
+    let answer: Vec<String> = chain()
+        .answer_words
+        .iter()
+        .map(|w| w.trim().to_string())
+        .collect();
+    rt().block_on(async {
+        let c = client();
+        let (gw, rec) = gateway_for(&[&e], |cfg| {
+            cfg.straggler.deadline_ms = Some(1500);
+            cfg.straggler.answer_reserve_ms = Some(1400);
+        })
+        .await;
+        let via = format!("http://{}", gw.proxy_addr);
+        let mut body = chat(true, true);
+        body["max_tokens"] = 4000.into();
+        let s = call(&c, &via, "/v1/chat/completions", &body, &[]).await;
+        assert_eq!(s.status, 200);
+        let canon = wire::canonical_stream(&s.body);
+        let (reasoning, content) = wire::texts(&canon);
+        let thought = words(&reasoning).len();
+        assert!(thought > 0 && thought < 3990, "{thought} thinking tokens");
+        assert_eq!(words(&content), answer, "the forced answer");
+        let e2e = s.asu.t_done_ns as f64 / 1e9;
+        assert!(
+            e2e < 1.5,
+            "the response ended after the deadline: {e2e:.3} s"
+        );
+        let usage = usage_of(&s.body);
+        assert_eq!(
+            usage["completion_tokens"],
+            thought as u64 + answer.len() as u64 + 1,
+            "{usage}"
+        );
+        let recs = stop(gw, &rec).await;
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert_eq!(r["actions"][0]["action"], "forced_answer", "{r}");
+        assert_eq!(r["actions"][0]["trigger"], "deadline", "{r}");
+        assert_eq!(r["actions"][0]["thinking_tokens"], thought as u64, "{r}");
+        assert_eq!(r["thinking_tokens"], thought as u64, "{r}");
+    });
+}
