@@ -549,6 +549,23 @@ fn a_thinking_budget_is_exact_in_tokens_and_the_forced_answer_looks_like_the_eng
     });
 }
 
+/// Open a streamed chat request that runs for `max_tokens` unless aborted:
+/// the model's chain repeats past its end token with `ignore_eos`.
+async fn open_long(
+    c: &HttpClient,
+    base: &str,
+    max_tokens: u32,
+) -> http::Response<hyper::body::Incoming> {
+    let mut body = chat(true, false);
+    body["max_tokens"] = max_tokens.into();
+    body["ignore_eos"] = true.into();
+    let req = Request::post(format!("{base}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
+        .unwrap();
+    c.request(req).await.unwrap()
+}
+
 /// A Prometheus sample from an engine's `/metrics` (summed over labels).
 async fn engine_metric(c: &HttpClient, e: &Engine, name: &str) -> Option<f64> {
     let req = Request::get(format!("{}/metrics", e.url))
@@ -586,23 +603,13 @@ fn a_client_that_leaves_makes_the_engine_drop_the_request() {
             let e = shared(kind);
             let (gw, rec) = gateway_for(&[e], |_| {}).await;
             let via = format!("http://{}", gw.proxy_addr);
-            // Long enough that only an abort ends it early: the chain
-            // repeats past its end token with `ignore_eos`.
             let max_tokens = if kind.is_vllm() { 3000 } else { 4000 };
             let tokens_before = if kind.is_vllm() {
                 engine_metric(&c, e, "vllm:generation_tokens_total").await
             } else {
                 engine_metric(&c, e, "llamacpp:tokens_predicted_total").await
             };
-            let mut body = chat(true, false);
-            body["max_tokens"] = max_tokens.into();
-            body["ignore_eos"] = true.into();
-            let req = Request::post(format!("{via}/v1/chat/completions"))
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
-                .unwrap();
-            let resp = c.request(req).await.unwrap();
-            let mut b = resp.into_body();
+            let mut b = open_long(&c, &via, max_tokens).await.into_body();
             // the first events, then leave
             let mut got = 0;
             while got < 3 {
@@ -661,15 +668,7 @@ fn engine_state_is_scraped_from_the_real_engines() {
             let e = shared(kind);
             let (gw, rec) = gateway_for(&[e], |cfg| cfg.scrape_interval_ms = 50).await;
             let via = format!("http://{}", gw.proxy_addr);
-            let mut body = chat(true, false);
-            body["max_tokens"] = 4000.into();
-            body["ignore_eos"] = true.into();
-            let req = Request::post(format!("{via}/v1/chat/completions"))
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())))
-                .unwrap();
-            let resp = c.request(req).await.unwrap();
-            let mut b = resp.into_body();
+            let mut b = open_long(&c, &via, 4000).await.into_body();
             let started = Instant::now();
             let mut seen = None;
             // read the stream while watching the gateway's view of the engine
@@ -818,16 +817,9 @@ fn an_engine_killed_with_sigkill_costs_only_its_own_streams() {
         let via = format!("http://{}", gw.proxy_addr);
         // 1. Mid-stream: the stream on the killed engine ends cleanly with an
         //    error event; the client learns why.
-        let mut long = chat(true, false);
-        long["max_tokens"] = 4000.into();
-        long["ignore_eos"] = true.into();
         let mut killed = None;
         for _ in 0..2 {
-            let req = Request::post(format!("{via}/v1/chat/completions"))
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(serde_json::to_vec(&long).unwrap())))
-                .unwrap();
-            let resp = c.request(req).await.unwrap();
+            let resp = open_long(&c, &via, 4000).await;
             let backend = resp.headers()["x-thinkgate-backend"]
                 .to_str()
                 .unwrap()
