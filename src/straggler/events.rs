@@ -466,31 +466,28 @@ impl Assembler {
     }
 }
 
+/// `o[k]`, or null.
+fn field(o: Option<&Map<String, Value>>, k: &str) -> Value {
+    o.and_then(|o| o.get(k)).cloned().unwrap_or(Value::Null)
+}
+
 impl Assembler {
     fn ident(&self, k: &str) -> Value {
-        self.first
-            .as_ref()
-            .and_then(|f| f.get(k))
-            .cloned()
-            .unwrap_or(Value::Null)
+        field(self.first.as_ref(), k)
     }
 
     fn usage_field(&self, k: &str) -> Value {
-        self.usage
-            .as_ref()
-            .and_then(|u| u.get(k))
-            .cloned()
-            .unwrap_or(Value::Null)
+        field(self.usage.as_ref().and_then(Value::as_object), k)
     }
 
     fn extra_or_null(&self, k: &str) -> Value {
-        self.extra.get(k).cloned().unwrap_or(Value::Null)
+        field(Some(&self.extra), k)
     }
 
     /// vLLM 0.32's `chat.completion` (its non-streamed chat response,
     /// field for field; the conformance suite holds it to the engine's).
     fn vllm_chat(self) -> Bytes {
-        let choice_field = |k: &str| self.choice_extra.get(k).cloned().unwrap_or(Value::Null);
+        let choice_field = |k: &str| field(Some(&self.choice_extra), k);
         let mut msg = Map::new();
         msg.insert("role".into(), "assistant".into());
         msg.insert("content".into(), Value::String(self.content.clone()));
