@@ -10,10 +10,11 @@ pub mod request;
 pub mod send;
 pub mod upstream;
 
-use crate::config::Config;
+use crate::config::{Config, Flavor};
 use crate::error::GatewayError;
 use crate::metrics::LabelSet;
 use crate::record::Recorder;
+use crate::straggler::driver::ChunkUsageMode;
 use crate::straggler::Plan;
 use crate::stream::body::ObservedBody;
 use bytes::{Bytes, BytesMut};
@@ -420,18 +421,34 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     if managed {
         let native = plan.budget.filter(|_| fleet.straggler.native_budget);
         let client_streams = features.stream;
+        // vLLM says how many tokens each chunk carried when asked: a budget
+        // the gateway enforces is then exact in tokens (`straggler::exact`)
+        let chunk_usage = match (plan.force_budget, backend.flavor) {
+            (Some(_), Flavor::Vllm) if features.include_usage && features.continuous_usage => {
+                ChunkUsageMode::Keep
+            }
+            (Some(_), Flavor::Vllm) => ChunkUsageMode::Strip,
+            _ => ChunkUsageMode::Off,
+        };
         let leg_body = match (&up_body, client_streams && native.is_none()) {
-            (Either::Left(f), true) => Some(f.clone()),
+            (Either::Left(f), true) if chunk_usage == ChunkUsageMode::Off => Some(f.clone()),
             // the body as sent (usage injected) gets the native budget
-            (Either::Left(_), false) => crate::straggler::driver::first_leg_body(
+            (Either::Left(_), _) => crate::straggler::driver::first_leg_body(
                 &sent,
                 client_streams,
                 native,
                 backend.flavor,
+                chunk_usage != ChunkUsageMode::Off,
             )
             .map(Full::new),
             (Either::Right(_), _) => None,
         };
+        // usage the client did not ask for is kept from it
+        let adds_usage = chunk_usage == ChunkUsageMode::Strip && !features.include_usage;
+        if adds_usage && !injected && client_streams {
+            ctx.note_usage_injected();
+        }
+        let injected = injected || adds_usage;
         if let Some(leg_body) = leg_body {
             ctx.plan = plan;
             let m = crate::straggler::driver::Managed {
@@ -449,6 +466,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
                 client_streams,
                 client_wants_usage: features.include_usage,
                 injected: injected && client_streams,
+                chunk_usage,
             };
             return crate::straggler::driver::respond(m).await;
         }

@@ -66,6 +66,21 @@ pub struct Managed {
     /// The gateway added `include_usage` to a streamed first leg: usage-only
     /// events are kept from the client.
     pub injected: bool,
+    /// The first leg asked the engine for usage on every chunk, to keep a
+    /// budget exact in tokens (see `exact`).
+    pub chunk_usage: ChunkUsageMode,
+}
+
+/// Whether a leg counts thinking from per-chunk usage, and whose usage that
+/// is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkUsageMode {
+    /// Events are counted (the engine reports no usage per chunk).
+    Off,
+    /// The client asked for usage on every chunk itself: it stays.
+    Keep,
+    /// The gateway asked for it: it is taken out before the client sees it.
+    Strip,
 }
 
 /// Serve a managed request (see the module docs).
@@ -164,6 +179,21 @@ struct Leg {
     force_budget: Option<u64>,
     /// `upstream_idle_timeout_secs`: the leg fails after this long silent.
     idle: Option<std::time::Duration>,
+    /// Thinking counted in tokens from per-chunk usage.
+    exact: Option<Counting>,
+}
+
+/// Thinking counted from the engine's per-chunk usage (see `exact`).
+struct Counting {
+    shared: Arc<Shared>,
+    model: Option<String>,
+    strip: bool,
+    /// Usage seen on some chunk: until then events are counted.
+    seen: bool,
+    completion: u64,
+    thinking: u64,
+    /// The end of the captured thinking text that a cut left out.
+    dropped: Option<String>,
 }
 
 enum Step {
@@ -203,6 +233,15 @@ impl Leg {
             load,
             force_budget: m.ctx.plan.force_budget,
             idle: m.shared.cfg.idle_timeout(),
+            exact: (m.chunk_usage != ChunkUsageMode::Off).then(|| Counting {
+                shared: Arc::clone(&m.shared),
+                model: m.ctx.features.model.clone(),
+                strip: m.chunk_usage == ChunkUsageMode::Strip,
+                seen: false,
+                completion: 0,
+                thinking: 0,
+                dropped: None,
+            }),
         }
     }
 
@@ -215,7 +254,10 @@ impl Leg {
             let wait = crate::stream::strip::HOLD_FOR_USAGE;
             match tokio::time::timeout(wait, frame_or_idle(&mut self.body, self.idle)).await {
                 Ok(f) => f,
-                Err(_) => return Step::Bytes(self.strip.release_held()),
+                Err(_) => {
+                    let held = self.strip.release_held();
+                    return Step::Bytes(self.out(held));
+                }
             }
         } else {
             frame_or_idle(&mut self.body, self.idle).await
@@ -236,14 +278,24 @@ impl Leg {
                     Some(budget) => {
                         let mut out = bytes::BytesMut::new();
                         for piece in event_pieces(&data) {
-                            out.extend_from_slice(&self.feed(piece, now));
-                            if self.obs.still_thinking() && self.obs.thinking_so_far() >= budget {
+                            let before = self.obs.thinking_so_far();
+                            let fed = self.feed(piece.clone(), now);
+                            let fed = match self.count(&piece, before, budget).await {
+                                // the stripper passed the event on as it came
+                                Some(cut) if fed == piece => cut,
+                                _ => self.out(fed),
+                            };
+                            out.extend_from_slice(&fed);
+                            if self.obs.still_thinking() && self.thinking() >= budget {
                                 break;
                             }
                         }
                         out.freeze()
                     }
-                    None => self.feed(data, now),
+                    None => {
+                        let fed = self.feed(data, now);
+                        self.out(fed)
+                    }
                 };
                 if self.ident.is_none() && !out.is_empty() {
                     self.ident = first_identity(self.endpoint, &out);
@@ -251,8 +303,78 @@ impl Leg {
                 Step::Bytes(out)
             }
             Some(Err(_)) => Step::Reset,
-            None => Step::End(self.strip.flush()),
+            None => {
+                let rest = self.strip.flush();
+                Step::End(self.out(rest))
+            }
         }
+    }
+
+    /// Thinking tokens so far: from the engine's usage where it reports it
+    /// per chunk, else one per thinking event.
+    fn thinking(&self) -> u64 {
+        match &self.exact {
+            Some(c) if c.seen => c.thinking,
+            _ => self.obs.thinking_so_far(),
+        }
+    }
+
+    /// Bytes on their way to the client: without the per-chunk usage the
+    /// gateway asked for.
+    fn out(&self, b: Bytes) -> Bytes {
+        match &self.exact {
+            Some(c) if c.strip => crate::straggler::exact::strip_chunk_usage(b),
+            _ => b,
+        }
+    }
+
+    /// Count the thinking tokens of `event` (just fed; `before` was the
+    /// event count before it) from its usage. When they pass `budget`,
+    /// returns the event cut at the budget, if the engine's tokenizer says
+    /// where.
+    async fn count(&mut self, event: &Bytes, before: u64, budget: u64) -> Option<Bytes> {
+        let thinking_event = self.obs.thinking_so_far() > before;
+        let still = self.obs.still_thinking();
+        let c = self.exact.as_mut()?;
+        let u = crate::straggler::exact::chunk_usage(event)?;
+        let k = u.completion.saturating_sub(c.completion);
+        c.completion = u.completion;
+        let markers = &c.shared.markers;
+        let think = match u.reasoning {
+            Some(r) => r.saturating_sub(c.thinking),
+            None if thinking_event => k.saturating_sub(crate::straggler::exact::markers_in(
+                event,
+                &[markers.open(), markers.close()],
+            )),
+            None => 0,
+        };
+        if !c.seen {
+            // events counted before usage showed up (none, on vLLM)
+            c.thinking = self
+                .obs
+                .thinking_so_far()
+                .saturating_sub(u64::from(thinking_event));
+            c.seen = true;
+        }
+        c.thinking += think;
+        if !still || think == 0 || c.thinking <= budget {
+            return None;
+        }
+        let keep = think - (c.thinking - budget).min(think);
+        let cut = crate::straggler::exact::cut(
+            &c.shared.client,
+            &self.backend,
+            c.model.as_deref(),
+            event,
+            markers.open(),
+            think,
+            keep,
+            !c.strip,
+        )
+        .await?;
+        c.thinking = budget;
+        c.dropped = Some(cut.dropped);
+        Some(cut.event)
     }
 
     /// Observe `data` and return what of it the client may get (complete
@@ -271,7 +393,7 @@ impl Leg {
 /// `data` cut after each blank line that ends an SSE event (`\n\n` or
 /// `\n\r\n`); the last piece is the rest. Other line endings only make the
 /// pieces coarser, never wrong: the observer frames the bytes either way.
-fn event_pieces(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+pub(crate) fn event_pieces(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
     let mut start = 0;
     let mut done = false;
     std::iter::from_fn(move || {
@@ -455,8 +577,9 @@ struct View {
     obs: Observer,
     sink: Sink,
     t_recv: Instant,
-    /// Thinking tokens of a forced answer, counted on the first leg: an
-    /// assembled body shows only text, which cannot be counted exactly.
+    /// Thinking tokens of a forced answer, counted on the first leg (in
+    /// tokens where the engine reported usage per chunk): an assembled body
+    /// shows only text, and a cut event holds several tokens.
     forced_thinking: Option<u64>,
 }
 
@@ -538,7 +661,6 @@ impl View {
             t_recv,
             forced_thinking,
         } = self;
-        let assembled = matches!(sink, Sink::Assemble(_));
         let (status, body) = match sink {
             Sink::Channel(_) => (StatusCode::OK, Bytes::new()),
             Sink::Assemble(a) => {
@@ -555,7 +677,7 @@ impl View {
         ctx.status = status.as_u16();
         let now = t_recv.elapsed().as_nanos() as u64;
         let mut summary = obs.finish(now);
-        if let (true, Some(k)) = (assembled, forced_thinking) {
+        if let Some(k) = forced_thinking {
             summary.thinking_tokens = k.min(summary.completion_tokens);
             summary.visible_tokens = summary.completion_tokens - summary.thinking_tokens;
             summary.token_source = thinking_counted(summary.token_source);
@@ -653,9 +775,7 @@ async fn first_leg(
                     if view.emit(b).await.is_err() {
                         return FirstEnd::Gone;
                     }
-                    if force_budget.is_some_and(|fb| {
-                        leg.obs.still_thinking() && leg.obs.thinking_so_far() >= fb
-                    }) {
+                    if force_budget.is_some_and(|fb| leg.obs.still_thinking() && leg.thinking() >= fb) {
                         return FirstEnd::Force(Trigger::Budget);
                     }
                 }
@@ -723,8 +843,14 @@ async fn forced(
     trigger: Trigger,
     deadline: Option<tokio::time::Instant>,
 ) -> (StatusCode, Bytes) {
-    let thinking_tokens = leg.obs.thinking_so_far();
-    let thinking = leg.obs.thinking_text().unwrap_or_default();
+    let thinking_tokens = leg.thinking();
+    let mut thinking = leg.obs.thinking_text().unwrap_or_default();
+    // the end of the event cut at the budget never reached the client
+    if let Some(d) = leg.exact.as_ref().and_then(|c| c.dropped.as_deref()) {
+        if thinking.ends_with(d) {
+            thinking.truncate(thinking.len() - d.len());
+        }
+    }
     let in_fields = leg.obs.reasoning_in_fields();
     let id = leg.ident.clone().unwrap_or_else(|| fallback_ident(&m));
     let backend = Arc::clone(&leg.backend);
@@ -908,13 +1034,15 @@ async fn fallback(mut m: Managed, mut view: View, id: &Identity, why: &str) -> (
 }
 
 /// The first leg's body for `backend`: a non-streamed client's request
-/// streams upstream (with usage), and a native budget is passed to engines
-/// that enforce one. `None` when the body is not a JSON object.
+/// streams upstream (with usage), a native budget is passed to engines that
+/// enforce one, and usage on every chunk is asked for when `chunk_usage` is
+/// on. `None` when the body is not a JSON object.
 pub fn first_leg_body(
     original: &Bytes,
     client_streams: bool,
     native_budget: Option<u64>,
     flavor: Flavor,
+    chunk_usage: bool,
 ) -> Option<Bytes> {
     let native_key = match flavor {
         Flavor::Vllm => Some("thinking_token_budget"),
@@ -922,7 +1050,7 @@ pub fn first_leg_body(
         Flavor::Sglang | Flavor::Openai => None,
     };
     let native = native_budget.zip(native_key);
-    if client_streams && native.is_none() {
+    if client_streams && native.is_none() && !chunk_usage {
         return Some(original.clone());
     }
     let mut v: serde_json::Value = serde_json::from_slice(original).ok()?;
@@ -933,6 +1061,18 @@ pub fn first_leg_body(
             "stream_options".into(),
             serde_json::json!({"include_usage": true}),
         );
+    }
+    if chunk_usage {
+        let so = o
+            .entry("stream_options")
+            .or_insert_with(|| serde_json::json!({}));
+        if !so.is_object() {
+            *so = serde_json::json!({});
+        }
+        if let Some(so) = so.as_object_mut() {
+            so.insert("include_usage".into(), true.into());
+            so.insert("continuous_usage_stats".into(), true.into());
+        }
     }
     if let Some((b, k)) = native {
         o.insert(k.into(), b.into());

@@ -13,6 +13,7 @@ pub mod config;
 pub mod continuation;
 pub mod driver;
 pub mod events;
+pub mod exact;
 pub mod hedge;
 
 pub use config::{HedgeConfig, StragglerConfig};
