@@ -12,6 +12,7 @@
 mod common;
 mod engines;
 mod exact;
+mod hedge;
 mod wire;
 
 use bytes::Bytes;

@@ -1,0 +1,119 @@
+//! Hedging between real engines. One engine is stuck after its response
+//! head: vLLM's engine core stopped with SIGSTOP, so its API server answers
+//! `200` with the event-stream head and then nothing, as an engine whose
+//! scheduler hangs does. The other engine is healthy.
+
+use super::*;
+
+/// vLLM's engine core: the child of the API server named `VLLM::EngineCore`.
+fn engine_core(api_server: u32) -> u32 {
+    let out = std::process::Command::new("ps")
+        .args(["-o", "pid=,comm=", "--ppid", &api_server.to_string()])
+        .output()
+        .expect("ps runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains("VLLM::Engin"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("vLLM runs its engine core in a child process")
+}
+
+/// A process stopped with SIGSTOP until dropped (then SIGCONT), so a failing
+/// test leaves the shared engine running.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "SIGSTOP {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn a_request_stuck_after_its_head_is_hedged_to_the_other_engine() {
+    let (a, b) = (shared(Kind::VllmParser), shared(Kind::VllmInline));
+    rt().block_on(async {
+        let c = client();
+        let (gw, rec) = gateway_for(&[a, b], |cfg| {
+            cfg.routing = serde_json::from_value(json!({"type": "round_robin"})).unwrap();
+            cfg.straggler.hedge.after_ms = Some(300);
+            cfg.straggler.hedge.max_ratio = 1.0;
+        })
+        .await;
+        let via = format!("http://{}", gw.proxy_addr);
+        let stuck = Stopped::new(engine_core(a.pid));
+        for i in 0..4 {
+            let t0 = Instant::now();
+            let body = chat(true, false);
+            let req = call(&c, &via, "/v1/chat/completions", &body, &[]);
+            let s = tokio::time::timeout(Duration::from_secs(20), req)
+                .await
+                .unwrap_or_else(|_| panic!("request {i} was never answered: not hedged"));
+            let took = t0.elapsed();
+            assert_eq!(s.status, 200, "request {i}");
+            assert_eq!(
+                s.headers["x-thinkgate-backend"].to_str().unwrap(),
+                b.url,
+                "request {i}: the healthy engine answered"
+            );
+            let canon = wire::canonical_stream(&s.body);
+            assert!(
+                wire::texts(&canon).1.ends_with(" ansal"),
+                "request {i}: {canon}"
+            );
+            // the stuck engine would never answer; the hedge goes at 300 ms
+            assert!(took < Duration::from_secs(5), "request {i} took {took:?}");
+        }
+        drop(stuck);
+        // Once it runs again, the stuck engine drops the legs the gateway
+        // abandoned: nothing left running or waiting.
+        let t0 = Instant::now();
+        loop {
+            let waiting = engine_metric(&c, a, "vllm:num_requests_waiting").await;
+            if !engine_busy(&c, a).await && waiting.unwrap_or(0.0) == 0.0 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the stuck engine still holds the abandoned legs"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // and it serves again
+        let s = call(&c, &a.url, "/v1/chat/completions", &chat(true, false), &[]).await;
+        assert_eq!(s.status, 200);
+        let recs = stop(gw, &rec).await;
+        assert_eq!(recs.len(), 4);
+        let hedged = recs
+            .iter()
+            .filter(|r| {
+                let acts = r["actions"].as_array().cloned().unwrap_or_default();
+                let did = |what: &str| {
+                    acts.iter()
+                        .any(|x| x["action"] == what && x["backend"] == b.url.as_str())
+                };
+                did("hedge_sent") && did("hedge_won")
+            })
+            .count();
+        // round robin sent some originals to the stuck engine; each of
+        // those was hedged to the healthy one and won there
+        assert!(hedged >= 1, "no request was hedged: {recs:?}");
+        for r in &recs {
+            assert_eq!(r["outcome"], "completed", "{r}");
+        }
+    });
+}
