@@ -100,10 +100,10 @@ fn rewrite(c: &mut Criterion) {
     let mut g = c.benchmark_group("request");
     g.throughput(Throughput::Elements(1));
     g.bench_function("parse_features", |b| {
-        b.iter(|| black_box(thinkgate::proxy::request::Features::parse(&body)))
+        b.iter(|| black_box(thinkgate::context::request::Features::parse(&body)))
     });
     g.bench_function("inject_include_usage", |b| {
-        b.iter(|| black_box(thinkgate::proxy::request::inject_include_usage(&body)))
+        b.iter(|| black_box(thinkgate::context::request::inject_include_usage(&body)))
     });
     g.finish();
 }

@@ -298,7 +298,7 @@ impl Config {
             }
         }
         for b in &all {
-            crate::proxy::upstream::parse_base(&b.url)?;
+            crate::upstream::parse_base(&b.url)?;
         }
         let arm_pools = self
             .experiment

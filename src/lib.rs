@@ -4,25 +4,35 @@
 //! llama.cpp server) that measures every request on the ASU axes as its
 //! response streams past: time to first token of any kind (TTFT), time to
 //! first *visible* token (TTFVT), thinking time, end-to-end time, thinking and
-//! visible tokens. Parts, in the order a request meets them:
+//! visible tokens.
+//!
+//! The modules are layers: each uses only those below it (a test,
+//! `tests/layers.rs`, holds the order). From the top, in the order a request
+//! meets them (`docs/lifecycle.md` walks it phase by phase):
 //! - [`server`]: listeners (HTTP/1.1 + h2c), admin endpoints, drain;
-//! - [`proxy`]: the forwarding service, request inspection, upstreams;
+//! - [`proxy`]: the request pipeline, as named phases, and the plain path;
+//! - [`managed`]: the managed path (budgets, deadlines, hedging);
+//! - [`upstream::send`]: sending upstream with retries;
+//! - [`body`]: response bodies (observed, channel, usage stripping);
+//! - [`context`]: one request's context, where it is settled once;
+//! - [`state`]: what all requests share, and its lifecycle;
 //! - [`fleet`]: backends' live state, routing through `thinkgate-policies`,
 //!   health checks and engine scraping;
-//! - [`stream`]: the observed response body (framing and splitting live in
-//!   the `thinkgate-asu` crate, shared with the load generator);
-//! - [`record`], [`metrics`]: where each settled request goes.
+//! - [`record`], [`metrics`]: where each settled request goes;
+//! - [`config`], [`straggler`] (what to enforce), [`upstream`] (base URLs,
+//!   clients), [`error`].
 #![forbid(unsafe_code)]
 
-pub mod cli;
+pub mod body;
 pub mod config;
-pub mod demo;
+pub mod context;
 pub mod error;
 pub mod fleet;
+pub mod managed;
 pub mod metrics;
 pub mod proxy;
 pub mod record;
-pub mod run;
 pub mod server;
+pub mod state;
 pub mod straggler;
-pub mod stream;
+pub mod upstream;

@@ -3,8 +3,9 @@
 
 use crate::config::Config;
 use crate::error::error_response;
-use crate::proxy::{Proxy, Shared};
+use crate::proxy::Proxy;
 use crate::record::{self, RecorderTask};
+use crate::state::Shared;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -49,7 +50,7 @@ impl Gateway {
         let admin_addr = admin_listener.local_addr()?;
         let shared = Arc::new(Shared::new(cfg, recorder)?);
         shared.restart_probes();
-        let discovery = crate::fleet::discovery::spawn(Arc::clone(&shared));
+        let discovery = crate::state::discovery::spawn(Arc::clone(&shared));
         let (stop, stop_rx) = watch::channel(false);
         let admin = tokio::spawn(serve_admin(
             admin_listener,
@@ -332,4 +333,31 @@ fn admin_route(
             "admin routes: /metrics /healthz /readyz /stats, POST /prestop",
         ),
     }
+}
+
+/// The Kubernetes preStop hook's work: `POST /prestop` on the admin listener
+/// at `admin` (failures are reported, not fatal: the wait matters more), then
+/// wait while Services stop sending to the gateway.
+pub async fn pre_stop(
+    admin: std::net::SocketAddr,
+    wait: Duration,
+    token: Option<&str>,
+) -> anyhow::Result<()> {
+    use http_body_util::Full;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let mut req = http::Request::post(format!("http://{admin}/prestop"));
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(bytes::Bytes::new()))?;
+    let sent = tokio::time::timeout(Duration::from_secs(2), client.request(req)).await;
+    match sent {
+        Ok(Ok(r)) if r.status().is_success() => {}
+        Ok(Ok(r)) => eprintln!("thinkgate pre-stop: admin answered {}", r.status()),
+        Ok(Err(e)) => eprintln!("thinkgate pre-stop: {e}"),
+        Err(_) => eprintln!("thinkgate pre-stop: admin did not answer within 2 s"),
+    }
+    tokio::time::sleep(wait).await;
+    Ok(())
 }

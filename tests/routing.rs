@@ -399,12 +399,9 @@ async fn prestop_marks_not_ready_but_keeps_serving() {
             .unwrap()
     };
     assert_eq!(send(&c, ready(&gw)).await.status, 200);
-    let args = thinkgate::cli::PreStopArgs {
-        admin: gw.admin_addr,
-        wait_secs: 0,
-        token: Some("t0k".into()),
-    };
-    thinkgate::cli::pre_stop(args).await.unwrap();
+    thinkgate::server::pre_stop(gw.admin_addr, std::time::Duration::ZERO, Some("t0k"))
+        .await
+        .unwrap();
     assert_eq!(send(&c, ready(&gw)).await.status, 503);
     assert_eq!(send(&c, req(&gw, false)).await.status, 200);
 }

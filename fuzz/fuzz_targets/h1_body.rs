@@ -9,5 +9,5 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let cut = (cut as usize * rest.len()) / 255;
-    let _ = thinkgate::proxy::h1::decode_for_fuzzing(rest, cut);
+    let _ = thinkgate::upstream::h1::decode_for_fuzzing(rest, cut);
 });

@@ -3,7 +3,7 @@
 //! from the input only by `stream_options.include_usage: true`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use thinkgate::proxy::request::{inject_include_usage, Features};
+use thinkgate::context::request::{inject_include_usage, Features};
 
 fuzz_target!(|data: &[u8]| {
     let f = Features::parse(data);

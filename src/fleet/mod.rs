@@ -6,12 +6,12 @@
 //! snapshot of the candidates and hands it to the configured policy through
 //! `thinkgate_policies::select`, which never offers an unhealthy backend.
 
-pub mod discovery;
 pub mod probe;
+pub mod ttft;
 
 use crate::config::{AssignBy, BackendConfig, Config};
 use crate::error::ConfigError;
-use crate::proxy::upstream::{parse_base, Upstream};
+use crate::upstream::{parse_base, Upstream};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,7 +61,7 @@ pub struct Backend {
     pub waiting: AtomicF64,
     pub preemptions: AtomicF64,
     /// Recent TTFTs, for hedging after a percentile.
-    pub ttft_ring: crate::straggler::hedge::TtftRing,
+    pub ttft_ring: ttft::TtftRing,
 }
 
 /// A request leg counted on a backend while it lives (a hedge, or a

@@ -4,7 +4,7 @@
 //! They run off the request path, on their own timers.
 
 use super::{Backend, Fleet};
-use crate::proxy::upstream::UpstreamClient;
+use crate::upstream::UpstreamClient;
 use http_body_util::{BodyExt, Either, Full};
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,19 +2,15 @@
 //! forced answers, deadlines, hedging before the first token, retries before
 //! the first byte, and long-thinker isolation.
 //!
-//! A request with nothing to enforce takes the plain proxy path (bytes pass
-//! through untouched). One with a budget, a deadline or hedging is *managed*:
-//! a task drives its upstream legs and writes the client's stream, so it can
-//! cut a leg at an event boundary and splice a continuation into the same
-//! response (see [`driver`]).
+//! This module holds *what* to enforce on a request (its [`Plan`], from
+//! headers, arm, model and global settings), the settings, the actions
+//! recorded, and the gateway-wide hedge budget. A request with nothing to
+//! enforce takes the plain path (bytes pass through untouched); one with a
+//! budget, a deadline or hedging is *managed* (see `crate::managed`).
 
 pub mod action;
 pub mod config;
-pub mod continuation;
-pub mod driver;
-pub mod events;
-pub mod exact;
-pub mod hedge;
+pub mod hedge_budget;
 
 pub use config::{HedgeConfig, StragglerConfig};
 

@@ -703,7 +703,11 @@ fn engine_state_is_scraped_from_the_real_engines() {
                             .unwrap();
                         thinkgate_asu::engine::llamacpp_slots_kv(&common::send(&c, req).await.body)
                     };
-                    seen = Some((kv, own));
+                    // both read while this request runs: a figure left
+                    // from an earlier request (a scrape ago) is read again
+                    if own.is_some_and(|o| o > 0.0) {
+                        seen = Some((kv, own));
+                    }
                 }
             }
             drop(b);

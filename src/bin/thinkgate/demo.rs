@@ -3,13 +3,13 @@
 //! report from the client side, the gateway's own view of the same requests,
 //! and the engines' KV-cache peaks.
 
-use crate::config::Config;
-use crate::server::Gateway;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use thinkgate::config::Config;
+use thinkgate::server::Gateway;
 use thinkgate_loadgen::cli::LoadArgs;
 use thinkgate_sim::SimConfig;
 

@@ -1,4 +1,9 @@
-//! Upstream engines and the pooled HTTP client that reaches them.
+//! The upstream toolkit: engines' base URLs, the clients that reach them
+//! (the lean HTTP/1.1 client for inference requests, hyper's pooled one for
+//! the rest), and sending with retries ([`send`]).
+
+pub mod h1;
+pub mod send;
 
 use crate::error::ConfigError;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -89,7 +94,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// lean client (inference requests), or hyper's (everything else).
 pub enum UpBody {
     Hyper(hyper::body::Incoming),
-    Raw(super::h1::RawBody),
+    Raw(h1::RawBody),
 }
 
 impl http_body::Body for UpBody {

@@ -1,10 +1,10 @@
 //! Command line: one binary, one subcommand per job.
 
-use crate::config::Config;
-use crate::error::ConfigError;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use thinkgate::config::Config;
+use thinkgate::error::ConfigError;
 use thinkgate_asu::ThinkTags;
 
 #[derive(Debug, Parser)]
@@ -23,10 +23,13 @@ pub enum Command {
     /// Run the gateway in front of one or more OpenAI-compatible engines.
     Serve(Box<ServeArgs>),
     /// Run a simulated reasoning engine (OpenAI-compatible, vLLM-like).
+    #[cfg(feature = "tools")]
     Sim(Box<thinkgate_sim::cli::SimArgs>),
     /// Generate load and measure ASU from the client side.
+    #[cfg(feature = "tools")]
     Load(Box<thinkgate_loadgen::cli::LoadArgs>),
     /// Two simulated engines, the gateway and a short Gamma load: prints an ASU report.
+    #[cfg(feature = "tools")]
     Demo(Box<crate::demo::DemoArgs>),
     /// Kubernetes preStop hook: mark the gateway not ready, then wait while
     /// Services stop sending to it (SIGTERM follows and drains streams).
@@ -46,26 +49,10 @@ pub struct PreStopArgs {
     pub token: Option<String>,
 }
 
-/// `thinkgate pre-stop`: `POST /prestop` on the admin listener (failures are
-/// reported, not fatal: the wait matters more), then sleep.
+/// `thinkgate pre-stop` (see [`thinkgate::server::pre_stop`]).
 pub async fn pre_stop(args: PreStopArgs) -> anyhow::Result<()> {
-    use http_body_util::Full;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<bytes::Bytes>>();
-    let mut req = http::Request::post(format!("http://{}/prestop", args.admin));
-    if let Some(t) = &args.token {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let req = req.body(Full::new(bytes::Bytes::new()))?;
-    let sent = tokio::time::timeout(std::time::Duration::from_secs(2), client.request(req)).await;
-    match sent {
-        Ok(Ok(r)) if r.status().is_success() => {}
-        Ok(Ok(r)) => eprintln!("thinkgate pre-stop: admin answered {}", r.status()),
-        Ok(Err(e)) => eprintln!("thinkgate pre-stop: {e}"),
-        Err(_) => eprintln!("thinkgate pre-stop: admin did not answer within 2 s"),
-    }
-    tokio::time::sleep(std::time::Duration::from_secs(args.wait_secs)).await;
-    Ok(())
+    let wait = std::time::Duration::from_secs(args.wait_secs);
+    thinkgate::server::pre_stop(args.admin, wait, args.token.as_deref()).await
 }
 
 /// `thinkgate serve`: every config key as a flag and a `THINKGATE_*`

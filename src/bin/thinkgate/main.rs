@@ -1,8 +1,16 @@
-//! The `thinkgate` binary: parses the command line and runs one job.
+//! The `thinkgate` binary: parses the command line and runs one job. The
+//! gateway is the `thinkgate` library; the simulated engine, the load
+//! generator and the demo come with the `tools` feature (on by default; a
+//! gateway-only build turns it off: `--no-default-features`).
 
+mod cli;
+#[cfg(feature = "tools")]
+mod demo;
+mod run;
+
+use crate::cli::{Cli, Command};
 use clap::Parser;
 use std::process::ExitCode;
-use thinkgate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,11 +35,14 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Serve(args) => thinkgate::run::serve(*args).await,
+            Command::Serve(args) => run::serve(*args).await,
+            #[cfg(feature = "tools")]
             Command::Sim(args) => thinkgate_sim::cli::run(*args).await,
+            #[cfg(feature = "tools")]
             Command::Load(args) => thinkgate_loadgen::cli::run(*args).await,
-            Command::Demo(args) => thinkgate::demo::run(*args).await,
-            Command::PreStop(args) => thinkgate::cli::pre_stop(args).await,
+            #[cfg(feature = "tools")]
+            Command::Demo(args) => demo::run(*args).await,
+            Command::PreStop(args) => crate::cli::pre_stop(args).await,
         }
     });
     match result {

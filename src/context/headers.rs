@@ -1,6 +1,6 @@
 //! Header handling: hop-by-hop removal and the headers the gateway adds.
 
-use http::header::{HeaderMap, HeaderName, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 
 /// Request id header: kept if the client sent one, else set on the upstream
 /// request (vLLM and SGLang adopt it as their request id).
@@ -45,6 +45,42 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     for n in HOP_BY_HOP {
         h.remove(*n);
     }
+}
+
+/// The `x-thinkgate-*` response headers, when they are on.
+fn add_gateway_headers(
+    h: &mut HeaderMap,
+    ctx: &super::RequestCtx,
+    cfg: &crate::config::Config,
+    fleet: &crate::fleet::Fleet,
+) {
+    if !cfg.adds_response_headers() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+        h.insert(TG_REQUEST_ID, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(ctx.backend_name()) {
+        h.insert(TG_BACKEND, v);
+    }
+    if fleet.arms.len() > 1 {
+        if let Ok(v) = HeaderValue::from_str(ctx.arm_name()) {
+            h.insert(TG_ARM, v);
+        }
+    }
+}
+
+/// The response head as the client gets it, on every path (plain, managed,
+/// an engine's error through either): hop-by-hop headers dropped and the
+/// gateway's own added.
+pub fn client_head(
+    h: &mut HeaderMap,
+    ctx: &super::RequestCtx,
+    cfg: &crate::config::Config,
+    fleet: &crate::fleet::Fleet,
+) {
+    remove_hop_by_hop(h);
+    add_gateway_headers(h, ctx, cfg, fleet);
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //! identity, a closing `finish_reason`, the summed usage, `[DONE]`), and the
 //! assembly of a non-streamed body from those events.
 
+use crate::body::strip::NOT_MOVED;
 use crate::config::Flavor;
-use crate::proxy::request::Endpoint;
-use crate::stream::strip::NOT_MOVED;
+use crate::context::request::Endpoint;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 

@@ -4,13 +4,13 @@
 //! statuses. A retry never repeats output the client saw, because the
 //! client has seen nothing yet.
 
+use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::fleet::{Backend, Fleet};
-use crate::proxy::context::RequestCtx;
-use crate::proxy::upstream::UpBody;
-use crate::proxy::upstream::UpstreamBody;
-use crate::proxy::Shared;
+use crate::state::Shared;
 use crate::straggler::action::Action;
+use crate::upstream::UpBody;
+use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Full};

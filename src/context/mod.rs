@@ -7,15 +7,18 @@
 //! upstream request, which makes vLLM and SGLang abort it and free its KV
 //! cache).
 
+pub mod headers;
+pub mod request;
+
 use crate::error::GatewayError;
 use crate::fleet::{Backend, Fleet};
 use crate::metrics::Labels;
-use crate::proxy::request::{Endpoint, Features};
-use crate::proxy::Shared;
 use crate::record::{Outcome, RequestRecord};
+use crate::state::Shared;
 use crate::straggler::action::Action;
 use crate::straggler::Plan;
 use metrics::SharedString;
+use request::{Endpoint, Features};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

@@ -9,10 +9,10 @@
 //! body ends properly. Other bodies are cut, which is their only honest
 //! signal.
 
-use crate::proxy::context::RequestCtx;
-use crate::proxy::upstream::{BoxError, UpBody};
+use crate::body::strip::UsageStripper;
+use crate::context::RequestCtx;
 use crate::record::Outcome;
-use crate::stream::strip::UsageStripper;
+use crate::upstream::{BoxError, UpBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -140,7 +140,7 @@ impl Body for ObservedBody {
                 Poll::Pending => {
                     if let Some(st) = this.strip.as_mut().filter(|st| st.holding()) {
                         let hold = this.hold.get_or_insert_with(|| {
-                            Box::pin(tokio::time::sleep(crate::stream::strip::HOLD_FOR_USAGE))
+                            Box::pin(tokio::time::sleep(crate::body::strip::HOLD_FOR_USAGE))
                         });
                         if hold.as_mut().poll(cx).is_ready() {
                             *this.hold = None;

@@ -8,7 +8,7 @@
 //! set (and is logged).
 
 use crate::config::BackendConfig;
-use crate::proxy::Shared;
+use crate::state::Shared;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

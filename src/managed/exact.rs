@@ -13,7 +13,7 @@
 //! rebuilt; every other event keeps the engine's bytes, less the usage field.
 
 use crate::fleet::Backend;
-use crate::proxy::upstream::UpstreamClient;
+use crate::upstream::UpstreamClient;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Either, Full};
 use serde::de::{MapAccess, Visitor};
@@ -131,7 +131,7 @@ pub fn strip_chunk_usage(bytes: Bytes) -> Bytes {
         return bytes;
     }
     let mut out = BytesMut::with_capacity(bytes.len());
-    for piece in super::driver::event_pieces(&bytes) {
+    for piece in super::leg::event_pieces(&bytes) {
         match without_usage(&piece) {
             Some(v) => out.extend_from_slice(&v),
             None => out.extend_from_slice(&piece),

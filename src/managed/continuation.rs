@@ -10,7 +10,7 @@
 //! client's `max_tokens` minus the thinking already spent.
 
 use crate::config::Flavor;
-use crate::proxy::request::Endpoint;
+use crate::context::request::Endpoint;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use thinkgate_asu::Markers;

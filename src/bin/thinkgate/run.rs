@@ -2,11 +2,11 @@
 //! SIGTERM/SIGINT.
 
 use crate::cli::ServeArgs;
-use crate::proxy::Shared;
-use crate::server::Gateway;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
+use thinkgate::server::Gateway;
+use thinkgate::state::Shared;
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
@@ -69,7 +69,7 @@ async fn watch_config(args: ServeArgs, shared: Arc<Shared>) {
             .config()
             .map_err(|e| e.to_string())
             .and_then(|c| shared.reload(&c).map_err(|e| e.to_string()));
-        crate::metrics::config_reload(result.is_ok());
+        thinkgate::metrics::config_reload(result.is_ok());
         match result {
             Ok(()) => tracing::info!(trigger = why, "configuration reloaded"),
             Err(e) => {

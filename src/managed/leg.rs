@@ -1,0 +1,349 @@
+//! One upstream leg of a managed request: its body read on SSE event
+//! boundaries, observed, its injected usage kept from the client, and (with
+//! a thinking budget) cut at the event that reaches the budget.
+
+use super::events::Identity;
+use super::exact;
+use super::{ChunkUsageMode, Managed};
+use crate::body::strip::UsageStripper;
+use crate::context::request::Endpoint;
+use crate::fleet::{Backend, LegLoad};
+use crate::state::Shared;
+use crate::upstream::UpBody;
+use bytes::Bytes;
+use http::Response;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Instant;
+use thinkgate_asu::sse::SseFramer;
+use thinkgate_asu::{BodyKind, Observer};
+
+/// One upstream leg that streams reasoning: its observer (thinking count
+/// and text) and the bytes it has released on event boundaries.
+pub(super) struct Leg {
+    pub(super) backend: Arc<Backend>,
+    pub(super) head: Option<http::response::Parts>,
+    /// An end seen while the leg was held, delivered by the next `step`.
+    pub(super) pending: Option<Step>,
+    pub(super) body: UpBody,
+    pub(super) obs: Observer,
+    pub(super) strip: UsageStripper,
+    /// Bytes released while the leg was held (hedging).
+    pub(super) held: Vec<Bytes>,
+    /// The response identity, from its first chunk.
+    pub(super) ident: Option<Identity>,
+    pub(super) endpoint: Endpoint,
+    pub(super) t_recv: Instant,
+    /// A hedge counts on its backend until it wins (then the context does).
+    pub(super) load: Option<LegLoad>,
+    /// Stop feeding a read at the event that reaches this many thinking
+    /// tokens.
+    pub(super) force_budget: Option<u64>,
+    /// `upstream_idle_timeout_secs`: the leg fails after this long silent.
+    idle: Option<std::time::Duration>,
+    /// Thinking counted in tokens from per-chunk usage.
+    exact: Option<Counting>,
+}
+
+/// Thinking counted from the engine's per-chunk usage (see `exact`).
+struct Counting {
+    pub(super) shared: Arc<Shared>,
+    pub(super) model: Option<String>,
+    pub(super) strip: bool,
+    /// Usage seen on some chunk: until then events are counted.
+    pub(super) seen: bool,
+    pub(super) completion: u64,
+    pub(super) thinking: u64,
+    /// The end of the captured thinking text that a cut left out.
+    pub(super) dropped: Option<String>,
+}
+
+pub(super) enum Step {
+    /// Complete events (possibly none).
+    Bytes(Bytes),
+    /// The body ended; the bytes of an unfinished event, if any.
+    End(Bytes),
+    Reset,
+    /// Nothing from the upstream for the idle timeout.
+    Idle,
+}
+
+impl Leg {
+    pub(super) fn new(
+        m: &Managed,
+        backend: Arc<Backend>,
+        resp: Response<UpBody>,
+        load: Option<LegLoad>,
+    ) -> Self {
+        let (head, body) = resp.into_parts();
+        let cfg = if m.injected {
+            &m.shared.observer_capture_strip
+        } else {
+            &m.shared.observer_capture
+        };
+        Self {
+            backend,
+            head: Some(head),
+            pending: None,
+            body,
+            obs: Observer::new(Arc::clone(cfg), BodyKind::Sse),
+            strip: UsageStripper::default(),
+            held: Vec::new(),
+            ident: None,
+            endpoint: m.ctx.endpoint,
+            t_recv: m.ctx.t_recv,
+            load,
+            force_budget: m.ctx.plan.force_budget,
+            idle: m.shared.cfg.idle_timeout(),
+            exact: (m.chunk_usage != ChunkUsageMode::Off).then(|| Counting {
+                shared: Arc::clone(&m.shared),
+                model: m.ctx.features.model.clone(),
+                strip: m.chunk_usage == ChunkUsageMode::Strip,
+                seen: false,
+                completion: 0,
+                thinking: 0,
+                dropped: None,
+            }),
+        }
+    }
+
+    pub(super) async fn step(&mut self) -> Step {
+        if let Some(s) = self.pending.take() {
+            return s;
+        }
+        // terminal events wait a moment for the usage event (see `strip`)
+        let next = if self.strip.holding() {
+            let wait = crate::body::strip::HOLD_FOR_USAGE;
+            match tokio::time::timeout(wait, frame_or_idle(&mut self.body, self.idle)).await {
+                Ok(f) => f,
+                Err(_) => {
+                    let held = self.strip.release_held();
+                    return Step::Bytes(self.out(held));
+                }
+            }
+        } else {
+            frame_or_idle(&mut self.body, self.idle).await
+        };
+        let Some(frame) = next else {
+            return Step::Idle;
+        };
+        match frame {
+            Some(Ok(f)) => {
+                let Ok(data) = f.into_data() else {
+                    return Step::Bytes(Bytes::new());
+                };
+                let now = self.t_recv.elapsed().as_nanos() as u64;
+                let out = match self.force_budget {
+                    // One read may hold many events: feed them one at a
+                    // time and stop at the one that reaches the budget
+                    // (what follows it is never sent).
+                    Some(budget) => {
+                        let mut out = bytes::BytesMut::new();
+                        for piece in event_pieces(&data) {
+                            let before = self.obs.thinking_so_far();
+                            let fed = self.feed(piece.clone(), now);
+                            let fed = match self.count(&piece, before, budget).await {
+                                // the stripper passed the event on as it came
+                                Some(cut) if fed == piece => cut,
+                                _ => self.out(fed),
+                            };
+                            out.extend_from_slice(&fed);
+                            if self.obs.still_thinking() && self.thinking() >= budget {
+                                break;
+                            }
+                        }
+                        out.freeze()
+                    }
+                    None => {
+                        let fed = self.feed(data, now);
+                        self.out(fed)
+                    }
+                };
+                if self.ident.is_none() && !out.is_empty() {
+                    self.ident = first_identity(self.endpoint, &out);
+                }
+                Step::Bytes(out)
+            }
+            Some(Err(_)) => Step::Reset,
+            None => {
+                let rest = self.strip.flush();
+                Step::End(self.out(rest))
+            }
+        }
+    }
+
+    /// Thinking tokens so far: from the engine's usage where it reports it
+    /// per chunk, else one per thinking event.
+    pub(super) fn thinking(&self) -> u64 {
+        match &self.exact {
+            Some(c) if c.seen => c.thinking,
+            _ => self.obs.thinking_so_far(),
+        }
+    }
+
+    /// The thinking text the client saw (a forced answer's continuation
+    /// goes on from it): the end of an event cut at the budget never
+    /// reached the client.
+    pub(super) fn thinking_text(&self) -> String {
+        let mut thinking = self.obs.thinking_text().unwrap_or_default();
+        if let Some(d) = self.exact.as_ref().and_then(|c| c.dropped.as_deref()) {
+            if thinking.ends_with(d) {
+                thinking.truncate(thinking.len() - d.len());
+            }
+        }
+        thinking
+    }
+
+    /// Bytes on their way to the client: without the per-chunk usage the
+    /// gateway asked for.
+    pub(super) fn out(&self, b: Bytes) -> Bytes {
+        match &self.exact {
+            Some(c) if c.strip => exact::strip_chunk_usage(b),
+            _ => b,
+        }
+    }
+
+    /// Count the thinking tokens of `event` (just fed; `before` was the
+    /// event count before it) from its usage. When they pass `budget`,
+    /// returns the event cut at the budget, if the engine's tokenizer says
+    /// where.
+    pub(super) async fn count(&mut self, event: &Bytes, before: u64, budget: u64) -> Option<Bytes> {
+        let thinking_event = self.obs.thinking_so_far() > before;
+        let still = self.obs.still_thinking();
+        let c = self.exact.as_mut()?;
+        let u = exact::chunk_usage(event)?;
+        let k = u.completion.saturating_sub(c.completion);
+        c.completion = u.completion;
+        let markers = &c.shared.markers;
+        let think = match u.reasoning {
+            Some(r) => r.saturating_sub(c.thinking),
+            None if thinking_event => {
+                k.saturating_sub(exact::markers_in(event, &[markers.open(), markers.close()]))
+            }
+            None => 0,
+        };
+        if !c.seen {
+            // events counted before usage showed up (none, on vLLM)
+            c.thinking = self
+                .obs
+                .thinking_so_far()
+                .saturating_sub(u64::from(thinking_event));
+            c.seen = true;
+        }
+        c.thinking += think;
+        if !still || think == 0 || c.thinking <= budget {
+            return None;
+        }
+        let keep = think - (c.thinking - budget).min(think);
+        let cut = exact::cut(
+            &c.shared.client,
+            &self.backend,
+            c.model.as_deref(),
+            event,
+            markers.open(),
+            think,
+            keep,
+            !c.strip,
+        )
+        .await?;
+        c.thinking = budget;
+        c.dropped = Some(cut.dropped);
+        Some(cut.event)
+    }
+
+    /// Observe `data` and return what of it the client may get (complete
+    /// events; usage-only events removed when the gateway injected usage).
+    pub(super) fn feed(&mut self, data: Bytes, now: u64) -> Bytes {
+        let before = self.obs.fed();
+        self.obs.feed(&data, now);
+        self.strip.process(data, before, &self.obs)
+    }
+
+    pub(super) fn has_token(&self) -> bool {
+        self.obs.peek().t_first_token_ns.is_some()
+    }
+}
+
+/// `data` cut after each blank line that ends an SSE event (`\n\n` or
+/// `\n\r\n`); the last piece is the rest. Other line endings only make the
+/// pieces coarser, never wrong: the observer frames the bytes either way.
+pub(crate) fn event_pieces(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    let mut start = 0;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let rest = &data[start..];
+        let mut from = 0;
+        while let Some(i) = memchr::memchr(b'\n', &rest[from..]).map(|i| i + from) {
+            let end = if rest.get(i + 1) == Some(&b'\n') {
+                Some(i + 2)
+            } else if rest.get(i + 1..i + 3) == Some(b"\r\n") {
+                Some(i + 3)
+            } else {
+                None
+            };
+            if let Some(e) = end {
+                let piece = data.slice(start..start + e);
+                start += e;
+                return Some(piece);
+            }
+            from = i + 1;
+        }
+        done = true;
+        (start < data.len()).then(|| data.slice(start..))
+    })
+}
+
+/// The identity in the first `data: {...}` event of complete-event bytes.
+fn first_identity(endpoint: Endpoint, bytes: &[u8]) -> Option<Identity> {
+    let mut found = None;
+    let mut framer = SseFramer::default();
+    framer.feed(bytes, |ev| {
+        if found.is_none() {
+            found = Identity::from_chunk(endpoint, ev.data);
+        }
+    });
+    found
+}
+
+/// The next frame, or `None` after `idle` without one.
+pub(super) async fn frame_or_idle(
+    body: &mut UpBody,
+    idle: Option<std::time::Duration>,
+) -> Option<Option<Result<http_body::Frame<Bytes>, crate::upstream::BoxError>>> {
+    match idle {
+        Some(d) => tokio::time::timeout(d, body.frame()).await.ok(),
+        None => Some(body.frame().await),
+    }
+}
+
+pub(super) async fn step_opt(l: &mut Option<Leg>) -> Step {
+    match l {
+        Some(l) => l.step().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn pieces_end_after_each_event() {
+        let d = Bytes::from_static(b"data: a\n\ndata: b\r\n\r\n: ping\n\ndata: par");
+        let p: Vec<Bytes> = event_pieces(&d).collect();
+        assert_eq!(
+            p,
+            [
+                &b"data: a\n\n"[..],
+                b"data: b\r\n\r\n",
+                b": ping\n\n",
+                b"data: par"
+            ]
+        );
+        assert_eq!(p.concat(), d.to_vec());
+        assert_eq!(event_pieces(&Bytes::new()).count(), 0);
+    }
+}
