@@ -1,23 +1,22 @@
-# thinkgate: the gateway, the simulated engine and the load generator in one
-# static-ish binary on a distroless base (glibc, CA certificates, no shell).
+# syntax=docker/dockerfile:1
+# thinkgate on a distroless base (glibc, CA certificates, no shell, non-root).
+# With the default `tools` feature the binary also carries the simulated engine
+# and the load generator (the Helm chart's `sim.enabled` runs `thinkgate sim`);
+# a gateway-only image leaves them out:
 #   docker build -t thinkgate .
+#   docker build --build-arg FEATURES= -t thinkgate-gateway .
 #   docker run --rm -p 8080:8080 -p 9090:9090 thinkgate serve --upstream http://vllm:8000
+# `tests/dockerfile.rs` checks this file against the workspace.
 
 FROM rust:1-bookworm AS build
+ARG FEATURES=tools
 WORKDIR /src
-# Dependencies first, so code changes reuse the cached layer.
-COPY Cargo.toml Cargo.lock ./
-COPY asu/Cargo.toml asu/
-COPY sim/Cargo.toml sim/
-COPY loadgen/Cargo.toml loadgen/
-COPY policies/Cargo.toml policies/
-RUN for d in asu sim loadgen policies; do mkdir -p $d/src && echo '' > $d/src/lib.rs; done \
- && mkdir -p src benches && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
- && for b in overhead policies budgets; do echo 'fn main() {}' > benches/$b.rs; done \
- && cargo fetch --locked
 COPY . .
-RUN touch src/main.rs src/lib.rs asu/src/lib.rs sim/src/lib.rs loadgen/src/lib.rs policies/src/lib.rs \
- && cargo build --release --locked --bin thinkgate \
+# BuildKit cache mounts keep the crates and the build between builds, so a code
+# change rebuilds only the workspace (no stub step to fall out of step with it).
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin thinkgate --no-default-features --features "$FEATURES" \
  && cp target/release/thinkgate /thinkgate
 
 FROM gcr.io/distroless/cc-debian12:nonroot

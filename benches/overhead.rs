@@ -31,7 +31,7 @@ const ROUNDS: usize = 3;
 fn chunk(i: usize) -> Bytes {
     Bytes::from(format!(
         "data: {{\"id\":\"chatcmpl-b\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench\",\"choices\":[{{\"index\":0,\"delta\":{{\"{}\":\" token{i}\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n",
-        if i % 2 == 0 { "reasoning" } else { "content" }
+        if i.is_multiple_of(2) { "reasoning" } else { "content" }
     ))
 }
 

@@ -660,3 +660,44 @@ async fn openai_python_client_reads_a_forced_answer() {
         48
     );
 }
+
+/// A managed request whose engine answers with an error, or with a body
+/// that is not an event stream, gets the same head as on the plain path:
+/// the `x-thinkgate-*` headers included.
+#[tokio::test]
+async fn a_managed_request_answered_without_a_stream_has_the_gateways_headers() {
+    let error = r#"{"error":{"message":"bad","type":"BadRequestError","code":400}}"#;
+    let json = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+    let up = upstream(move |_, body| {
+        if String::from_utf8_lossy(body).contains("error-please") {
+            let mut s = Script::json(error);
+            s.status = 400;
+            s
+        } else {
+            Script::json(json)
+        }
+    })
+    .await;
+    let gw = gateway(vec![up.url()], |c| c.straggler.thinking_budget = Some(10)).await;
+    let c = client();
+    for (content, status, body) in [("error-please", 400, error), ("fine", 200, json)] {
+        let req = post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            &format!(
+                r#"{{"model":"m","stream":true,"messages":[{{"role":"user","content":"{content}"}}]}}"#
+            ),
+        );
+        let got = send(&c, req).await;
+        assert_eq!(got.status, status);
+        assert_eq!(got.body, body.as_bytes());
+        assert!(
+            got.headers.contains_key("x-thinkgate-request-id"),
+            "{content}"
+        );
+        assert_eq!(
+            got.headers["x-thinkgate-backend"],
+            up.url().as_str(),
+            "{content}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// Flags override the TOML file given with `--config`.
 #[derive(Debug, Args)]
 pub struct SimArgs {
-    /// TOML file with any of the keys below, plus [engine] and [workload] tables.
+    /// TOML file with any of the keys below, plus `[engine]` and `[workload]` tables.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Print the effective configuration and exit.

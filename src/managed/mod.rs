@@ -21,13 +21,13 @@
 //! channel send and the observer; only a forced answer's continuation is
 //! parsed into JSON values.
 //!
-//! Files, in the order a managed request meets them: [`leg_body`] (the first
-//! leg's request), [`leg`] (reading a leg, and the budget cut, exact in
-//! tokens where the engine says how many each event holds: [`exact`]),
-//! [`hedge`] (the race before the first token), [`view`] (what the client
-//! receives), [`first_leg`] (streaming the first leg until it ends or must
-//! be cut), [`forced`] (the forced answer through a [`continuation`] whose
-//! [`events`] are rewritten into the first leg's identity).
+//! Files, in the order a managed request meets them: `leg_body` (the first
+//! leg's request), `leg` (reading a leg, and the budget cut, exact in
+//! tokens where the engine says how many each event holds: `exact`),
+//! `hedge` (the race before the first token), `view` (what the client
+//! receives), `first_leg` (streaming the first leg until it ends or must
+//! be cut), `forced` (the forced answer through a `continuation` whose
+//! `events` are rewritten into the first leg's identity).
 
 mod continuation;
 pub mod events;

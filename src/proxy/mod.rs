@@ -2,15 +2,15 @@
 //! request through named phases, in order (`docs/lifecycle.md` walks them
 //! with the timestamps, metrics and record fields of each):
 //!
-//! 1. [`open`]: the request's context and id (`t_recv`);
-//! 2. [`admit`]: the global in-flight limit, a bounded wait, or a 503;
-//! 3. [`read`]: an inference body read whole (bounded), its features
+//! 1. `open`: the request's context and id (`t_recv`);
+//! 2. `admit`: the global in-flight limit, a bounded wait, or a 503;
+//! 3. `read`: an inference body read whole (bounded), its features
 //!    parsed, usage injected; other bodies stream through untouched;
-//! 4. [`route`]: the experiment arm, the straggler plan, the backend;
-//! 5. [`outgoing`]: the upstream request (headers cleaned, id, body) and
+//! 4. `route`: the experiment arm, the straggler plan, the backend;
+//! 5. `outgoing`: the upstream request (headers cleaned, id, body) and
 //!    which path answers it;
 //! 6. the **managed** path (`crate::managed`: budgets, deadlines, hedging)
-//!    or the **plain** one ([`plain`]: bytes pass through, observed).
+//!    or the **plain** one (`plain`: bytes pass through, observed).
 //!
 //! Every phase returns `Result<_, GatewayError>`; an error becomes the
 //! client's response in one place (`body::response::error_response`), which
