@@ -38,6 +38,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A request whose upstream failed after its response head.
+    pub fn of(f: &crate::upstream::watched::Failure) -> Self {
+        match f {
+            crate::upstream::watched::Failure::Reset(_) => Outcome::UpstreamReset,
+            crate::upstream::watched::Failure::Idle(_) => Outcome::UpstreamIdle,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
@@ -195,6 +203,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// A recorder whose records go to the returned receiver (no writer
+    /// task): for tests of what settles, and when.
+    pub fn channel(queue: usize) -> (Self, mpsc::Receiver<RequestRecord>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let stats = Arc::new(Mutex::new(StatsWindow::new(Duration::from_secs(60))));
+        (Self { tx, stats }, rx)
+    }
+
     /// Hand a record to the writer; never waits.
     pub fn send(&self, r: RequestRecord) {
         if self.tx.try_send(r).is_err() {

@@ -12,44 +12,35 @@
 use crate::body::strip::UsageStripper;
 use crate::context::RequestCtx;
 use crate::record::Outcome;
+use crate::upstream::watched::{Failure, Watched};
 use crate::upstream::{BoxError, UpBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use thinkgate_asu::Observer;
 use tokio::time::Sleep;
 
-/// Cuts a body whose upstream sends nothing for `after`. The timer is
-/// re-armed only when it fires, from the last data's time: one clock read
-/// per frame, no timer work per frame.
-struct Idle {
-    after: Duration,
-    sleep: Pin<Box<Sleep>>,
-    last_ns: u64,
-}
-
 pin_project! {
     /// Wraps the upstream body; see the module docs.
     #[project = Projected]
-    pub struct ObservedBody {
+    pub struct ObservedBody<B = UpBody> {
         #[pin]
-        inner: UpBody,
+        inner: Watched<B>,
         obs: Option<Observer>,
         ctx: Option<RequestCtx>,
         strip: Option<UsageStripper>,
         // a 2xx SSE response: ended with an error event on upstream failure
         sse: bool,
-        idle: Option<Idle>,
         // bounds how long terminal events wait for the usage event
         hold: Option<Pin<Box<Sleep>>>,
         ended: bool,
     }
 
-    impl PinnedDrop for ObservedBody {
+    impl<B> PinnedDrop for ObservedBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(mut ctx) = this.ctx.take() {
@@ -63,55 +54,28 @@ pin_project! {
     }
 }
 
-impl ObservedBody {
+impl<B> ObservedBody<B> {
     /// `sse`: the response is a successful event stream, framed by the
     /// gateway (not by a `Content-Length` passed on), so it can end cleanly.
     /// `idle`: cut after this long without a byte from the upstream.
     pub fn new(
-        inner: UpBody,
+        inner: B,
         obs: Observer,
         ctx: RequestCtx,
         strip: bool,
         sse: bool,
         idle: Option<Duration>,
     ) -> Self {
-        let idle = idle.map(|after| Idle {
-            after,
-            sleep: Box::pin(tokio::time::sleep(after)),
-            last_ns: ctx.elapsed_ns(),
-        });
         Self {
-            inner,
+            inner: Watched::new(inner, idle),
             obs: Some(obs),
             ctx: Some(ctx),
             strip: strip.then(UsageStripper::default),
             sse,
-            idle,
             hold: None,
             ended: false,
         }
     }
-}
-
-/// The event that ends an SSE stream whose upstream failed (vLLM's shape),
-/// after a blank line if an event was open.
-pub fn upstream_lost(kind: &str, message: &str, open_event: bool) -> Bytes {
-    let ev = serde_json::json!({"error": {
-        "message": message, "type": kind, "param": null, "code": 502
-    }});
-    let mut out = Vec::with_capacity(160);
-    if open_event {
-        out.extend_from_slice(b"\n\n");
-    }
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(ev.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
-}
-
-enum Failure {
-    Reset(BoxError),
-    Idle(Duration),
 }
 
 fn settle(obs: &mut Option<Observer>, ctx: &mut Option<RequestCtx>, outcome: Outcome) {
@@ -122,7 +86,7 @@ fn settle(obs: &mut Option<Observer>, ctx: &mut Option<RequestCtx>, outcome: Out
     }
 }
 
-impl Body for ObservedBody {
+impl<B: Body<Data = Bytes, Error = BoxError>> Body for ObservedBody<B> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -152,19 +116,8 @@ impl Body for ObservedBody {
                     } else {
                         *this.hold = None;
                     }
-                    let Some(idle) = this.idle.as_mut() else {
-                        return Poll::Pending;
-                    };
-                    ready!(idle.sleep.as_mut().poll(cx));
-                    let now = this.ctx.as_ref().map_or(0, RequestCtx::elapsed_ns);
-                    let quiet = Duration::from_nanos(now.saturating_sub(idle.last_ns));
-                    if quiet < idle.after {
-                        let at = tokio::time::Instant::now() + (idle.after - quiet);
-                        idle.sleep.as_mut().reset(at);
-                        continue;
-                    }
-                    let after = idle.after;
-                    return fail(this, Failure::Idle(after));
+                    // (`Watched` ends the wait when the upstream is idle)
+                    return Poll::Pending;
                 }
             };
             match polled {
@@ -175,9 +128,6 @@ impl Body for ObservedBody {
                             if let (Some(obs), Some(ctx)) = (this.obs.as_mut(), this.ctx.as_mut()) {
                                 let fed_before = obs.fed();
                                 let now = ctx.elapsed_ns();
-                                if let Some(idle) = this.idle.as_mut() {
-                                    idle.last_ns = now;
-                                }
                                 obs.feed(&data, now);
                                 ctx.set_thinking(obs.in_thinking());
                                 let s = obs.peek();
@@ -206,7 +156,7 @@ impl Body for ObservedBody {
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                Some(Err(e)) => return fail(this, Failure::Reset(e)),
+                Some(Err(failure)) => return fail(this, failure),
                 None => {
                     let rest = this
                         .strip
@@ -238,19 +188,8 @@ impl Body for ObservedBody {
 
 /// The upstream failed mid-body: settle, then end an SSE stream cleanly
 /// with an error event, or cut any other body.
-fn fail(this: Projected<'_>, why: Failure) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    let (kind, message, outcome) = match &why {
-        Failure::Reset(e) => (
-            "upstream_reset",
-            format!("the upstream connection was lost mid-stream: {e}"),
-            Outcome::UpstreamReset,
-        ),
-        Failure::Idle(d) => (
-            "upstream_idle",
-            format!("the upstream sent nothing for {} s", d.as_secs_f64()),
-            Outcome::UpstreamIdle,
-        ),
-    };
+fn fail<B>(this: Projected<'_, B>, why: Failure) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let outcome = Outcome::of(&why);
     // bytes held by the usage stripper were received: they go first
     let held = this
         .strip
@@ -271,14 +210,10 @@ fn fail(this: Projected<'_>, why: Failure) -> Poll<Option<Result<Frame<Bytes>, B
         return Poll::Ready((!held.is_empty()).then(|| Ok(Frame::data(held))));
     }
     if *this.sse {
-        let tail = upstream_lost(kind, &message, open_event);
+        let tail = why.event(open_event);
         return Poll::Ready(Some(Ok(Frame::data(join(held, tail)))));
     }
-    let err: BoxError = match why {
-        Failure::Reset(e) => e,
-        Failure::Idle(_) => message.into(),
-    };
-    Poll::Ready(Some(Err(err)))
+    Poll::Ready(Some(Err(why.into_error())))
 }
 
 fn join(a: Bytes, b: Bytes) -> Bytes {
@@ -289,4 +224,167 @@ fn join(a: Bytes, b: Bytes) -> Bytes {
     v.extend_from_slice(&a);
     v.extend_from_slice(&b);
     v.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The observed body settles its request exactly once, whichever way
+    //! the body ends: at its end, on an upstream failure (lost or idle), or
+    //! when dropped; `[DONE]` then a failed transport end is a whole stream.
+
+    use super::*;
+    use crate::config::{BackendConfig, Config};
+    use crate::context::request::Endpoint;
+    use crate::record::{Recorder, RequestRecord};
+    use crate::state::Shared;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use thinkgate_asu::BodyKind;
+    use tokio::sync::mpsc;
+
+    /// An upstream body the test writes: frames through a channel, the end
+    /// when the sender is dropped.
+    struct Script(mpsc::UnboundedReceiver<Result<Bytes, BoxError>>);
+
+    impl Body for Script {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx).map(|f| f.map(|r| r.map(Frame::data)))
+        }
+    }
+
+    type Tx = mpsc::UnboundedSender<Result<Bytes, BoxError>>;
+
+    fn body(idle: Option<Duration>) -> (ObservedBody<Script>, Tx, mpsc::Receiver<RequestRecord>) {
+        let cfg = Config {
+            backends: vec![BackendConfig {
+                url: "http://127.0.0.1:9".into(),
+                weight: 1,
+                pool: "default".into(),
+                models: vec![],
+                flavor: Default::default(),
+            }],
+            ..Config::default()
+        };
+        let (recorder, records) = Recorder::channel(16);
+        let shared = Arc::new(Shared::new(cfg, recorder).unwrap());
+        let ctx = RequestCtx::new(
+            Arc::clone(&shared),
+            std::time::Instant::now(),
+            "req-1".into(),
+            &http::Method::POST,
+            "/v1/chat/completions",
+            Endpoint::Chat,
+        );
+        let obs = Observer::new(Arc::clone(&shared.observer), BodyKind::Sse);
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            ObservedBody::new(Script(rx), obs, ctx, false, true, idle),
+            tx,
+            records,
+        )
+    }
+
+    const CHUNK: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n";
+
+    /// Everything the client reads, to the end.
+    async fn read_all(b: &mut ObservedBody<Script>) -> (Vec<u8>, Option<String>) {
+        let mut out = Vec::new();
+        while let Some(f) = b.frame().await {
+            match f {
+                Ok(f) => out.extend_from_slice(&f.into_data().unwrap_or_default()),
+                Err(e) => return (out, Some(e.to_string())),
+            }
+        }
+        (out, None)
+    }
+
+    /// The records settled, once the body is gone.
+    fn settled(mut records: mpsc::Receiver<RequestRecord>) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        while let Ok(r) = records.try_recv() {
+            out.push(r.outcome);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn settles_once_at_the_end() {
+        let (mut b, tx, records) = body(None);
+        tx.send(Ok(Bytes::from_static(CHUNK))).unwrap();
+        tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))
+            .unwrap();
+        drop(tx);
+        let (got, err) = read_all(&mut b).await;
+        assert_eq!(err, None);
+        assert!(got.ends_with(b"data: [DONE]\n\n"));
+        assert!(b.frame().await.is_none(), "ended stays ended");
+        drop(b);
+        assert_eq!(settled(records), [Outcome::Completed]);
+    }
+
+    #[tokio::test]
+    async fn a_lost_upstream_ends_the_stream_with_an_error_event_and_settles_once() {
+        let (mut b, tx, records) = body(None);
+        tx.send(Ok(Bytes::from_static(CHUNK))).unwrap();
+        tx.send(Err("connection reset".into())).unwrap();
+        let (got, err) = read_all(&mut b).await;
+        assert_eq!(err, None, "an event stream ends cleanly");
+        let text = String::from_utf8(got).unwrap();
+        assert!(text.contains("\"type\":\"upstream_reset\""), "{text}");
+        assert!(text.contains("connection reset"), "{text}");
+        drop(b);
+        drop(tx);
+        assert_eq!(settled(records), [Outcome::UpstreamReset]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_upstream_ends_the_stream_after_the_timeout_and_settles_once() {
+        let (mut b, tx, records) = body(Some(Duration::from_secs(30)));
+        tx.send(Ok(Bytes::from_static(CHUNK))).unwrap();
+        let t0 = tokio::time::Instant::now();
+        let (got, err) = read_all(&mut b).await;
+        assert_eq!(err, None);
+        assert_eq!(t0.elapsed(), Duration::from_secs(30));
+        let text = String::from_utf8(got).unwrap();
+        assert!(
+            text.contains("the upstream sent nothing for 30 s"),
+            "{text}"
+        );
+        drop(b);
+        drop(tx);
+        assert_eq!(settled(records), [Outcome::UpstreamIdle]);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_settles_as_client_gone() {
+        let (mut b, tx, records) = body(None);
+        tx.send(Ok(Bytes::from_static(CHUNK))).unwrap();
+        assert!(b.frame().await.is_some());
+        drop(b);
+        drop(tx);
+        assert_eq!(settled(records), [Outcome::ClientGone]);
+    }
+
+    #[tokio::test]
+    async fn done_then_a_failed_transport_end_is_a_whole_stream() {
+        let (mut b, tx, records) = body(None);
+        tx.send(Ok(Bytes::from_static(CHUNK))).unwrap();
+        tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))
+            .unwrap();
+        tx.send(Err("reset after the end".into())).unwrap();
+        let (got, err) = read_all(&mut b).await;
+        assert_eq!(err, None);
+        assert!(
+            got.ends_with(b"data: [DONE]\n\n"),
+            "no error event after [DONE]"
+        );
+        drop(b);
+        drop(tx);
+        assert_eq!(settled(records), [Outcome::Completed]);
+    }
 }

@@ -83,7 +83,7 @@ async fn first_leg(
             s = leg.step() => match s {
                 // past `[DONE]` (already sent), a failed transport end
                 // changes nothing for the client: it is the end
-                Step::Reset if leg.obs.peek().done_marker => {
+                Step::Failed(_) if leg.obs.peek().done_marker => {
                     leg.pending = Some(Step::End(Bytes::new()));
                 }
                 Step::Bytes(b) => {
@@ -110,13 +110,9 @@ async fn first_leg(
                     }
                     return FirstEnd::Done(Outcome::Completed);
                 }
-                Step::Reset => {
-                    let _ = view.emit(upstream_lost()).await;
-                    return FirstEnd::Done(Outcome::UpstreamReset);
-                }
-                Step::Idle => {
-                    let _ = view.emit(upstream_idle(m)).await;
-                    return FirstEnd::Done(Outcome::UpstreamIdle);
+                Step::Failed(failure) => {
+                    let _ = view.emit(failure.event(false)).await;
+                    return FirstEnd::Done(Outcome::of(&failure));
                 }
             }
         }
@@ -125,23 +121,4 @@ async fn first_leg(
 
 pub(super) fn fallback_ident(m: &Managed) -> Identity {
     Identity::fallback(m.ctx.endpoint, &m.ctx.id, m.ctx.features.model.as_deref())
-}
-
-/// The error event sent when an upstream fails mid-stream (vLLM's shape;
-/// the same as the plain path's).
-pub(super) fn upstream_lost() -> Bytes {
-    crate::body::observed::upstream_lost(
-        "upstream_reset",
-        "the upstream connection was lost mid-stream",
-        false,
-    )
-}
-
-pub(super) fn upstream_idle(m: &Managed) -> Bytes {
-    let secs = m.shared.cfg.upstream_idle_timeout_secs;
-    crate::body::observed::upstream_lost(
-        "upstream_idle",
-        &format!("the upstream sent nothing for {secs} s"),
-        false,
-    )
 }

@@ -5,15 +5,17 @@
 
 use super::continuation::{self, Forced};
 use super::events::{self, Identity, Rewritten};
-use super::first_leg::{fallback_ident, sleep_opt, upstream_idle, upstream_lost};
-use super::leg::{frame_or_idle, Leg};
+use super::first_leg::{fallback_ident, sleep_opt};
+use super::leg::Leg;
 use super::view::View;
 use super::Managed;
 use crate::record::Outcome;
 use crate::straggler::action::{Action, Trigger};
 use crate::upstream::send::{self, bytes_body, Outgoing};
+use crate::upstream::watched::Watched;
 use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::BodyExt;
 use std::sync::Arc;
 use thinkgate_asu::sse::SseFramer;
 
@@ -92,8 +94,7 @@ pub(super) async fn forced(
         }
         Some(Ok((_, r))) => r,
     };
-    let mut body = resp.into_body();
-    let idle = m.shared.cfg.idle_timeout();
+    let mut body = Watched::new(resp.into_body(), m.shared.cfg.idle_timeout());
     let mut echo = events::Echo::new(echo);
     let mut framer = SseFramer::default();
     let mut usage_event: Option<serde_json::Map<String, serde_json::Value>> = None;
@@ -109,13 +110,7 @@ pub(super) async fn forced(
                 drop(body);
                 return end_at_deadline(m, view, &id).await;
             }
-            f = frame_or_idle(&mut body, idle) => match f {
-                Some(f) => f,
-                None => {
-                    let _ = view.emit(upstream_idle(&m)).await;
-                    break Outcome::UpstreamIdle;
-                }
-            },
+            f = body.frame() => f,
         };
         match frame {
             Some(Ok(f)) => {
@@ -147,14 +142,14 @@ pub(super) async fn forced(
                     break Outcome::ClientGone;
                 }
             }
-            Some(Err(_)) if !saw_done => {
+            Some(Err(failure)) if !saw_done => {
                 for t in terminal.drain(..) {
                     let _ = view
                         .emit(events::event(&serde_json::Value::Object(t)))
                         .await;
                 }
-                let _ = view.emit(upstream_lost()).await;
-                break Outcome::UpstreamReset;
+                let _ = view.emit(failure.event(false)).await;
+                break Outcome::of(&failure);
             }
             // past its `[DONE]`, a failed transport end changes nothing
             Some(Err(_)) | None => {

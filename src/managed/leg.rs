@@ -9,6 +9,7 @@ use crate::body::strip::UsageStripper;
 use crate::context::request::Endpoint;
 use crate::fleet::{Backend, LegLoad};
 use crate::state::Shared;
+use crate::upstream::watched::{Failure, Watched};
 use crate::upstream::UpBody;
 use bytes::Bytes;
 use http::Response;
@@ -25,7 +26,7 @@ pub(super) struct Leg {
     pub(super) head: Option<http::response::Parts>,
     /// An end seen while the leg was held, delivered by the next `step`.
     pub(super) pending: Option<Step>,
-    pub(super) body: UpBody,
+    pub(super) body: Watched,
     pub(super) obs: Observer,
     pub(super) strip: UsageStripper,
     /// Bytes released while the leg was held (hedging).
@@ -39,8 +40,6 @@ pub(super) struct Leg {
     /// Stop feeding a read at the event that reaches this many thinking
     /// tokens.
     pub(super) force_budget: Option<u64>,
-    /// `upstream_idle_timeout_secs`: the leg fails after this long silent.
-    idle: Option<std::time::Duration>,
     /// Thinking counted in tokens from per-chunk usage.
     exact: Option<Counting>,
 }
@@ -63,9 +62,8 @@ pub(super) enum Step {
     Bytes(Bytes),
     /// The body ended; the bytes of an unfinished event, if any.
     End(Bytes),
-    Reset,
-    /// Nothing from the upstream for the idle timeout.
-    Idle,
+    /// The upstream failed (lost, or idle past `upstream_idle_timeout_secs`).
+    Failed(Failure),
 }
 
 impl Leg {
@@ -85,7 +83,7 @@ impl Leg {
             backend,
             head: Some(head),
             pending: None,
-            body,
+            body: Watched::new(body, m.shared.cfg.idle_timeout()),
             obs: Observer::new(Arc::clone(cfg), BodyKind::Sse),
             strip: UsageStripper::default(),
             held: Vec::new(),
@@ -94,7 +92,6 @@ impl Leg {
             t_recv: m.ctx.t_recv,
             load,
             force_budget: m.ctx.plan.force_budget,
-            idle: m.shared.cfg.idle_timeout(),
             exact: (m.chunk_usage != ChunkUsageMode::Off).then(|| Counting {
                 shared: Arc::clone(&m.shared),
                 model: m.ctx.features.model.clone(),
@@ -114,7 +111,7 @@ impl Leg {
         // terminal events wait a moment for the usage event (see `strip`)
         let next = if self.strip.holding() {
             let wait = crate::body::strip::HOLD_FOR_USAGE;
-            match tokio::time::timeout(wait, frame_or_idle(&mut self.body, self.idle)).await {
+            match tokio::time::timeout(wait, self.body.frame()).await {
                 Ok(f) => f,
                 Err(_) => {
                     let held = self.strip.release_held();
@@ -122,12 +119,9 @@ impl Leg {
                 }
             }
         } else {
-            frame_or_idle(&mut self.body, self.idle).await
+            self.body.frame().await
         };
-        let Some(frame) = next else {
-            return Step::Idle;
-        };
-        match frame {
+        match next {
             Some(Ok(f)) => {
                 let Ok(data) = f.into_data() else {
                     return Step::Bytes(Bytes::new());
@@ -164,7 +158,7 @@ impl Leg {
                 }
                 Step::Bytes(out)
             }
-            Some(Err(_)) => Step::Reset,
+            Some(Err(failure)) => Step::Failed(failure),
             None => {
                 let rest = self.strip.flush();
                 Step::End(self.out(rest))
@@ -306,17 +300,6 @@ fn first_identity(endpoint: Endpoint, bytes: &[u8]) -> Option<Identity> {
         }
     });
     found
-}
-
-/// The next frame, or `None` after `idle` without one.
-pub(super) async fn frame_or_idle(
-    body: &mut UpBody,
-    idle: Option<std::time::Duration>,
-) -> Option<Option<Result<http_body::Frame<Bytes>, crate::upstream::BoxError>>> {
-    match idle {
-        Some(d) => tokio::time::timeout(d, body.frame()).await.ok(),
-        None => Some(body.frame().await),
-    }
 }
 
 pub(super) async fn step_opt(l: &mut Option<Leg>) -> Step {

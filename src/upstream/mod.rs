@@ -4,6 +4,7 @@
 
 pub mod h1;
 pub mod send;
+pub mod watched;
 
 use crate::error::ConfigError;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
