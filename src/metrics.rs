@@ -38,6 +38,80 @@ pub const HEDGES: &str = "thinkgate_hedges_total";
 pub const RETRIES: &str = "thinkgate_retries_total";
 pub const DEADLINE_HITS: &str = "thinkgate_deadline_hits_total";
 
+/// Label values are typed: a series carries only what these enums list,
+/// and the README's metric table names every one (`tests/metric_labels.rs`).
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $value:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $value),+ }
+            }
+        }
+    };
+}
+
+label_values! {
+    /// `kind` of `thinkgate_upstream_errors_total`.
+    UpstreamError {
+        Connect => "connect",
+        Timeout => "timeout",
+        Reset => "reset",
+        Idle => "idle",
+        StreamError => "stream_error",
+        Truncated => "truncated",
+    }
+}
+
+label_values! {
+    /// `result` of `thinkgate_hedges_total`.
+    HedgeResult { Sent => "sent", Won => "won", Wasted => "wasted" }
+}
+
+label_values! {
+    /// `kind` of `thinkgate_output_tokens_total`.
+    TokenKind { Thinking => "thinking", Visible => "visible" }
+}
+
+label_values! {
+    /// `result` of `thinkgate_config_reloads_total`.
+    ReloadResult { Ok => "ok", Error => "error" }
+}
+
+/// `reason` of `thinkgate_retries_total` (and of a record's `retry`
+/// action): the attempt could not connect, lost its connection before the
+/// response head, or answered a status the config retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    Connect,
+    Reset,
+    Status(u16),
+}
+
+impl RetryReason {
+    /// The fixed values (`Status` is the code itself).
+    pub const FIXED: &'static [&'static str] = &["connect", "reset"];
+
+    pub fn label(self) -> SharedString {
+        match self {
+            RetryReason::Connect => SharedString::const_str("connect"),
+            RetryReason::Reset => SharedString::const_str("reset"),
+            RetryReason::Status(s) => status_label(s),
+        }
+    }
+}
+
+impl serde::Serialize for RetryReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.label())
+    }
+}
+
 /// Every metric the gateway exports (dashboards and alert rules may name
 /// only these; a test checks both, and a live scrape).
 pub const ALL: &[&str] = &[
@@ -256,10 +330,10 @@ impl Labels {
         counter!(REQUESTS, &labels).increment(1);
     }
 
-    pub fn upstream_error(&self, kind: &'static str) {
+    pub fn upstream_error(&self, kind: UpstreamError) {
         counter!(
             UPSTREAM_ERRORS,
-            &self.plus("kind", SharedString::const_str(kind))
+            &self.plus("kind", SharedString::const_str(kind.as_str()))
         )
         .increment(1);
     }
@@ -268,16 +342,12 @@ impl Labels {
         counter!(CLIENT_DISCONNECTS, &self.pairs()).increment(1);
     }
 
-    pub fn straggler_retry(&self, reason: &str) {
-        let reason = match reason {
-            "connect" | "reset" | "timeout" => SharedString::from(reason.to_string()),
-            s => SharedString::from(s.chars().take(3).collect::<String>()),
-        };
-        counter!(RETRIES, "arm" => self.arm.clone(), "reason" => reason).increment(1);
+    pub fn straggler_retry(&self, reason: RetryReason) {
+        counter!(RETRIES, "arm" => self.arm.clone(), "reason" => reason.label()).increment(1);
     }
 
-    pub fn straggler_hedge(&self, result: &'static str) {
-        counter!(HEDGES, "arm" => self.arm.clone(), "result" => result).increment(1);
+    pub fn straggler_hedge(&self, result: HedgeResult) {
+        counter!(HEDGES, "arm" => self.arm.clone(), "result" => result.as_str()).increment(1);
     }
 
     pub fn straggler_forced(&self, trigger: &'static str, thinking_tokens: u64) {
@@ -310,12 +380,15 @@ impl Labels {
         }
         counter!(
             OUTPUT_TOKENS,
-            &self.plus("kind", SharedString::const_str("thinking"))
+            &self.plus(
+                "kind",
+                SharedString::const_str(TokenKind::Thinking.as_str())
+            )
         )
         .increment(s.thinking_tokens);
         counter!(
             OUTPUT_TOKENS,
-            &self.plus("kind", SharedString::const_str("visible"))
+            &self.plus("kind", SharedString::const_str(TokenKind::Visible.as_str()))
         )
         .increment(s.visible_tokens);
         if !complete {
@@ -346,7 +419,12 @@ pub fn backend_kv(backend: &SharedString, kv: Option<f64>) {
 }
 
 pub fn config_reload(ok: bool) {
-    counter!(CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+    let result = if ok {
+        ReloadResult::Ok
+    } else {
+        ReloadResult::Error
+    };
+    counter!(CONFIG_RELOADS, "result" => result.as_str()).increment(1);
 }
 
 pub fn no_backend() {

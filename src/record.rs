@@ -46,6 +46,16 @@ impl Outcome {
         }
     }
 
+    pub const ALL: &'static [Outcome] = &[
+        Outcome::Completed,
+        Outcome::Truncated,
+        Outcome::StreamError,
+        Outcome::UpstreamReset,
+        Outcome::UpstreamIdle,
+        Outcome::ClientGone,
+        Outcome::GatewayError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",

@@ -12,7 +12,7 @@ pub mod request;
 
 use crate::error::GatewayError;
 use crate::fleet::{Backend, Fleet};
-use crate::metrics::Labels;
+use crate::metrics::{Labels, UpstreamError};
 use crate::record::{Outcome, RequestRecord};
 use crate::state::Shared;
 use crate::straggler::action::Action;
@@ -222,8 +222,12 @@ impl RequestCtx {
     pub fn fail(&mut self, err: &GatewayError) {
         self.status = err.status().as_u16();
         match err {
-            GatewayError::UpstreamTimeout { .. } => self.labels.upstream_error("timeout"),
-            GatewayError::UpstreamUnreachable { .. } => self.labels.upstream_error("connect"),
+            GatewayError::UpstreamTimeout { .. } => {
+                self.labels.upstream_error(UpstreamError::Timeout)
+            }
+            GatewayError::UpstreamUnreachable { .. } => {
+                self.labels.upstream_error(UpstreamError::Connect)
+            }
             _ => {}
         }
         self.finish(Outcome::GatewayError, None, Some(err));
@@ -239,10 +243,10 @@ impl RequestCtx {
             (_, o) => o,
         };
         match outcome {
-            Outcome::StreamError => self.labels.upstream_error("stream_error"),
-            Outcome::Truncated => self.labels.upstream_error("truncated"),
-            Outcome::UpstreamReset => self.labels.upstream_error("reset"),
-            Outcome::UpstreamIdle => self.labels.upstream_error("idle"),
+            Outcome::StreamError => self.labels.upstream_error(UpstreamError::StreamError),
+            Outcome::Truncated => self.labels.upstream_error(UpstreamError::Truncated),
+            Outcome::UpstreamReset => self.labels.upstream_error(UpstreamError::Reset),
+            Outcome::UpstreamIdle => self.labels.upstream_error(UpstreamError::Idle),
             _ => {}
         }
         self.finish(outcome, summary, None);

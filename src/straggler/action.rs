@@ -1,7 +1,7 @@
 //! What the gateway did to a request beyond forwarding it: noted in its
 //! record (`actions`) and counted per arm.
 
-use crate::metrics::Labels;
+use crate::metrics::{HedgeResult, Labels, RetryReason};
 use serde::Serialize;
 
 /// Why an answer was forced.
@@ -15,6 +15,8 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    pub const ALL: &'static [Trigger] = &[Trigger::Budget, Trigger::Deadline];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Budget => "budget",
@@ -29,7 +31,10 @@ impl Trigger {
 pub enum Action {
     /// Failed before any byte reached the client on `backend`; sent again
     /// elsewhere.
-    Retry { backend: String, reason: String },
+    Retry {
+        backend: String,
+        reason: RetryReason,
+    },
     /// A duplicate went to `backend` after `after_ms` without a first token.
     HedgeSent { backend: String, after_ms: u64 },
     /// The hedge produced the first token first (the original was aborted).
@@ -53,10 +58,10 @@ impl Action {
     /// Count it.
     pub fn count(&self, labels: &Labels) {
         match self {
-            Action::Retry { reason, .. } => labels.straggler_retry(reason),
-            Action::HedgeSent { .. } => labels.straggler_hedge("sent"),
-            Action::HedgeWon { .. } => labels.straggler_hedge("won"),
-            Action::HedgeWasted { .. } => labels.straggler_hedge("wasted"),
+            Action::Retry { reason, .. } => labels.straggler_retry(*reason),
+            Action::HedgeSent { .. } => labels.straggler_hedge(HedgeResult::Sent),
+            Action::HedgeWon { .. } => labels.straggler_hedge(HedgeResult::Won),
+            Action::HedgeWasted { .. } => labels.straggler_hedge(HedgeResult::Wasted),
             Action::ForcedAnswer {
                 trigger,
                 thinking_tokens,

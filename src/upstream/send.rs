@@ -7,6 +7,7 @@
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::fleet::{Backend, Fleet};
+use crate::metrics::RetryReason;
 use crate::state::Shared;
 use crate::straggler::action::Action;
 use crate::upstream::UpBody;
@@ -89,7 +90,11 @@ pub async fn send(
                     fleet.on_failure(&backend);
                 }
                 Failed::Error(
-                    if connect { "connect" } else { "reset" },
+                    if connect {
+                        RetryReason::Connect
+                    } else {
+                        RetryReason::Reset
+                    },
                     GatewayError::UpstreamUnreachable {
                         backend: backend.upstream.name.to_string(),
                         reason,
@@ -119,8 +124,8 @@ pub async fn send(
             };
         };
         let reason = match failed {
-            Failed::Status(resp) => resp.status().as_u16().to_string(),
-            Failed::Error(r, _) => r.to_string(),
+            Failed::Status(resp) => RetryReason::Status(resp.status().as_u16()),
+            Failed::Error(r, _) => r,
         };
         ctx.act(Action::Retry {
             backend: backend.upstream.name.to_string(),
@@ -191,7 +196,7 @@ pub(crate) async fn once(
 enum Failed {
     /// A status the config retries (the response is dropped on retry).
     Status(Box<Response<UpBody>>),
-    Error(&'static str, GatewayError),
+    Error(RetryReason, GatewayError),
 }
 
 pub fn error_chain(e: &dyn std::error::Error) -> String {

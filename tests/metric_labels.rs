@@ -1,0 +1,68 @@
+//! The README's metric table names every label value the gateway emits:
+//! the values come from the enums the code emits them from, so a value
+//! added in code and not in the README fails here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use thinkgate::metrics::{self, HedgeResult, ReloadResult, RetryReason, TokenKind, UpstreamError};
+use thinkgate::record::Outcome;
+use thinkgate::straggler::action::Trigger;
+
+/// The README's table row of `metric`.
+fn row<'a>(readme: &'a str, metric: &str) -> &'a str {
+    let head = format!("| `{metric}` |");
+    readme
+        .lines()
+        .find(|l| l.starts_with(&head))
+        .unwrap_or_else(|| panic!("README's metric table has no row for {metric}"))
+}
+
+#[test]
+fn the_readme_lists_every_label_value() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let strs = |v: Vec<&'static str>| v;
+    let expected: Vec<(&str, Vec<&str>)> = vec![
+        (
+            metrics::REQUESTS,
+            strs(Outcome::ALL.iter().map(|o| o.as_str()).collect()),
+        ),
+        (
+            metrics::UPSTREAM_ERRORS,
+            UpstreamError::ALL.iter().map(|k| k.as_str()).collect(),
+        ),
+        (
+            metrics::OUTPUT_TOKENS,
+            TokenKind::ALL.iter().map(|k| k.as_str()).collect(),
+        ),
+        (
+            metrics::HEDGES,
+            HedgeResult::ALL.iter().map(|k| k.as_str()).collect(),
+        ),
+        (
+            metrics::CONFIG_RELOADS,
+            ReloadResult::ALL.iter().map(|k| k.as_str()).collect(),
+        ),
+        (
+            metrics::FORCED_ANSWERS,
+            Trigger::ALL.iter().map(|t| t.as_str()).collect(),
+        ),
+        (metrics::RETRIES, RetryReason::FIXED.to_vec()),
+    ];
+    let mut missing = Vec::new();
+    for (metric, values) in &expected {
+        let r = row(&readme, metric);
+        for v in values {
+            if !r.contains(&format!("`{v}`")) {
+                missing.push(format!("{metric}: `{v}`"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "label values the README does not list: {missing:?}"
+    );
+    // and every metric has a row
+    for m in metrics::ALL {
+        row(&readme, m);
+    }
+}
