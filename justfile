@@ -46,6 +46,11 @@ gateway-only:
 test:
     cargo test --workspace --locked
 
+# the tests that need tools outside Rust: the real `openai` Python client,
+# a real Prometheus and promtool (ignored in a plain `cargo test`)
+external:
+    cargo test --locked --test openai_client --test stragglers --test prometheus -- --ignored openai_python real_prometheus
+
 # the conformance suite against the real engines (scripts/engines/install.sh first)
 conformance:
     cargo test --release --locked --test conformance -- --ignored --test-threads=1
@@ -102,6 +107,12 @@ ci:
     log=$(mktemp)
     just test 2>&1 | tee "$log"
     passed=$(count "$log" passed); failed=$(count "$log" failed)
+    echo "== the real openai client, a real Prometheus"
+    elog=$(mktemp)
+    just external 2>&1 | tee "$elog"
+    epassed=$(count "$elog" passed)
+    test "$epassed" -ge 4 || { echo "the external-tool tests ran $epassed tests, expected 4"; exit 1; }
+    passed=$((passed + epassed))
     echo "== conformance suite against the real engines (release build: it times the gateway)"
     clog=$(mktemp)
     just conformance 2>&1 | tee "$clog"

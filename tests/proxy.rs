@@ -460,16 +460,13 @@ async fn client_disconnect_drops_the_upstream_request_at_once() {
         "upstream saw it after {:?}",
         gone.duration_since(dropped_at)
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let m = scrape(&gw).await;
-    assert_eq!(
-        metric(
-            &m,
-            "thinkgate_client_disconnects_total",
-            &[("model", "m-gone")]
-        ),
-        Some(1.0)
-    );
+    let m = metric_reaches(
+        &gw,
+        "thinkgate_client_disconnects_total",
+        &[("model", "m-gone")],
+        1.0,
+    )
+    .await;
     assert_eq!(
         metric(&m, "thinkgate_inflight_requests", &[("model", "m-gone")]),
         Some(0.0)
@@ -549,14 +546,11 @@ async fn upstream_reset_mid_stream_ends_sse_with_an_error_event_and_is_counted()
         .await
         .unwrap();
     assert!(resp.into_body().collect().await.is_err(), "strict: a cut");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let m = scrape(&gw).await;
-    assert_eq!(
-        metric(
-            &m,
-            "thinkgate_upstream_errors_total",
-            &[("model", "m-reset"), ("kind", "reset")]
-        ),
-        Some(3.0)
-    );
+    metric_reaches(
+        &gw,
+        "thinkgate_upstream_errors_total",
+        &[("model", "m-reset"), ("kind", "reset")],
+        3.0,
+    )
+    .await;
 }

@@ -125,7 +125,28 @@ async fn active_health_checks_and_least_kv_follow_the_engines() {
         c.scrape_interval_ms = 50;
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // the probes have seen every engine once
+    metric_reaches(
+        &gw,
+        "thinkgate_backend_healthy",
+        &[("backend", &sick.url())],
+        0.0,
+    )
+    .await;
+    metric_reaches(
+        &gw,
+        "thinkgate_backend_kv_usage",
+        &[("backend", &full.url())],
+        0.95,
+    )
+    .await;
+    metric_reaches(
+        &gw,
+        "thinkgate_backend_kv_usage",
+        &[("backend", &roomy.url())],
+        0.10,
+    )
+    .await;
     let c = client();
     for _ in 0..5 {
         let got = send(&c, req(&gw, false)).await;

@@ -596,11 +596,10 @@ async fn a_request_that_cannot_be_continued_ends_as_a_length_cut() {
     assert_eq!(r["actions"][1]["action"], "forced_fallback");
 }
 
+#[ignore = "needs python3 with the openai package: just external (CI runs it)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_client_reads_a_forced_answer() {
-    if !common::python_with_openai() {
-        return;
-    }
+    common::require_python_with_openai();
     let mut sim_cfg = thinkgate_sim::SimConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         time_scale: 50.0,
@@ -700,4 +699,86 @@ async fn a_managed_request_answered_without_a_stream_has_the_gateways_headers() 
             "{content}"
         );
     }
+}
+
+/// A budget on vLLM counts the tokens each event carried from the
+/// per-chunk usage the gateway asked for, also when a read ends inside an
+/// event (the event is counted when its end arrives), and that usage never
+/// reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_counts_tokens_of_events_split_across_reads() {
+    let chunk = |text: &str, tokens: u64| {
+        format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}],\"usage\":{{\"prompt_tokens\":5,\"total_tokens\":{},\"completion_tokens\":{tokens}}}}}\n\n",
+            serde_json::to_string(text).unwrap(),
+            5 + tokens
+        )
+    };
+    let up = upstream(move |_, body| {
+        let req: Value = serde_json::from_slice(body).unwrap();
+        if req.get("continue_final_message").is_some() {
+            // the continuation: the answer
+            let answer = "data: {\"id\":\"c2\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" yes\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+            return Script::sse(vec![(Duration::ZERO, Bytes::from(answer))]);
+        }
+        assert_eq!(req["stream_options"]["continuous_usage_stats"], true);
+        let mut events = vec![chunk("<think>", 1)];
+        for i in 1..=8u64 {
+            events.push(chunk(&format!(" w{i}"), 1 + i));
+        }
+        // every other event is written in two halves, a moment apart
+        let mut writes = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let gap = Duration::from_millis(3);
+            if i % 2 == 1 {
+                let (a, b) = e.as_bytes().split_at(e.len() / 2);
+                writes.push((gap, Bytes::copy_from_slice(a)));
+                writes.push((gap, Bytes::copy_from_slice(b)));
+            } else {
+                writes.push((gap, Bytes::from(e.clone())));
+            }
+        }
+        let mut s = Script::sse(writes);
+        s.end = End::Hang;
+        s
+    })
+    .await;
+    let url = up.url();
+    let gw = gateway(vec![], move |c| {
+        c.backends = vec![thinkgate::config::BackendConfig {
+            url,
+            weight: 1,
+            pool: "default".into(),
+            models: vec![],
+            flavor: thinkgate::config::Flavor::Vllm,
+        }];
+        c.straggler.thinking_budget = Some(3);
+    })
+    .await;
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"q"}]}"#,
+        ),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got.body).to_string();
+    assert!(
+        !text.contains("\"usage\""),
+        "per-chunk usage leaked: {text}"
+    );
+    let content: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    let thinking = content.split("</think>").next().unwrap();
+    assert_eq!(thinking, "<think> w1 w2 w3", "{text}");
+    assert!(content.ends_with(" yes"), "{content}");
 }

@@ -26,6 +26,10 @@ use std::time::Duration;
 /// event goes whole (and the count says so).
 const TOKENIZER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The longest event counted (a read may end inside one, whose start then
+/// waits for its end).
+pub const MAX_EVENT: usize = 1 << 20;
+
 /// The cumulative usage one chunk carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkUsage {

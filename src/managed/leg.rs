@@ -55,6 +55,8 @@ struct Counting {
     pub(super) thinking: u64,
     /// The end of the captured thinking text that a cut left out.
     pub(super) dropped: Option<String>,
+    /// The start of an event whose end is still to come.
+    pub(super) partial: Vec<u8>,
 }
 
 pub(super) enum Step {
@@ -100,6 +102,7 @@ impl Leg {
                 completion: 0,
                 thinking: 0,
                 dropped: None,
+                partial: Vec::new(),
             }),
         }
     }
@@ -138,7 +141,7 @@ impl Leg {
                             let fed = self.feed(piece.clone(), now);
                             let fed = match self.count(&piece, before, budget).await {
                                 // the stripper passed the event on as it came
-                                Some(cut) if fed == piece => cut,
+                                Some((event, cut)) if fed == event => cut,
                                 _ => self.out(fed),
                             };
                             out.extend_from_slice(&fed);
@@ -197,14 +200,35 @@ impl Leg {
         }
     }
 
-    /// Count the thinking tokens of `event` (just fed; `before` was the
-    /// event count before it) from its usage. When they pass `budget`,
-    /// returns the event cut at the budget, if the engine's tokenizer says
-    /// where.
-    pub(super) async fn count(&mut self, event: &Bytes, before: u64, budget: u64) -> Option<Bytes> {
+    /// Count the thinking tokens of the event `piece` completes (just fed;
+    /// `before` was the event count before it) from its usage: a read can
+    /// end inside an event, whose first part waits here for the rest. When
+    /// they pass `budget`, returns the event and the event cut at the
+    /// budget, if the engine's tokenizer says where.
+    pub(super) async fn count(
+        &mut self,
+        piece: &Bytes,
+        before: u64,
+        budget: u64,
+    ) -> Option<(Bytes, Bytes)> {
         let thinking_event = self.obs.thinking_so_far() > before;
         let still = self.obs.still_thinking();
         let c = self.exact.as_mut()?;
+        let event = if c.partial.is_empty() {
+            piece.clone()
+        } else {
+            let mut whole = std::mem::take(&mut c.partial);
+            whole.extend_from_slice(piece);
+            Bytes::from(whole)
+        };
+        if !(event.ends_with(b"\n\n") || event.ends_with(b"\n\r\n")) {
+            // (an event this long is no chunk of a model's output)
+            if event.len() <= exact::MAX_EVENT {
+                c.partial = event.to_vec();
+            }
+            return None;
+        }
+        let event = &event;
         let u = exact::chunk_usage(event)?;
         let k = u.completion.saturating_sub(c.completion);
         c.completion = u.completion;
@@ -242,7 +266,7 @@ impl Leg {
         .await?;
         c.thinking = budget;
         c.dropped = Some(cut.dropped);
-        Some(cut.event)
+        Some((event.clone(), cut.event))
     }
 
     /// Observe `data` and return what of it the client may get (complete
