@@ -29,6 +29,7 @@
 //! be cut), `forced` (the forced answer through a `continuation` whose
 //! `events` are rewritten into the first leg's identity).
 
+mod assemble;
 mod continuation;
 pub mod events;
 mod exact;

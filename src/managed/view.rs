@@ -2,7 +2,7 @@
 //! assembler of one JSON body (not streamed); observed as sent, and settled
 //! once with the request's outcome.
 
-use super::events::Assembler;
+use super::assemble::Assembler;
 use super::Managed;
 use crate::context::RequestCtx;
 use crate::record::Outcome;
