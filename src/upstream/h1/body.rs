@@ -1,308 +1,17 @@
-//! A lean HTTP/1.1 client for inference requests (bodies the gateway holds
-//! whole), so a streamed response is read straight off the upstream socket.
-//!
-//! Why not hyper's client here: its response body hands over one HTTP chunk
-//! per poll through a channel of depth one, so a burst of SSE events from
-//! the engine becomes one task switch and one `writev` to the client per
-//! event (the profile in `docs/performance.md`: 54% of the gateway's CPU in
-//! `writev`). This body instead decodes everything one `read` returned and
-//! passes it on as one frame: bursts cost one write, and an idle stream
-//! still forwards each event the moment it arrives.
-//!
-//! Scope: `http://` upstreams, a request with a known body length, keep-alive
-//! with a small idle pool per upstream, responses framed by
-//! `Transfer-Encoding: chunked`, `Content-Length`, or the end of the
-//! connection (HTTP/1.0). Everything else (other endpoints, request bodies
-//! that stream) goes through hyper's client.
+//! The response body of the lean client: everything one `read` returned,
+//! decoded (chunked, length or close framing) and passed on as one frame.
 
+use super::{H1Error, Pool, MAX_READ, MAX_SIZE_LINE, READ_SIZE};
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Largest response head accepted.
-const MAX_HEAD: usize = 64 << 10;
-/// Largest chunk-size line (with extensions) accepted.
-const MAX_SIZE_LINE: usize = 4 << 10;
-/// Read buffer reserve per read: heads and first reads start small (an open
-/// stream idles between tokens, and 10,000 of them must fit in little
-/// memory); a read that fills the space doubles it, up to `MAX_READ`.
-const READ_SIZE: usize = 4 << 10;
-const MAX_READ: usize = 64 << 10;
-
-/// Why an upstream exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum H1Error {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    #[error("connect: timed out after {0:?}")]
-    ConnectTimeout(Duration),
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("connection closed before the response head")]
-    ClosedBeforeHead,
-    #[error("connection closed mid-body")]
-    ClosedMidBody,
-    #[error("bad response: {0}")]
-    Parse(String),
-}
-
-impl H1Error {
-    /// Nothing reached the upstream (the connection never opened).
-    pub fn is_connect(&self) -> bool {
-        matches!(self, H1Error::Connect(_) | H1Error::ConnectTimeout(_))
-    }
-}
-
-/// Idle keep-alive connections per upstream authority.
-#[derive(Debug)]
-pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
-    max_idle: usize,
-    connect_timeout: Duration,
-}
-
-impl Pool {
-    pub fn new(connect_timeout: Duration, max_idle: usize) -> Arc<Self> {
-        Arc::new(Self {
-            idle: Mutex::new(HashMap::new()),
-            max_idle,
-            connect_timeout,
-        })
-    }
-
-    /// An idle connection that is still clean: one the server closed, or
-    /// that holds bytes no request asked for (a server that sent more than
-    /// it framed), is dropped, so they can never be read as the next
-    /// request's response.
-    fn take(&self, authority: &str) -> Option<TcpStream> {
-        loop {
-            let io = self.idle.lock().ok()?.get_mut(authority)?.pop()?;
-            if is_clean(&io) {
-                return Some(io);
-            }
-        }
-    }
-
-    fn put(&self, authority: &str, io: TcpStream) {
-        if let Ok(mut idle) = self.idle.lock() {
-            let v = idle.entry(authority.to_string()).or_default();
-            if v.len() < self.max_idle {
-                v.push(io);
-            }
-        }
-    }
-
-    async fn connect(&self, authority: &str) -> Result<TcpStream, H1Error> {
-        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority))
-            .await
-            .map_err(|_| H1Error::ConnectTimeout(self.connect_timeout))?
-            .map_err(H1Error::Connect)?;
-        let _ = io.set_nodelay(true);
-        Ok(io)
-    }
-}
-
-/// No byte waiting and not closed: a non-blocking peek says "would block".
-fn is_clean(io: &TcpStream) -> bool {
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    matches!(
-        socket2::SockRef::from(io).peek(&mut probe),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-    )
-}
-
-/// The request line, headers (hop-by-hop already removed by the caller) and
-/// body.
-fn encode(
-    method: &Method,
-    authority: &str,
-    path: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + body.len());
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    out.extend_from_slice(authority.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (k, v) in headers {
-        if k == http::header::HOST
-            || k == http::header::CONTENT_LENGTH
-            || k == http::header::TRANSFER_ENCODING
-        {
-            continue;
-        }
-        out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-/// Send one request and read the response head. A reused connection that
-/// turns out closed before any response byte is retried once on a new one
-/// (the server closed it while idle; nothing was processed).
-pub async fn request(
-    pool: &Arc<Pool>,
-    authority: &str,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response<RawBody>, H1Error> {
-    let wire = encode(method, authority, path, headers, body);
-    let mut reused = pool.take(authority);
-    loop {
-        let was_reused = reused.is_some();
-        let mut io = match reused.take() {
-            Some(io) => io,
-            None => pool.connect(authority).await?,
-        };
-        match exchange(&mut io, &wire).await {
-            Ok((head, buf)) => return finish(pool, authority, io, head, buf),
-            Err(H1Error::ClosedBeforeHead | H1Error::Io(_)) if was_reused => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-}
-
-async fn exchange(io: &mut TcpStream, wire: &[u8]) -> Result<(Head, BytesMut), H1Error> {
-    io.write_all(wire).await?;
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
-    loop {
-        if let Some((head, n)) = parse_head(&buf)? {
-            buf.advance(n);
-            if head.status.is_informational() {
-                continue; // 100 Continue and friends: the real head follows
-            }
-            return Ok((head, buf));
-        }
-        if buf.len() >= MAX_HEAD {
-            return Err(H1Error::Parse("response head over 64 KiB".into()));
-        }
-        buf.reserve(READ_SIZE);
-        let n = tokio::io::AsyncReadExt::read_buf(io, &mut buf).await?;
-        if n == 0 {
-            return Err(H1Error::ClosedBeforeHead);
-        }
-    }
-}
-
-fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, H1Error> {
-    let mut hs = [httparse::EMPTY_HEADER; 128];
-    let mut r = httparse::Response::new(&mut hs);
-    let n = match r.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(H1Error::Parse(e.to_string())),
-    };
-    let status = r
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or_else(|| H1Error::Parse("bad status".into()))?;
-    let version = if r.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
-    for h in r.headers.iter() {
-        let name = http::HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|e| H1Error::Parse(e.to_string()))?;
-        let value =
-            http::HeaderValue::from_bytes(h.value).map_err(|e| H1Error::Parse(e.to_string()))?;
-        headers.append(name, value);
-    }
-    Ok(Some((
-        Head {
-            status,
-            version,
-            headers,
-        },
-        n,
-    )))
-}
-
-fn has_token(h: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
-    h.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
-}
-
-fn finish(
-    pool: &Arc<Pool>,
-    authority: &str,
-    io: TcpStream,
-    head: Head,
-    buf: BytesMut,
-) -> Result<Response<RawBody>, H1Error> {
-    let h = &head.headers;
-    let lengths = h.get_all(http::header::CONTENT_LENGTH);
-    let chunked = has_token(h, http::header::TRANSFER_ENCODING, "chunked");
-    let framing =
-        if head.status == StatusCode::NO_CONTENT || head.status == StatusCode::NOT_MODIFIED {
-            Framing::Length(0)
-        } else if chunked {
-            Framing::Chunked(Chunked::Size)
-        } else if let Some(first) = lengths.iter().next() {
-            // RFC 9112 §6.3: differing or invalid lengths are unrecoverable
-            let n = first
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .filter(|_| lengths.iter().all(|v| v == first))
-                .ok_or_else(|| H1Error::Parse("invalid or conflicting content-length".into()))?;
-            Framing::Length(n)
-        } else {
-            Framing::Close
-        };
-    // both length and chunked: chunked wins, and the connection is not
-    // trusted for another request (RFC 9112 §6.1)
-    let keep_alive = match head.version {
-        Version::HTTP_10 => has_token(h, http::header::CONNECTION, "keep-alive"),
-        _ => !has_token(h, http::header::CONNECTION, "close"),
-    } && !matches!(framing, Framing::Close)
-        && (!chunked || lengths.iter().next().is_none());
-    let body = RawBody {
-        io: Some(io),
-        buf,
-        framing,
-        keep_alive,
-        pool: Arc::clone(pool),
-        authority: authority.to_string(),
-        done: false,
-        fresh_data: false,
-        deferred: None,
-        read_size: READ_SIZE,
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = head.status;
-    *resp.version_mut() = head.version;
-    *resp.headers_mut() = head.headers;
-    Ok(resp)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Chunked {
+pub(super) enum Chunked {
     /// Reading a chunk-size line.
     Size,
     /// Chunk data left.
@@ -314,7 +23,7 @@ enum Chunked {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Framing {
+pub(super) enum Framing {
     Chunked(Chunked),
     Length(u64),
     Close,
@@ -373,6 +82,30 @@ impl Out {
 }
 
 impl RawBody {
+    /// The body of a response whose head was read off `io`; `buf` holds
+    /// what was read past the head.
+    pub(super) fn new(
+        io: TcpStream,
+        buf: BytesMut,
+        framing: Framing,
+        keep_alive: bool,
+        pool: &Arc<Pool>,
+        authority: &str,
+    ) -> Self {
+        RawBody {
+            io: Some(io),
+            buf,
+            framing,
+            keep_alive,
+            pool: Arc::clone(pool),
+            authority: authority.to_string(),
+            done: false,
+            fresh_data: false,
+            deferred: None,
+            read_size: READ_SIZE,
+        }
+    }
+
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = self;
         let mut eof = false;
@@ -694,24 +427,5 @@ mod tests {
             prop_assert_eq!(out, parts.concat());
             prop_assert!(done);
         }
-    }
-
-    #[test]
-    fn request_encoding_sets_host_and_length() {
-        let mut h = HeaderMap::new();
-        h.insert("x-request-id", "r1".parse().unwrap());
-        h.insert("content-length", "999".parse().unwrap());
-        let w = encode(
-            &Method::POST,
-            "10.0.0.1:8000",
-            "/v1/chat/completions",
-            &h,
-            b"{}",
-        );
-        let s = String::from_utf8(w).unwrap();
-        assert_eq!(
-            s,
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: 10.0.0.1:8000\r\nx-request-id: r1\r\ncontent-length: 2\r\n\r\n{}"
-        );
     }
 }
