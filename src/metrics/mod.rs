@@ -38,79 +38,8 @@ pub const HEDGES: &str = "thinkgate_hedges_total";
 pub const RETRIES: &str = "thinkgate_retries_total";
 pub const DEADLINE_HITS: &str = "thinkgate_deadline_hits_total";
 
-/// Label values are typed: a series carries only what these enums list,
-/// and the README's metric table names every one (`tests/metric_labels.rs`).
-macro_rules! label_values {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $value:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $value),+ }
-            }
-        }
-    };
-}
-
-label_values! {
-    /// `kind` of `thinkgate_upstream_errors_total`.
-    UpstreamError {
-        Connect => "connect",
-        Timeout => "timeout",
-        Reset => "reset",
-        Idle => "idle",
-        StreamError => "stream_error",
-        Truncated => "truncated",
-    }
-}
-
-label_values! {
-    /// `result` of `thinkgate_hedges_total`.
-    HedgeResult { Sent => "sent", Won => "won", Wasted => "wasted" }
-}
-
-label_values! {
-    /// `kind` of `thinkgate_output_tokens_total`.
-    TokenKind { Thinking => "thinking", Visible => "visible" }
-}
-
-label_values! {
-    /// `result` of `thinkgate_config_reloads_total`.
-    ReloadResult { Ok => "ok", Error => "error" }
-}
-
-/// `reason` of `thinkgate_retries_total` (and of a record's `retry`
-/// action): the attempt could not connect, lost its connection before the
-/// response head, or answered a status the config retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryReason {
-    Connect,
-    Reset,
-    Status(u16),
-}
-
-impl RetryReason {
-    /// The fixed values (`Status` is the code itself).
-    pub const FIXED: &'static [&'static str] = &["connect", "reset"];
-
-    pub fn label(self) -> SharedString {
-        match self {
-            RetryReason::Connect => SharedString::const_str("connect"),
-            RetryReason::Reset => SharedString::const_str("reset"),
-            RetryReason::Status(s) => status_label(s),
-        }
-    }
-}
-
-impl serde::Serialize for RetryReason {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.label())
-    }
-}
+mod labels;
+pub use labels::{HedgeResult, ReloadResult, RetryReason, TokenKind, UpstreamError};
 
 /// Every metric the gateway exports (dashboards and alert rules may name
 /// only these; a test checks both, and a live scrape).
@@ -435,7 +364,7 @@ pub fn records_dropped() {
     counter!(RECORDS_DROPPED).increment(1);
 }
 
-fn status_label(status: u16) -> SharedString {
+pub(crate) fn status_label(status: u16) -> SharedString {
     // Status codes are few; format once per request.
     SharedString::from(status.to_string())
 }
