@@ -2,8 +2,8 @@
 //! boundaries, observed, its injected usage kept from the client, and (with
 //! a thinking budget) cut at the event that reaches the budget.
 
+use super::budget;
 use super::events::Identity;
-use super::exact;
 use super::{ChunkUsageMode, Managed};
 use crate::body::strip::UsageStripper;
 use crate::context::request::Endpoint;
@@ -44,7 +44,7 @@ pub(super) struct Leg {
     exact: Option<Counting>,
 }
 
-/// Thinking counted from the engine's per-chunk usage (see `exact`).
+/// Thinking counted from the engine's per-chunk usage (see `budget`).
 struct Counting {
     pub(super) shared: Arc<Shared>,
     pub(super) model: Option<String>,
@@ -195,7 +195,7 @@ impl Leg {
     /// gateway asked for.
     pub(super) fn out(&self, b: Bytes) -> Bytes {
         match &self.exact {
-            Some(c) if c.strip => exact::strip_chunk_usage(b),
+            Some(c) if c.strip => budget::strip_chunk_usage(b),
             _ => b,
         }
     }
@@ -223,21 +223,22 @@ impl Leg {
         };
         if !(event.ends_with(b"\n\n") || event.ends_with(b"\n\r\n")) {
             // (an event this long is no chunk of a model's output)
-            if event.len() <= exact::MAX_EVENT {
+            if event.len() <= budget::MAX_EVENT {
                 c.partial = event.to_vec();
             }
             return None;
         }
         let event = &event;
-        let u = exact::chunk_usage(event)?;
+        let u = budget::chunk_usage(event)?;
         let k = u.completion.saturating_sub(c.completion);
         c.completion = u.completion;
         let markers = &c.shared.markers;
         let think = match u.reasoning {
             Some(r) => r.saturating_sub(c.thinking),
-            None if thinking_event => {
-                k.saturating_sub(exact::markers_in(event, &[markers.open(), markers.close()]))
-            }
+            None if thinking_event => k.saturating_sub(budget::markers_in(
+                event,
+                &[markers.open(), markers.close()],
+            )),
             None => 0,
         };
         if !c.seen {
@@ -253,7 +254,7 @@ impl Leg {
             return None;
         }
         let keep = think - (c.thinking - budget).min(think);
-        let cut = exact::cut(
+        let cut = budget::cut(
             &c.shared.client,
             &self.backend,
             c.model.as_deref(),

@@ -22,17 +22,19 @@
 //! parsed into JSON values.
 //!
 //! Files, in the order a managed request meets them: `leg_body` (the first
-//! leg's request), `leg` (reading a leg, and the budget cut, exact in
-//! tokens where the engine says how many each event holds: `exact`),
-//! `hedge` (the race before the first token), `view` (what the client
-//! receives), `first_leg` (streaming the first leg until it ends or must
-//! be cut), `forced` (the forced answer through a `continuation` whose
-//! `events` are rewritten into the first leg's identity).
+//! leg's request), `leg` (reading a leg, where the thinking budget is
+//! counted and cut), `budget` (the budget exact in tokens where the engine
+//! says how many each event holds), `hedge` (the race before the first
+//! token), `view` (what the client receives), `first_leg` (streaming the
+//! first leg until it ends or must be cut), `forced` (the forced answer
+//! through a `continuation` whose `events` are rewritten into the first
+//! leg's identity), `assemble` (the body of a client that asked for no
+//! stream).
 
 mod assemble;
+mod budget;
 mod continuation;
 pub mod events;
-mod exact;
 mod first_leg;
 mod forced;
 mod hedge;
@@ -79,7 +81,7 @@ pub struct Managed {
     /// events are kept from the client.
     pub injected: bool,
     /// The first leg asked the engine for usage on every chunk, to keep a
-    /// budget exact in tokens (see `exact`).
+    /// budget exact in tokens (see `budget`).
     pub chunk_usage: ChunkUsageMode,
 }
 
@@ -207,7 +209,7 @@ pub fn prepare(
     let native = plan.budget.filter(|_| fleet.straggler.native_budget);
     let client_streams = features.stream;
     // vLLM says how many tokens each chunk carried when asked: a budget the
-    // gateway enforces is then exact in tokens (`exact`)
+    // gateway enforces is then exact in tokens (`budget`)
     let chunk_usage = match (plan.force_budget, backend.flavor) {
         (Some(_), Flavor::Vllm) if features.include_usage && features.continuous_usage => {
             ChunkUsageMode::Keep

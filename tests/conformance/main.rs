@@ -513,7 +513,7 @@ fn a_thinking_budget_is_exact_in_tokens_and_the_forced_answer_looks_like_the_eng
                     };
                     // vLLM reports the tokens of every event when asked: the
                     // budget is exact there (merged events included, see
-                    // `exact`). llama.cpp does not, and the gateway counts
+                    // `managed::budget`). llama.cpp does not, and the gateway counts
                     // events: an engine that merges tokens into one event
                     // lets those extra tokens through (the documented bound).
                     // In a stream they can be counted; a non-streamed body
