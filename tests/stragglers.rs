@@ -782,3 +782,108 @@ async fn a_budget_counts_tokens_of_events_split_across_reads() {
     assert_eq!(thinking, "<think> w1 w2 w3", "{text}");
     assert!(content.ends_with(" yes"), "{content}");
 }
+
+/// The managed path's timers on paused time, against scripted bodies: the
+/// answer is forced at the deadline less the answer reserve and the hard
+/// deadline ends the response, each at its time, token for token (no
+/// wall-clock windows: the clock only moves when every task waits).
+#[tokio::test(start_paused = true)]
+async fn deadline_timers_fire_at_their_exact_times() {
+    let chunk = |text: &str| {
+        Bytes::from(format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"reasoning_content\":{}}},\"finish_reason\":null}}]}}\n\n",
+            serde_json::to_string(text).unwrap()
+        ))
+    };
+    let answer = |text: &str| {
+        Bytes::from(format!(
+            "data: {{\"id\":\"c2\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n",
+            serde_json::to_string(text).unwrap()
+        ))
+    };
+    let gap = Duration::from_millis(90);
+    let up = upstream(move |_, body| {
+        let req: Value = serde_json::from_slice(body).unwrap();
+        let mut s = if req.get("continue_final_message").is_some() {
+            // an answer that would take 5 s
+            Script::sse((1..=50).map(|i| (gap, answer(&format!(" a{i}")))).collect())
+        } else {
+            // thinking that never ends: a token every 90 ms
+            Script::sse((1..=100).map(|i| (gap, chunk(&format!(" w{i}")))).collect())
+        };
+        s.end = End::Hang;
+        s
+    })
+    .await;
+    let gw = gateway(vec![up.url()], |c| {
+        c.straggler.deadline_ms = Some(1000);
+        c.straggler.answer_reserve_ms = Some(500);
+    })
+    .await;
+    let t0 = tokio::time::Instant::now();
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"q"}]}"#,
+        ),
+    )
+    .await;
+    let took = t0.elapsed();
+    let events: Vec<Value> = String::from_utf8_lossy(&got.body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let text = |k: &str| -> String {
+        events
+            .iter()
+            .filter_map(|v| v["choices"][0]["delta"][k].as_str().map(str::to_string))
+            .collect()
+    };
+    // forced at 500 ms: the thinking tokens of 90..450 ms
+    assert_eq!(text("reasoning_content"), " w1 w2 w3 w4 w5");
+    // the answer ran until the hard deadline at 1000 ms: 5 tokens 90 ms apart
+    assert_eq!(text("content"), " a1 a2 a3 a4 a5");
+    let last = events.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    // at the hard deadline; the paused clock may jump a few ms past it when
+    // it auto-advances (to a short timer) while a loopback read is in flight
+    let deadline = Duration::from_millis(1000);
+    assert!(
+        took >= deadline && took < deadline + Duration::from_millis(20),
+        "ended at the hard deadline: {took:?}"
+    );
+}
+
+/// The hedge timer on paused time: a backend that sends its head and then
+/// nothing is raced by a hedge at `after_ms`, which answers at once.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_goes_at_its_delay() {
+    let body = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    let stuck = upstream(|_, _| stalled()).await;
+    let quick = upstream(move |_, _| Script::sse(vec![(Duration::ZERO, Bytes::from(body))])).await;
+    let gw = gateway(vec![stuck.url(), quick.url()], |c| {
+        c.straggler.hedge.after_ms = Some(300);
+        c.straggler.hedge.max_ratio = 1.0;
+    })
+    .await;
+    // round robin sends the first request to the stuck backend
+    let t0 = tokio::time::Instant::now();
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            r#"{"model":"m","stream":true,"messages":[]}"#,
+        ),
+    )
+    .await;
+    let took = t0.elapsed();
+    assert_eq!(got.headers["x-thinkgate-backend"], quick.url().as_str());
+    assert_eq!(got.body, body.as_bytes());
+    let after = Duration::from_millis(300);
+    assert!(
+        took >= after && took < after + Duration::from_millis(20),
+        "{took:?}"
+    );
+}
