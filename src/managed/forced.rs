@@ -11,7 +11,7 @@ use super::view::View;
 use super::Managed;
 use crate::record::Outcome;
 use crate::straggler::action::{Action, Trigger};
-use crate::upstream::send::{self, bytes_body, Outgoing};
+use crate::upstream::send;
 use crate::upstream::watched::Watched;
 use bytes::Bytes;
 use http::StatusCode;
@@ -73,12 +73,8 @@ pub(super) async fn forced(
             return view.settle(&mut m.ctx, Outcome::ClientGone);
         }
     }
-    let mut out = Outgoing {
-        method: http::Method::POST,
-        path_q: m.out.path_q.clone(),
-        headers: m.out.headers.clone(),
-        body: bytes_body(body),
-    };
+    // (the first leg's request, so a POST)
+    let mut out = m.out.with_body(http_body_util::Full::new(body));
     let fleet = Arc::clone(&m.fleet);
     let shared = Arc::clone(&m.shared);
     let sent = tokio::select! {

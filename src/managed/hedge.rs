@@ -10,11 +10,9 @@ use super::leg::{step_opt, Leg, Step};
 use super::Managed;
 use crate::fleet::{Backend, LegLoad};
 use crate::straggler::action::Action;
-use crate::upstream::send::{self, Outgoing};
-use http::header;
+use crate::upstream::send;
 use std::sync::Arc;
 use std::time::Duration;
-use thinkgate_asu::BodyKind;
 
 /// How long to wait for a first token before hedging `b`.
 fn hedge_delay(cfg: &crate::straggler::HedgeConfig, b: &Backend) -> Option<Duration> {
@@ -110,21 +108,9 @@ async fn open_hedge(m: &mut Managed, a: &Leg) -> Option<Leg> {
         .pick_excluding(m.ctx.arm_index(), &mut info, &[a.backend.index])
         .ok()?;
     let load = LegLoad::new(Arc::clone(&other));
-    let mut out = Outgoing {
-        method: m.out.method.clone(),
-        path_q: m.out.path_q.clone(),
-        headers: m.out.headers.clone(),
-        body: match &m.out.body {
-            Some(http_body_util::Either::Left(f)) => Some(http_body_util::Either::Left(f.clone())),
-            _ => return None,
-        },
-    };
+    let mut out = m.out.again()?;
     let resp = send::once(&m.shared, &other, &mut out).await.ok()?;
-    let ct = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    if !resp.status().is_success() || BodyKind::from_content_type(ct) != BodyKind::Sse {
+    if !crate::upstream::is_event_stream(&resp) {
         return None;
     }
     Some(Leg::new(m, other, resp, Some(load)))

@@ -57,7 +57,6 @@ use http::{header, HeaderValue, Response};
 use http_body_util::{Either, Full};
 use leg::Leg;
 use std::sync::Arc;
-use thinkgate_asu::BodyKind;
 use view::View;
 
 /// Chunks in flight between the task and the client connection.
@@ -113,11 +112,7 @@ pub async fn respond(mut m: Managed) -> Response<ResponseBody> {
     };
     m.ctx.t_upstream_ns = Some(m.ctx.elapsed_ns());
     m.ctx.status = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    if !resp.status().is_success() || BodyKind::from_content_type(ct) != BodyKind::Sse {
+    if !crate::upstream::is_event_stream(&resp) {
         // An error, or an engine that did not stream: forwarded as is, with
         // the same head as on the plain path.
         return observed(&m.shared, &fleet, m.ctx, resp, m.injected);
@@ -240,12 +235,7 @@ pub fn prepare(
         fleet: Arc::clone(fleet),
         backend: Arc::clone(backend),
         plan,
-        out: Outgoing {
-            method: out.method.clone(),
-            path_q: out.path_q.clone(),
-            headers: out.headers.clone(),
-            body: Some(Either::Left(leg_body)),
-        },
+        out: out.with_body(leg_body),
         original: original.clone(),
         client_streams,
         client_wants_usage: features.include_usage,

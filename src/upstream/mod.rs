@@ -69,6 +69,17 @@ pub fn parse_base(url: &str) -> Result<Upstream, ConfigError> {
     })
 }
 
+/// A successful response whose body is an event stream (what the managed
+/// path can read on event boundaries).
+pub fn is_event_stream<B>(resp: &http::Response<B>) -> bool {
+    let ct = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    resp.status().is_success()
+        && thinkgate_asu::BodyKind::from_content_type(ct) == thinkgate_asu::BodyKind::Sse
+}
+
 pub type UpstreamBody =
     http_body_util::Either<http_body_util::Full<bytes::Bytes>, hyper::body::Incoming>;
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;

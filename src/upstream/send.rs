@@ -27,6 +27,25 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// The same request (method, target, headers) with another body: a
+    /// managed request's first leg, a continuation.
+    pub fn with_body(&self, body: Full<Bytes>) -> Self {
+        Self {
+            method: self.method.clone(),
+            path_q: self.path_q.clone(),
+            headers: self.headers.clone(),
+            body: Some(Either::Left(body)),
+        }
+    }
+
+    /// The same request again (a hedge), when its body is bytes.
+    pub fn again(&self) -> Option<Self> {
+        match &self.body {
+            Some(Either::Left(f)) => Some(self.with_body(f.clone())),
+            _ => None,
+        }
+    }
+
     fn replayable(&self) -> bool {
         matches!(self.body, Some(Either::Left(_)))
     }
