@@ -135,7 +135,7 @@ pub fn strip_chunk_usage(bytes: Bytes) -> Bytes {
         return bytes;
     }
     let mut out = BytesMut::with_capacity(bytes.len());
-    for piece in super::leg::event_pieces(&bytes) {
+    for piece in super::pieces::events(&bytes) {
         match without_usage(&piece) {
             Some(v) => out.extend_from_slice(&v),
             None => out.extend_from_slice(&piece),

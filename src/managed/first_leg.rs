@@ -2,7 +2,7 @@
 //! must close (budget, or the deadline minus the answer reserve), or the
 //! hard deadline passes.
 
-use super::events::Identity;
+use super::clock::{at, sleep_opt};
 use super::forced::{end_at_deadline, forced};
 use super::leg::{Leg, Step};
 use super::view::View;
@@ -11,8 +11,6 @@ use crate::record::Outcome;
 use crate::straggler::action::Trigger;
 use bytes::Bytes;
 use http::StatusCode;
-use std::time::{Duration, Instant};
-use tokio::time::sleep_until;
 
 /// How the first leg ended.
 enum FirstEnd {
@@ -23,17 +21,6 @@ enum FirstEnd {
     /// The hard deadline passed.
     Deadline,
     Gone,
-}
-
-pub(super) fn at(t_recv: Instant, d: Option<Duration>) -> Option<tokio::time::Instant> {
-    d.map(|d| tokio::time::Instant::from_std(t_recv + d))
-}
-
-pub(super) async fn sleep_opt(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Stream the first leg, then a forced answer if one is due; settle.
@@ -57,7 +44,7 @@ pub(super) async fn run(mut m: Managed, mut leg: Leg, mut view: View) -> (Status
         FirstEnd::Done(outcome) => view.settle(&mut m.ctx, outcome),
         FirstEnd::Gone => view.settle(&mut m.ctx, Outcome::ClientGone),
         FirstEnd::Deadline => {
-            let id = leg.ident.take().unwrap_or_else(|| fallback_ident(&m));
+            let id = leg.ident.take().unwrap_or_else(|| m.fallback_ident());
             drop(leg);
             end_at_deadline(m, view, &id).await
         }
@@ -117,8 +104,4 @@ async fn first_leg(
             }
         }
     }
-}
-
-pub(super) fn fallback_ident(m: &Managed) -> Identity {
-    Identity::fallback(m.ctx.endpoint, &m.ctx.id, m.ctx.features.model.as_deref())
 }

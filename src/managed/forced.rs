@@ -3,9 +3,9 @@
 //! rewritten into the first leg's identity; the ends when that cannot be
 //! done (a fallback) or the hard deadline passes.
 
+use super::clock::sleep_opt;
 use super::continuation::{self, Forced};
 use super::events::{self, Identity, Rewritten};
-use super::first_leg::{fallback_ident, sleep_opt};
 use super::leg::Leg;
 use super::view::View;
 use super::Managed;
@@ -41,7 +41,7 @@ pub(super) async fn forced(
     let thinking_tokens = leg.thinking();
     let thinking = leg.thinking_text();
     let in_fields = leg.obs.reasoning_in_fields();
-    let id = leg.ident.clone().unwrap_or_else(|| fallback_ident(&m));
+    let id = leg.ident.clone().unwrap_or_else(|| m.fallback_ident());
     let backend = Arc::clone(&leg.backend);
     // Dropping the leg drops the upstream request: the engine aborts it.
     drop(leg);

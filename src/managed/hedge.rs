@@ -5,7 +5,7 @@
 //!
 //! [`HedgeBudget`]: crate::straggler::hedge_budget::HedgeBudget
 
-use super::first_leg::{at, sleep_opt};
+use super::clock::{at, sleep_opt};
 use super::leg::{step_opt, Leg, Step};
 use super::Managed;
 use crate::fleet::{Backend, LegLoad};

@@ -4,6 +4,7 @@
 
 use super::budget;
 use super::events::Identity;
+use super::pieces;
 use super::{ChunkUsageMode, Managed};
 use crate::body::strip::UsageStripper;
 use crate::context::request::Endpoint;
@@ -136,7 +137,7 @@ impl Leg {
                     // (what follows it is never sent).
                     Some(budget) => {
                         let mut out = bytes::BytesMut::new();
-                        for piece in event_pieces(&data) {
+                        for piece in pieces::events(&data) {
                             let before = self.obs.thinking_so_far();
                             let fed = self.feed(piece.clone(), now);
                             let fed = match self.count(&piece, before, budget).await {
@@ -193,7 +194,7 @@ impl Leg {
 
     /// Bytes on their way to the client: without the per-chunk usage the
     /// gateway asked for.
-    pub(super) fn out(&self, b: Bytes) -> Bytes {
+    fn out(&self, b: Bytes) -> Bytes {
         match &self.exact {
             Some(c) if c.strip => budget::strip_chunk_usage(b),
             _ => b,
@@ -205,12 +206,7 @@ impl Leg {
     /// end inside an event, whose first part waits here for the rest. When
     /// they pass `budget`, returns the event and the event cut at the
     /// budget, if the engine's tokenizer says where.
-    pub(super) async fn count(
-        &mut self,
-        piece: &Bytes,
-        before: u64,
-        budget: u64,
-    ) -> Option<(Bytes, Bytes)> {
+    async fn count(&mut self, piece: &Bytes, before: u64, budget: u64) -> Option<(Bytes, Bytes)> {
         let thinking_event = self.obs.thinking_so_far() > before;
         let still = self.obs.still_thinking();
         let c = self.exact.as_mut()?;
@@ -272,7 +268,7 @@ impl Leg {
 
     /// Observe `data` and return what of it the client may get (complete
     /// events; usage-only events removed when the gateway injected usage).
-    pub(super) fn feed(&mut self, data: Bytes, now: u64) -> Bytes {
+    fn feed(&mut self, data: Bytes, now: u64) -> Bytes {
         let before = self.obs.fed();
         self.obs.feed(&data, now);
         self.strip.process(data, before, &self.obs)
@@ -281,38 +277,6 @@ impl Leg {
     pub(super) fn has_token(&self) -> bool {
         self.obs.peek().t_first_token_ns.is_some()
     }
-}
-
-/// `data` cut after each blank line that ends an SSE event (`\n\n` or
-/// `\n\r\n`); the last piece is the rest. Other line endings only make the
-/// pieces coarser, never wrong: the observer frames the bytes either way.
-pub(crate) fn event_pieces(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
-    let mut start = 0;
-    let mut done = false;
-    std::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        let rest = &data[start..];
-        let mut from = 0;
-        while let Some(i) = memchr::memchr(b'\n', &rest[from..]).map(|i| i + from) {
-            let end = if rest.get(i + 1) == Some(&b'\n') {
-                Some(i + 2)
-            } else if rest.get(i + 1..i + 3) == Some(b"\r\n") {
-                Some(i + 3)
-            } else {
-                None
-            };
-            if let Some(e) = end {
-                let piece = data.slice(start..start + e);
-                start += e;
-                return Some(piece);
-            }
-            from = i + 1;
-        }
-        done = true;
-        (start < data.len()).then(|| data.slice(start..))
-    })
 }
 
 /// The identity in the first `data: {...}` event of complete-event bytes.
@@ -331,27 +295,5 @@ pub(super) async fn step_opt(l: &mut Option<Leg>) -> Step {
     match l {
         Some(l) => l.step().await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    pub(super) fn pieces_end_after_each_event() {
-        let d = Bytes::from_static(b"data: a\n\ndata: b\r\n\r\n: ping\n\ndata: par");
-        let p: Vec<Bytes> = event_pieces(&d).collect();
-        assert_eq!(
-            p,
-            [
-                &b"data: a\n\n"[..],
-                b"data: b\r\n\r\n",
-                b": ping\n\n",
-                b"data: par"
-            ]
-        );
-        assert_eq!(p.concat(), d.to_vec());
-        assert_eq!(event_pieces(&Bytes::new()).count(), 0);
     }
 }

@@ -33,6 +33,7 @@
 
 mod assemble;
 mod budget;
+mod clock;
 mod continuation;
 pub mod events;
 mod first_leg;
@@ -40,6 +41,7 @@ mod forced;
 mod hedge;
 mod leg;
 mod leg_body;
+mod pieces;
 mod view;
 
 pub use leg_body::first_leg_body;
@@ -139,6 +141,17 @@ pub async fn respond(mut m: Managed) -> Response<ResponseBody> {
             HeaderValue::from_static("application/json"),
         );
         Response::from_parts(head, ResponseBody::Full(Full::new(body)))
+    }
+}
+
+impl Managed {
+    /// The response identity when the first leg gave none (no event yet).
+    fn fallback_ident(&self) -> events::Identity {
+        events::Identity::fallback(
+            self.ctx.endpoint,
+            &self.ctx.id,
+            self.ctx.features.model.as_deref(),
+        )
     }
 }
 

@@ -56,7 +56,7 @@ impl View {
         }
     }
 
-    pub(super) fn now(&self) -> u64 {
+    fn now(&self) -> u64 {
         self.t_recv.elapsed().as_nanos() as u64
     }
 
