@@ -245,3 +245,28 @@ async fn prompts_and_outputs_are_not_logged_unless_asked() {
         assert_eq!(rec_text.lines().count(), 2);
     }
 }
+
+/// The README's first line says how long the demo's load runs: the demo's
+/// own default, as `thinkgate demo --help` prints it.
+#[test]
+fn the_readme_quotes_the_demos_duration() {
+    let help = Command::new(BIN).args(["demo", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    let dur = help
+        .split("--duration")
+        .nth(1)
+        .and_then(|s| s.split("[default: ").nth(1))
+        .and_then(|s| s.split(']').next())
+        .unwrap_or_else(|| panic!("demo --help names its default duration: {help}"))
+        .to_string();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run --release -- demo"))
+        .expect("the README's demo command");
+    assert!(
+        line.contains(&format!("+ {dur} s of Gamma load")),
+        "README says {line:?}; the demo's default is {dur} s"
+    );
+}

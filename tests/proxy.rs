@@ -554,3 +554,22 @@ async fn upstream_reset_mid_stream_ends_sse_with_an_error_event_and_is_counted()
     )
     .await;
 }
+
+/// `--upstream` as the `openai` client's `base_url` is written, ending in
+/// `/v1`: the engine gets the client's path once, not `/v1/v1/...`.
+#[tokio::test]
+async fn an_upstream_written_with_v1_gets_the_path_once() {
+    let up = upstream(|_, _| Script::json(r#"{"object":"list","data":[]}"#)).await;
+    let gw = gateway(vec![format!("{}/v1", up.url())], |_| {}).await;
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            r#"{"model":"m","messages":[]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(up.last().uri, "/v1/chat/completions");
+    assert_eq!(got.headers["x-thinkgate-backend"], up.url().as_str());
+}

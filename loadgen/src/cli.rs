@@ -25,7 +25,8 @@ pub enum EndpointArg {
 pub struct LoadArgs {
     #[command(subcommand)]
     pub command: Option<LoadCommand>,
-    /// Server base URL (gateway or engine), e.g. http://127.0.0.1:8080.
+    /// Server base URL (gateway or engine), e.g. http://127.0.0.1:8080; written
+    /// as the openai client's base_url (http://127.0.0.1:8080/v1) it is the same.
     #[arg(long, required = true)]
     pub url: Option<String>,
     /// API to call.
@@ -243,6 +244,14 @@ fn think_tags(s: &str) -> anyhow::Result<ThinkTags> {
     }
 }
 
+/// The server's base URL as the requests below it are built: a trailing `/`
+/// and a trailing `/v1` (how the `openai` client's `base_url` is written)
+/// are dropped, since every path sent starts with `/v1`.
+pub fn base_url(url: &str) -> String {
+    let u = url.trim_end_matches('/');
+    u.strip_suffix("/v1").unwrap_or(u).to_string()
+}
+
 /// Ask the server for its first model.
 pub async fn discover_model(
     client: &crate::client::HttpClient,
@@ -265,7 +274,7 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
     let Some(url) = &args.url else {
         anyhow::bail!("--url is required");
     };
-    let url = url.trim_end_matches('/').to_string();
+    let url = base_url(url);
     let client = http_client();
     let model = match &args.model {
         Some(m) => m.clone(),
@@ -540,4 +549,22 @@ async fn run_sweep(args: &LoadArgs, spec: &str) -> anyhow::Result<()> {
         std::fs::write(dir.join("sweep.svg"), svg)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod base_url_tests {
+    use super::base_url;
+
+    #[test]
+    fn base_urls_as_the_openai_client_takes_them() {
+        for u in [
+            "http://gw:8080",
+            "http://gw:8080/",
+            "http://gw:8080/v1",
+            "http://gw:8080/v1/",
+        ] {
+            assert_eq!(base_url(u), "http://gw:8080", "{u}");
+        }
+        assert_eq!(base_url("http://gw:8080/engine"), "http://gw:8080/engine");
+    }
 }

@@ -43,7 +43,11 @@ impl Upstream {
     }
 }
 
-/// Parse `http://host:port[/prefix]`.
+/// Parse `http://host:port[/prefix]`. A trailing `/v1` is dropped, as the
+/// `openai` client's `base_url` is written (`http://vllm:8000/v1`): clients'
+/// paths carry `/v1` themselves, and the engine would otherwise get
+/// `/v1/v1/chat/completions`. Any other prefix is kept (an engine served
+/// under a path).
 pub fn parse_base(url: &str) -> Result<Upstream, ConfigError> {
     let bad = |why: &str| ConfigError::Invalid(format!("upstream {url:?}: {why}"));
     let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
@@ -60,12 +64,15 @@ pub fn parse_base(url: &str) -> Result<Upstream, ConfigError> {
         .authority()
         .cloned()
         .ok_or_else(|| bad("needs a host"))?;
-    let prefix = uri.path().trim_end_matches('/');
+    let path = uri.path().trim_end_matches('/');
+    let prefix = path.strip_suffix("/v1").unwrap_or(path);
+    let name = url.trim_end_matches('/');
+    let name = name.strip_suffix("/v1").unwrap_or(name);
     Ok(Upstream {
         scheme,
         authority,
         prefix: prefix.into(),
-        name: SharedString::from(Arc::<str>::from(url.trim_end_matches('/'))),
+        name: SharedString::from(Arc::<str>::from(name)),
     })
 }
 
@@ -139,5 +146,32 @@ impl http_body::Body for UpBody {
             UpBody::Hyper(b) => b.size_hint(),
             UpBody::Raw(b) => b.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trailing_v1_is_dropped_as_the_openai_client_writes_it() {
+        for url in [
+            "http://vllm:8000/v1",
+            "http://vllm:8000/v1/",
+            "http://vllm:8000",
+        ] {
+            let u = parse_base(url).unwrap();
+            assert_eq!(&*u.prefix, "", "{url}");
+            assert_eq!(&*u.name, "http://vllm:8000", "{url}");
+            let pq = PathAndQuery::from_static("/v1/chat/completions");
+            assert_eq!(
+                u.uri_for(Some(&pq)).unwrap(),
+                "http://vllm:8000/v1/chat/completions"
+            );
+        }
+        // another prefix is the engine's path: kept
+        let u = parse_base("http://gw:80/engine-a").unwrap();
+        assert_eq!(&*u.prefix, "/engine-a");
+        assert!(parse_base("https://vllm:8000").is_err());
     }
 }

@@ -71,7 +71,8 @@ pub struct ServeArgs {
     /// Admin listener address (/metrics, /healthz, /readyz, /stats).
     #[arg(long, env = "THINKGATE_ADMIN")]
     pub admin: Option<SocketAddr>,
-    /// Upstream engine base URL; repeat (or comma-separate) for several.
+    /// Upstream engine base URL (http://vllm:8000, or as the openai client
+    /// writes it, http://vllm:8000/v1); repeat (or comma-separate) for several.
     #[arg(long = "upstream", env = "THINKGATE_UPSTREAMS", value_delimiter = ',')]
     pub upstreams: Vec<String>,
     /// Routing policy by name (round_robin, random, weighted, least_request, least_tokens, least_kv,
