@@ -180,3 +180,77 @@ async fn compare_by_arm_on_an_experiment_run() {
     assert!(deltas.iter().any(|d| d.name == "ttfvt.p50"));
     assert!(deltas.iter().any(|d| d.name == "accuracy"));
 }
+
+/// `thinkgate load` typed with `vllm bench serve`'s flags and the `openai`
+/// client's base URL: the run is the same, and `--max-concurrency` caps the
+/// requests in flight while the arrivals stay open-loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_bench_serve_flags_work_as_typed() {
+    let mut sim_cfg = thinkgate_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        time_scale: 20.0,
+        ..Default::default()
+    };
+    sim_cfg.workload.think_median = [100.0, 200.0, 400.0];
+    let (sim_addr, _sim, _t) = thinkgate_sim::server::spawn(sim_cfg).await.unwrap();
+    let dir = common::tempdir("vllm-flags");
+    let args: Vec<String> = [
+        "load",
+        "--base-url",
+        &format!("http://{sim_addr}/v1"),
+        "--endpoint",
+        "/v1/chat/completions",
+        "--request-rate",
+        "inf",
+        "--num-prompts",
+        "8",
+        "--max-concurrency",
+        "2",
+        "--save-result",
+        "--result-dir",
+        dir.to_str().unwrap(),
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_thinkgate"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reqs = common::records(&dir.join("requests.jsonl"));
+    assert_eq!(reqs.len(), 8);
+    // every request ran; at most 2 at a time
+    let mut spans: Vec<(f64, f64)> = reqs
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], 200, "{r}");
+            let sent = r["scheduled_s"].as_f64().unwrap() + r["lateness_s"].as_f64().unwrap();
+            (sent, r["done_at_s"].as_f64().unwrap())
+        })
+        .collect();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (i, (start, _)) in spans.iter().enumerate() {
+        let open = spans[..i].iter().filter(|(_, end)| end > start).count();
+        assert!(
+            open < 2,
+            "{} requests in flight at {start:.3} s: {spans:?}",
+            open + 1
+        );
+    }
+    // with every arrival at 0, six waited for a slot
+    let waited = reqs
+        .iter()
+        .filter(|r| r["lateness_s"].as_f64().unwrap() > 0.05)
+        .count();
+    assert!(waited >= 6, "{waited} waited: {reqs:?}");
+}

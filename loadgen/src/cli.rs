@@ -16,7 +16,11 @@ use thinkgate_asu::{ObserverConfig, ThinkTags};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EndpointArg {
+    /// `/v1/chat/completions` (vLLM's name is accepted too).
+    #[value(alias = "/v1/chat/completions")]
     Chat,
+    /// `/v1/completions` (vLLM's name is accepted too).
+    #[value(alias = "/v1/completions")]
     Completions,
 }
 
@@ -27,7 +31,7 @@ pub struct LoadArgs {
     pub command: Option<LoadCommand>,
     /// Server base URL (gateway or engine), e.g. http://127.0.0.1:8080; written
     /// as the openai client's base_url (http://127.0.0.1:8080/v1) it is the same.
-    #[arg(long, required = true)]
+    #[arg(long, visible_alias = "base-url", required = true)]
     pub url: Option<String>,
     /// API to call.
     #[arg(long, value_enum, default_value = "chat")]
@@ -36,7 +40,7 @@ pub struct LoadArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Requests per second, or "inf" to send all at once.
-    #[arg(long, default_value = "4")]
+    #[arg(long, visible_alias = "request-rate", default_value = "4")]
     pub rate: String,
     /// Gamma shape: 1 is Poisson, below 1 burstier (CV = 1/sqrt(B)).
     #[arg(long, default_value_t = 1.0)]
@@ -55,10 +59,16 @@ pub struct LoadArgs {
     #[arg(long)]
     pub sweep: Option<String>,
     /// Closed loop: keep this many requests in flight (overrides --rate).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "max_concurrency")]
     pub concurrency: Option<usize>,
+    /// At most this many requests in flight while arrivals follow --rate,
+    /// as vllm bench serve's --max-concurrency: an arrival waits for a free
+    /// slot (the wait is the request's lateness), so the achieved rate can
+    /// fall below --rate.
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
     /// Requests to send at most.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, visible_alias = "num-prompts", default_value_t = 100)]
     pub num_requests: usize,
     /// Stop sending after this many seconds.
     #[arg(long)]
@@ -94,8 +104,12 @@ pub struct LoadArgs {
     #[arg(long, default_value = "auto")]
     pub think_tags: String,
     /// Write summary.json, requests.jsonl, SVG plots and report.html here.
-    #[arg(long)]
+    #[arg(long, visible_alias = "result-dir")]
     pub out: Option<PathBuf>,
+    /// Write the run's files (as --out) even without --out: to the current
+    /// directory (vllm bench serve's --save-result).
+    #[arg(long)]
+    pub save_result: bool,
     /// Engine metrics URL(s) to sample KV-cache use from during the run
     /// (e.g. http://vllm-0:8000/metrics); repeatable.
     #[arg(long)]
@@ -214,6 +228,7 @@ impl LoadArgs {
             trace_speed: 1.0,
             sweep: None,
             concurrency: None,
+            max_concurrency: None,
             num_requests: 100,
             duration: None,
             seed: 1,
@@ -227,6 +242,7 @@ impl LoadArgs {
             timeout: 1800.0,
             think_tags: "auto".into(),
             out: None,
+            save_result: false,
             scrape: Vec::new(),
             label: String::new(),
             headers: Vec::new(),
@@ -242,6 +258,14 @@ fn think_tags(s: &str) -> anyhow::Result<ThinkTags> {
         "off" => Ok(ThinkTags::Off),
         _ => anyhow::bail!("--think-tags: expected auto, starts-in-thinking or off"),
     }
+}
+
+/// Where a run's files go: `--out` (`--result-dir`), or with
+/// `--save-result` alone the current directory.
+fn out_dir(args: &LoadArgs) -> Option<PathBuf> {
+    args.out
+        .clone()
+        .or_else(|| args.save_result.then(|| PathBuf::from(".")))
 }
 
 /// The server's base URL as the requests below it are built: a trailing `/`
@@ -336,6 +360,7 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
     });
     let plan = Plan {
         mode: mode.clone(),
+        max_concurrency: args.max_concurrency,
         num_requests: args.num_requests,
         duration: args.duration.map(Duration::from_secs_f64),
         seed: args.seed,
@@ -377,7 +402,7 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
     });
     let mut summary = report::summarize(&args.label, run_info, &results, slo);
     summary.engine_kv = kv;
-    if let Some(dir) = &args.out {
+    if let Some(dir) = &out_dir(args) {
         std::fs::create_dir_all(dir)?;
         std::fs::write(
             dir.join("summary.json"),
@@ -513,10 +538,7 @@ async fn run_sweep(args: &LoadArgs, spec: &str) -> anyhow::Result<()> {
                 format!("{} ", args.label)
             }
         );
-        a.out = args
-            .out
-            .as_ref()
-            .map(|d| d.join(format!("{}-{v}", param.trim())));
+        a.out = out_dir(args).map(|d| d.join(format!("{}-{v}", param.trim())));
         eprintln!("sweep: {param}={v}");
         let s = execute(&a).await?;
         rows.push((v.to_string(), s));
@@ -538,7 +560,7 @@ async fn run_sweep(args: &LoadArgs, spec: &str) -> anyhow::Result<()> {
             s.accuracy.rate * 100.0
         );
     }
-    if let Some(dir) = &args.out {
+    if let Some(dir) = &out_dir(args) {
         std::fs::create_dir_all(dir)?;
         let all: Vec<serde_json::Value> = rows
             .iter()

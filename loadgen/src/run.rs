@@ -25,6 +25,9 @@ pub enum Mode {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub mode: Mode,
+    /// Open loop: at most this many requests in flight; an arrival waits
+    /// for a slot (vllm bench serve's `--max-concurrency`).
+    pub max_concurrency: Option<usize>,
     pub num_requests: usize,
     pub duration: Option<Duration>,
     pub seed: u64,
@@ -80,6 +83,9 @@ pub async fn run(
                 .schedule(n, plan.seed)
                 .map_err(anyhow::Error::msg)?;
             let handle = tokio::runtime::Handle::current();
+            let slots = plan
+                .max_concurrency
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
             let (target, items, picks, in_flight) = (
                 Arc::clone(&target),
                 Arc::clone(&items),
@@ -101,15 +107,21 @@ pub async fn run(
                         if at > now {
                             std::thread::sleep(at - now);
                         }
-                        let (t, items, picks, tx, fl) = (
+                        let (t, items, picks, tx, fl, slots) = (
                             Arc::clone(&target),
                             Arc::clone(&items),
                             Arc::clone(&picks),
                             tx.clone(),
                             Arc::clone(&in_flight),
+                            slots.clone(),
                         );
                         fl.fetch_add(1, Ordering::Relaxed);
                         handle.spawn(async move {
+                            // held until the response ends
+                            let _slot = match slots {
+                                Some(s) => s.acquire_owned().await.ok(),
+                                None => None,
+                            };
                             let item = &items[picks[i]];
                             let r = client::send(&t, i, item, off, start).await;
                             fl.fetch_sub(1, Ordering::Relaxed);
