@@ -3,9 +3,10 @@
 //! added in code and not in the README fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use thinkgate::metrics::{self, HedgeResult, ReloadResult, RetryReason, TokenKind, UpstreamError};
+use thinkgate::metrics::{
+    self, ForcedTrigger, HedgeResult, ReloadResult, RetryReason, TokenKind, UpstreamError,
+};
 use thinkgate::record::Outcome;
-use thinkgate::straggler::action::Trigger;
 
 /// The README's table row of `metric`.
 fn row<'a>(readme: &'a str, metric: &str) -> &'a str {
@@ -44,7 +45,7 @@ fn the_readme_lists_every_label_value() {
         ),
         (
             metrics::FORCED_ANSWERS,
-            Trigger::ALL.iter().map(|t| t.as_str()).collect(),
+            ForcedTrigger::ALL.iter().map(|t| t.as_str()).collect(),
         ),
         (metrics::RETRIES, RetryReason::FIXED.to_vec()),
     ];

@@ -42,6 +42,11 @@ label_values! {
 }
 
 label_values! {
+    /// `trigger` of `thinkgate_forced_answers_total`.
+    ForcedTrigger { Budget => "budget", Deadline => "deadline" }
+}
+
+label_values! {
     /// `result` of `thinkgate_config_reloads_total`.
     ReloadResult { Ok => "ok", Error => "error" }
 }

@@ -39,7 +39,7 @@ pub const RETRIES: &str = "thinkgate_retries_total";
 pub const DEADLINE_HITS: &str = "thinkgate_deadline_hits_total";
 
 mod labels;
-pub use labels::{HedgeResult, ReloadResult, RetryReason, TokenKind, UpstreamError};
+pub use labels::{ForcedTrigger, HedgeResult, ReloadResult, RetryReason, TokenKind, UpstreamError};
 
 /// Every metric the gateway exports (dashboards and alert rules may name
 /// only these; a test checks both, and a live scrape).
@@ -245,6 +245,50 @@ impl Labels {
         [b, m, a, (key, value)]
     }
 
+    /// This label set's request series, at 0 (see [`zero_series`]).
+    fn zero(&self) {
+        let p = self.pairs();
+        for name in [
+            TTFT,
+            TTFVT,
+            E2E,
+            THINKING_SECONDS,
+            TPOT,
+            THINKING_TOKENS,
+            VISIBLE_TOKENS,
+        ] {
+            // registered: exported with empty buckets
+            let _ = histogram!(name, &p);
+        }
+        gauge!(INFLIGHT, &p).increment(0.0);
+        gauge!(INFLIGHT_THINKING, &p).increment(0.0);
+        counter!(CLIENT_DISCONNECTS, &p).increment(0);
+        counter!(USAGE_INJECTED, &p).increment(0);
+        for k in TokenKind::ALL {
+            counter!(
+                OUTPUT_TOKENS,
+                &self.plus("kind", SharedString::const_str(k.as_str()))
+            )
+            .increment(0);
+        }
+        for k in UpstreamError::ALL {
+            counter!(
+                UPSTREAM_ERRORS,
+                &self.plus("kind", SharedString::const_str(k.as_str()))
+            )
+            .increment(0);
+        }
+        let [b, m, a, s] = self.plus("status", SharedString::const_str("200"));
+        let labels = [
+            b,
+            m,
+            a,
+            s,
+            ("outcome", SharedString::const_str("completed")),
+        ];
+        counter!(REQUESTS, &labels).increment(0);
+    }
+
     pub fn inflight(&self, delta: f64) {
         gauge!(INFLIGHT, &self.pairs()).increment(delta);
     }
@@ -279,8 +323,9 @@ impl Labels {
         counter!(HEDGES, "arm" => self.arm.clone(), "result" => result.as_str()).increment(1);
     }
 
-    pub fn straggler_forced(&self, trigger: &'static str, thinking_tokens: u64) {
-        counter!(FORCED_ANSWERS, "arm" => self.arm.clone(), "trigger" => trigger).increment(1);
+    pub fn straggler_forced(&self, trigger: ForcedTrigger, thinking_tokens: u64) {
+        counter!(FORCED_ANSWERS, "arm" => self.arm.clone(), "trigger" => trigger.as_str())
+            .increment(1);
         histogram!(FORCED_THINKING_TOKENS, "arm" => self.arm.clone())
             .record(thinking_tokens as f64);
     }
@@ -334,6 +379,56 @@ impl Labels {
             histogram!(THINKING_TOKENS, &p).record(s.thinking_tokens as f64);
             histogram!(VISIBLE_TOKENS, &p).record(s.visible_tokens as f64);
         }
+    }
+}
+
+/// Every series whose labels are known before any request, exported at 0
+/// from the start (and on a reload, for new backends and arms), so a fresh
+/// gateway's dashboard shows 0 where it would show "No data", and an alert
+/// over a counter that has not moved yet matches a series. Per-request
+/// series get `model="unknown"` (the model is known only per request).
+/// Measured gauges are not among them (`thinkgate_backend_kv_usage` waits
+/// for the first scrape; `thinkgate_backend_healthy` is set by the caller
+/// from the fleet's own view).
+pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
+    let unknown = SharedString::const_str("unknown");
+    for b in backends {
+        for a in arms {
+            let l = Labels {
+                backend: b.clone(),
+                model: unknown.clone(),
+                arm: a.clone(),
+            };
+            l.zero();
+        }
+    }
+    for a in arms {
+        let arm = || ("arm", a.clone());
+        for t in ForcedTrigger::ALL {
+            counter!(
+                FORCED_ANSWERS,
+                &[arm(), ("trigger", SharedString::const_str(t.as_str()))]
+            )
+            .increment(0);
+        }
+        let _ = histogram!(FORCED_THINKING_TOKENS, &[arm()]);
+        counter!(FORCED_FALLBACKS, &[arm()]).increment(0);
+        counter!(DEADLINE_HITS, &[arm()]).increment(0);
+        for r in HedgeResult::ALL {
+            counter!(
+                HEDGES,
+                &[arm(), ("result", SharedString::const_str(r.as_str()))]
+            )
+            .increment(0);
+        }
+        for r in [RetryReason::Connect, RetryReason::Reset] {
+            counter!(RETRIES, &[arm(), ("reason", r.label())]).increment(0);
+        }
+    }
+    counter!(NO_BACKEND).increment(0);
+    counter!(RECORDS_DROPPED).increment(0);
+    for r in ReloadResult::ALL {
+        counter!(CONFIG_RELOADS, "result" => r.as_str()).increment(0);
     }
 }
 

@@ -109,6 +109,7 @@ impl Shared {
     fn rebuild(&self) -> Result<(), crate::error::ConfigError> {
         let cfg = self.effective();
         let next = crate::fleet::Fleet::reloaded(&cfg, Some(&self.fleet.load()))?;
+        zero_series(&next);
         self.fleet.store(Arc::new(next));
         self.restart_probes();
         Ok(())
@@ -117,6 +118,7 @@ impl Shared {
     pub fn new(cfg: Config, recorder: Recorder) -> Result<Self, crate::error::ConfigError> {
         cfg.validate()?;
         let fleet = crate::fleet::Fleet::new(&cfg)?;
+        zero_series(&fleet);
         let obs = cfg.observer_config()?;
         let strip = ObserverConfig {
             strip_usage_only: true,
@@ -156,4 +158,21 @@ impl Shared {
             cfg,
         })
     }
+}
+
+/// The fleet's known series at 0 (see `metrics::zero_series`), and each
+/// backend's health as the fleet sees it now (healthy until a check says
+/// otherwise).
+fn zero_series(fleet: &crate::fleet::Fleet) {
+    for b in &fleet.backends {
+        let healthy = b.healthy.load(std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::backend_health(&b.upstream.name, healthy);
+    }
+    let backends: Vec<_> = fleet
+        .backends
+        .iter()
+        .map(|b| b.upstream.name.clone())
+        .collect();
+    let arms: Vec<_> = fleet.arms.iter().map(|a| a.name.clone()).collect();
+    crate::metrics::zero_series(&backends, &arms);
 }

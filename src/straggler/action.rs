@@ -1,7 +1,7 @@
 //! What the gateway did to a request beyond forwarding it: noted in its
 //! record (`actions`) and counted per arm.
 
-use crate::metrics::{HedgeResult, Labels, RetryReason};
+use crate::metrics::{ForcedTrigger, HedgeResult, Labels, RetryReason};
 use serde::Serialize;
 
 /// Why an answer was forced.
@@ -15,12 +15,11 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub const ALL: &'static [Trigger] = &[Trigger::Budget, Trigger::Deadline];
-
-    pub fn as_str(self) -> &'static str {
+    /// Its metric label (the same word as in the record).
+    pub fn label(self) -> ForcedTrigger {
         match self {
-            Trigger::Budget => "budget",
-            Trigger::Deadline => "deadline",
+            Trigger::Budget => ForcedTrigger::Budget,
+            Trigger::Deadline => ForcedTrigger::Deadline,
         }
     }
 }
@@ -65,7 +64,7 @@ impl Action {
             Action::ForcedAnswer {
                 trigger,
                 thinking_tokens,
-            } => labels.straggler_forced(trigger.as_str(), *thinking_tokens),
+            } => labels.straggler_forced(trigger.label(), *thinking_tokens),
             Action::ForcedFallback { .. } => labels.straggler_fallback(),
             Action::DeadlineHit => labels.straggler_deadline(),
         }
