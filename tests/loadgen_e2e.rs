@@ -206,6 +206,10 @@ async fn vllm_bench_serve_flags_work_as_typed() {
         "8",
         "--max-concurrency",
         "2",
+        "--percentile-metrics",
+        "ttft,ttfvt,thinking,e2el",
+        "--metric-percentiles",
+        "50,99",
         "--save-result",
         "--result-dir",
         dir.to_str().unwrap(),
@@ -229,6 +233,14 @@ async fn vllm_bench_serve_flags_work_as_typed() {
     );
     let reqs = common::records(&dir.join("requests.jsonl"));
     assert_eq!(reqs.len(), 8);
+    // the percentiles asked for, in ms, in summary.json and on stdout
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let p99 = summary["percentiles_ms"]["ttfvt"]["p99"].as_f64().unwrap();
+    let p50 = summary["percentiles_ms"]["ttfvt"]["p50"].as_f64().unwrap();
+    assert!(p99 >= p50 && p50 > 0.0, "{summary}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ttfvt ms: p50"), "{stdout}");
     // every request ran; at most 2 at a time
     let mut spans: Vec<(f64, f64)> = reqs
         .iter()

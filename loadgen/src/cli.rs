@@ -110,6 +110,13 @@ pub struct LoadArgs {
     /// directory (vllm bench serve's --save-result).
     #[arg(long)]
     pub save_result: bool,
+    /// Report these metrics at --metric-percentiles too (vllm bench serve's
+    /// option): ttft, ttfvt, thinking, tpot, itl, e2el; comma-separated.
+    #[arg(long)]
+    pub percentile_metrics: Option<String>,
+    /// Percentiles for --percentile-metrics, comma-separated (e.g. 25,50,99).
+    #[arg(long, default_value = "99")]
+    pub metric_percentiles: String,
     /// Engine metrics URL(s) to sample KV-cache use from during the run
     /// (e.g. http://vllm-0:8000/metrics); repeatable.
     #[arg(long)]
@@ -243,6 +250,8 @@ impl LoadArgs {
             think_tags: "auto".into(),
             out: None,
             save_result: false,
+            percentile_metrics: None,
+            metric_percentiles: "99".into(),
             scrape: Vec::new(),
             label: String::new(),
             headers: Vec::new(),
@@ -316,6 +325,10 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
         None => serde_json::Map::new(),
     };
     let slo = Slo::parse(&args.slo).map_err(anyhow::Error::msg)?;
+    if let Some(m) = &args.percentile_metrics {
+        // refused before the run, not after it
+        report::percentiles(&[], m, &args.metric_percentiles).map_err(anyhow::Error::msg)?;
+    }
     let mode = match args.concurrency {
         Some(c) => Mode::Closed { concurrency: c },
         None if args.trace.is_some() => {
@@ -402,6 +415,10 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
     });
     let mut summary = report::summarize(&args.label, run_info, &results, slo);
     summary.engine_kv = kv;
+    if let Some(m) = &args.percentile_metrics {
+        summary.percentiles_ms = report::percentiles(&results, m, &args.metric_percentiles)
+            .map_err(anyhow::Error::msg)?;
+    }
     if let Some(dir) = &out_dir(args) {
         std::fs::create_dir_all(dir)?;
         std::fs::write(

@@ -148,6 +148,78 @@ pub struct RunSummary {
     /// (seconds since start, mean engine KV use 0..1) from `--scrape`.
     #[serde(default)]
     pub engine_kv: Vec<(f64, f64)>,
+    /// `--percentile-metrics` at `--metric-percentiles`, in ms, as
+    /// `{"ttfvt": {"p99": 812.0}}` (absent without the option).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub percentiles_ms: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+/// The metrics `--percentile-metrics` takes: vLLM's names (`ttft`, `tpot`,
+/// `itl`, `e2el`) and the ASU ones (`ttfvt`, `thinking`). `itl` is each
+/// request's mean inter-token latency (vLLM pools every gap of every
+/// request instead).
+pub const PERCENTILE_METRICS: &[&str] = &["ttft", "ttfvt", "thinking", "tpot", "itl", "e2el"];
+
+/// The values of `metric` over the successful requests, in seconds.
+fn metric_values(results: &[RequestResult], metric: &str) -> Option<Vec<f64>> {
+    let pick: fn(&RequestResult) -> Option<f64> = match metric {
+        "ttft" => |r| r.ttft_s,
+        "ttfvt" => |r| r.ttfvt_s,
+        "thinking" => |r| r.thinking_s,
+        "tpot" => |r| r.tpot_s,
+        "itl" => |r| r.itl_mean_s,
+        "e2el" | "e2e" => |r| Some(r.e2e_s),
+        _ => return None,
+    };
+    Some(
+        results
+            .iter()
+            .filter(|r| r.ok())
+            .filter_map(pick)
+            .filter(|x| x.is_finite())
+            .collect(),
+    )
+}
+
+/// `--percentile-metrics` (comma-separated names) at `--metric-percentiles`
+/// (comma-separated numbers in 0..=100), in ms, nearest rank.
+pub fn percentiles(
+    results: &[RequestResult],
+    metrics: &str,
+    percentiles: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, f64>>, String> {
+    let ps: Vec<f64> = percentiles
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .ok_or_else(|| format!("--metric-percentiles: {p:?} is not a number in 0..=100"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut out = BTreeMap::new();
+    for m in metrics.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let mut v = metric_values(results, m).ok_or_else(|| {
+            format!(
+                "--percentile-metrics: {m:?} is not one of {}",
+                PERCENTILE_METRICS.join(", ")
+            )
+        })?;
+        v.sort_by(f64::total_cmp);
+        let mut row = BTreeMap::new();
+        for p in &ps {
+            let value = if v.is_empty() {
+                f64::NAN
+            } else {
+                let rank = ((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len());
+                v[rank - 1] * 1e3
+            };
+            row.insert(format!("p{p}"), value);
+        }
+        out.insert(m.to_string(), row);
+    }
+    Ok(out)
 }
 
 fn error_kind(e: &str, status: u16) -> String {
@@ -269,6 +341,7 @@ pub fn summarize(
             .collect(),
         timeline: timeline(results, start, end),
         engine_kv: Vec::new(),
+        percentiles_ms: BTreeMap::new(),
     }
 }
 
@@ -352,6 +425,10 @@ pub fn table(s: &RunSummary) -> String {
                 k, d.mean, d.p50, d.p90, d.p99
             );
         }
+    }
+    for (m, row) in &s.percentiles_ms {
+        let cells: Vec<String> = row.iter().map(|(p, v)| format!("{p} {v:.1}")).collect();
+        let _ = writeln!(o, "              {m:>10} ms: {}", cells.join(", "));
     }
     let _ = writeln!(o, "stragglers    p99/p50 E2E = {:.2}", s.straggler_ratio);
     let _ = writeln!(
@@ -457,6 +534,21 @@ mod schema_tests {
             finish_reason: Some("stop".into()),
             summary: None,
         }
+    }
+
+    #[test]
+    fn percentiles_of_vllms_metrics_and_the_asu_ones() {
+        let rs: Vec<RequestResult> = (0..100)
+            .map(|i| result(i, true, 1.0 + i as f64 * 0.01, true, "easy"))
+            .collect();
+        let p = percentiles(&rs, "e2el, ttfvt", "50,99").unwrap();
+        assert_eq!(p["e2el"]["p50"].round(), 1990.0);
+        assert_eq!(p["e2el"]["p99"].round(), 2480.0);
+        assert!(p["ttfvt"]["p99"].is_finite());
+        assert!(percentiles(&rs, "goodput", "99")
+            .unwrap_err()
+            .contains("ttft, ttfvt"));
+        assert!(percentiles(&rs, "ttft", "101").is_err());
     }
 
     /// `summary.json` keeps this shape (docs/loadgen.md): tools reading it
