@@ -194,6 +194,14 @@ async fn vllm_bench_serve_flags_work_as_typed() {
     sim_cfg.workload.think_median = [100.0, 200.0, 400.0];
     let (sim_addr, _sim, _t) = thinkgate_sim::server::spawn(sim_cfg).await.unwrap();
     let dir = common::tempdir("vllm-flags");
+    // GSM8K as its public JSONL has it
+    let gsm8k = dir.join("gsm8k.jsonl");
+    std::fs::write(
+        &gsm8k,
+        "{\"question\":\"What is 70 + 2?\",\"answer\":\"70 + 2 = 72\\n#### 72\"}\n\
+         {\"question\":\"What is 2 + 3?\",\"answer\":\"#### 5\"}\n",
+    )
+    .unwrap();
     let args: Vec<String> = [
         "load",
         "--base-url",
@@ -204,6 +212,10 @@ async fn vllm_bench_serve_flags_work_as_typed() {
         "inf",
         "--num-prompts",
         "8",
+        "--dataset-name",
+        "gsm8k",
+        "--dataset-path",
+        gsm8k.to_str().unwrap(),
         "--max-concurrency",
         "2",
         "--percentile-metrics",
@@ -233,6 +245,12 @@ async fn vllm_bench_serve_flags_work_as_typed() {
     );
     let reqs = common::records(&dir.join("requests.jsonl"));
     assert_eq!(reqs.len(), 8);
+    for r in &reqs {
+        assert!(
+            ["72", "5"].contains(&r["reference"].as_str().unwrap()),
+            "{r}"
+        );
+    }
     // the percentiles asked for, in ms, in summary.json and on stdout
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();

@@ -14,6 +14,26 @@ use std::sync::Arc;
 use std::time::Duration;
 use thinkgate_asu::{ObserverConfig, ThinkTags};
 
+/// `--dataset-name` (vllm bench serve's option, with the study's datasets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatasetName {
+    /// The built-in math set (no file).
+    Builtin,
+    /// thinkgate's JSONL (question, answer, difficulty, domain, choices).
+    Jsonl,
+    /// GSM8K's JSONL (question, answer ending "#### N").
+    Gsm8k,
+    /// MATH-500's JSONL (problem, answer, level, subject).
+    #[value(name = "math-500", alias = "math500")]
+    Math500,
+    /// AIME JSONL (problem/Problem, answer/Answer).
+    Aime,
+    /// GPQA as JSONL (Question, Correct Answer, Incorrect Answer 1-3).
+    Gpqa,
+    /// A BurstGPT CSV trace: its arrival times, with the built-in prompts.
+    Burstgpt,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EndpointArg {
     /// `/v1/chat/completions` (vLLM's name is accepted too).
@@ -77,8 +97,13 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// JSONL dataset (question, answer, difficulty, domain, choices); default: the built-in math set.
-    #[arg(long)]
+    #[arg(long, visible_alias = "dataset-path")]
     pub dataset: Option<PathBuf>,
+    /// The dataset's shape (default: jsonl with --dataset, else builtin):
+    /// the study's GSM8K, MATH-500, AIME and GPQA as the JSONL files you
+    /// provide with --dataset, or a BurstGPT trace.
+    #[arg(long, value_enum)]
+    pub dataset_name: Option<DatasetName>,
     /// Prompt template with {question}, {difficulty}, {choices}.
     #[arg(long, default_value = dataset::DEFAULT_TEMPLATE)]
     pub prompt_template: String,
@@ -240,6 +265,7 @@ impl LoadArgs {
             duration: None,
             seed: 1,
             dataset: None,
+            dataset_name: None,
             prompt_template: dataset::DEFAULT_TEMPLATE.into(),
             max_tokens: None,
             extra_body: None,
@@ -266,6 +292,45 @@ fn think_tags(s: &str) -> anyhow::Result<ThinkTags> {
         "starts_in_thinking" => Ok(ThinkTags::StartsInThinking),
         "off" => Ok(ThinkTags::Off),
         _ => anyhow::bail!("--think-tags: expected auto, starts-in-thinking or off"),
+    }
+}
+
+/// The run's items, by `--dataset-name` and `--dataset`.
+fn items_of(args: &LoadArgs) -> anyhow::Result<Vec<Item>> {
+    use dataset::Named;
+    let name = args.dataset_name.unwrap_or(match args.dataset {
+        Some(_) => DatasetName::Jsonl,
+        None => DatasetName::Builtin,
+    });
+    let named = match name {
+        DatasetName::Burstgpt if args.dataset.is_none() && args.trace.is_none() => {
+            anyhow::bail!(
+                "--dataset-name burstgpt replays the trace given with --dataset-path FILE.csv"
+            )
+        }
+        DatasetName::Builtin | DatasetName::Burstgpt => {
+            return Ok(dataset::builtin_math(100, args.seed))
+        }
+        DatasetName::Jsonl => Named::Jsonl,
+        DatasetName::Gsm8k => Named::Gsm8k,
+        DatasetName::Math500 => Named::Math500,
+        DatasetName::Aime => Named::Aime,
+        DatasetName::Gpqa => Named::Gpqa,
+    };
+    let Some(path) = &args.dataset else {
+        anyhow::bail!(
+            "--dataset-name {name:?} reads the file given with --dataset (or --dataset-path)"
+        );
+    };
+    dataset::load_named(named, path, args.seed)
+}
+
+/// The arrival trace: `--trace`, or a BurstGPT `--dataset-path`.
+fn trace_path(args: &LoadArgs) -> Option<&std::path::Path> {
+    match (&args.trace, args.dataset_name) {
+        (Some(t), _) => Some(t),
+        (None, Some(DatasetName::Burstgpt)) => args.dataset.as_deref(),
+        _ => None,
     }
 }
 
@@ -313,10 +378,7 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
         Some(m) => m.clone(),
         None => discover_model(&client, &url).await?,
     };
-    let items: Vec<Item> = match &args.dataset {
-        Some(p) => dataset::load_jsonl(p)?,
-        None => dataset::builtin_math(100, args.seed),
-    };
+    let items = items_of(args)?;
     let extra = match &args.extra_body {
         Some(s) => match serde_json::from_str::<serde_json::Value>(s)? {
             serde_json::Value::Object(m) => m,
@@ -331,8 +393,8 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
     }
     let mode = match args.concurrency {
         Some(c) => Mode::Closed { concurrency: c },
-        None if args.trace.is_some() => {
-            let path = args.trace.as_deref().unwrap_or(std::path::Path::new(""));
+        None if trace_path(args).is_some() => {
+            let path = trace_path(args).unwrap_or(std::path::Path::new(""));
             Mode::Open(Arrivals::Trace(crate::trace::load(path, args.trace_speed)?))
         }
         None if args.rate == "inf" => Mode::Open(Arrivals::AllAtOnce),

@@ -46,6 +46,114 @@ pub fn load_jsonl(path: &Path) -> anyhow::Result<Vec<Item>> {
     Ok(items)
 }
 
+/// The datasets `--dataset-name` knows: the study's (as JSONL files a user
+/// provides, in the shape their public releases have), thinkgate's own JSONL
+/// and the built-in set. (`burstgpt` is a trace of arrivals, handled by the
+/// caller.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// `question`, `answer` (`... #### 72`).
+    Gsm8k,
+    /// `problem`, `answer`, `level`, `subject`.
+    Math500,
+    /// `problem`/`Problem`, `answer`/`Answer`.
+    Aime,
+    /// `Question`, `Correct Answer`, `Incorrect Answer 1..3`: asked as
+    /// A-D in an order shuffled per question by the seed.
+    Gpqa,
+    /// thinkgate's own shape (see [`Item`]).
+    Jsonl,
+}
+
+fn field<'a>(v: &'a serde_json::Value, keys: &[&str]) -> Option<&'a serde_json::Value> {
+    keys.iter().find_map(|k| v.get(*k)).filter(|x| !x.is_null())
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.trim().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// One line of a named dataset as an item.
+fn named_item(name: Named, v: &serde_json::Value, seed: u64, line: usize) -> Result<Item, String> {
+    let need = |keys: &[&str]| {
+        field(v, keys)
+            .map(text)
+            .ok_or_else(|| format!("needs {}", keys.join(" or ")))
+    };
+    Ok(match name {
+        Named::Gsm8k => {
+            let answer = need(&["answer"])?;
+            let last = answer.rsplit("####").next().unwrap_or(&answer);
+            Item {
+                question: need(&["question"])?,
+                answer: last.trim().replace(',', ""),
+                difficulty: None,
+                domain: Some("gsm8k".into()),
+                choices: None,
+            }
+        }
+        Named::Math500 => Item {
+            question: need(&["problem"])?,
+            answer: need(&["answer"])?,
+            difficulty: field(v, &["level"]).map(|l| format!("level {}", text(l))),
+            domain: field(v, &["subject"]).map(text),
+            choices: None,
+        },
+        Named::Aime => Item {
+            question: need(&["problem", "Problem"])?,
+            answer: need(&["answer", "Answer"])?,
+            difficulty: None,
+            domain: Some("aime".into()),
+            choices: None,
+        },
+        Named::Gpqa => {
+            let correct = need(&["Correct Answer"])?;
+            let mut options = vec![correct.clone()];
+            for i in 1..=3 {
+                options.push(need(&[&format!("Incorrect Answer {i}")])?);
+            }
+            // the same order for the same seed and question
+            let mut rng =
+                rand::rngs::StdRng::seed_from_u64(seed ^ (line as u64).wrapping_mul(0x9e37_79b9));
+            rand::seq::SliceRandom::shuffle(options.as_mut_slice(), &mut rng);
+            let at = options.iter().position(|o| *o == correct).unwrap_or(0);
+            Item {
+                question: need(&["Question"])?,
+                answer: ((b'A' + at as u8) as char).to_string(),
+                difficulty: None,
+                domain: field(v, &["High-level domain"])
+                    .map(text)
+                    .or(Some("gpqa".into())),
+                choices: Some(options),
+            }
+        }
+        Named::Jsonl => serde_json::from_value(v.clone()).map_err(|e| e.to_string())?,
+    })
+}
+
+/// Read a named dataset's JSONL file (see [`Named`]).
+pub fn load_named(name: Named, path: &Path, seed: u64) -> anyhow::Result<Vec<Item>> {
+    if name == Named::Jsonl {
+        return load_jsonl(path);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut items = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |e: String| anyhow::anyhow!("{}:{}: {name:?}: {e}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        items.push(named_item(name, &v, seed, i).map_err(bad)?);
+    }
+    anyhow::ensure!(!items.is_empty(), "{} has no items", path.display());
+    Ok(items)
+}
+
 /// The built-in math set: `per_level` items at each of easy, medium and
 /// hard, integer arithmetic with exact answers.
 pub fn builtin_math(per_level: usize, seed: u64) -> Vec<Item> {
@@ -131,6 +239,50 @@ pub const DEFAULT_TEMPLATE: &str = "difficulty: {difficulty}. {question}\n{choic
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_studys_datasets_load_in_their_public_shapes() {
+        let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        let g = named_item(
+            Named::Gsm8k,
+            &v(r#"{"question":"Q?","answer":"so 2+2\n#### 1,024"}"#),
+            1,
+            0,
+        )
+        .unwrap();
+        assert_eq!((g.question.as_str(), g.answer.as_str()), ("Q?", "1024"));
+        let m = named_item(
+            Named::Math500,
+            &v(r#"{"problem":"P","solution":"s","answer":"\\frac{1}{2}","subject":"Algebra","level":3}"#),
+            1,
+            0,
+        )
+        .unwrap();
+        assert_eq!(m.answer, "\\frac{1}{2}");
+        assert_eq!(m.difficulty.as_deref(), Some("level 3"));
+        assert_eq!(m.domain.as_deref(), Some("Algebra"));
+        let a = named_item(
+            Named::Aime,
+            &v(r#"{"ID":"2024-I-1","Problem":"P","Answer":204}"#),
+            1,
+            0,
+        )
+        .unwrap();
+        assert_eq!(a.answer, "204");
+        let line = r#"{"Question":"Q","Correct Answer":"right","Incorrect Answer 1":"w1","Incorrect Answer 2":"w2","Incorrect Answer 3":"w3"}"#;
+        let q = named_item(Named::Gpqa, &v(line), 7, 3).unwrap();
+        let options = q.choices.clone().unwrap();
+        let at = (q.answer.as_bytes()[0] - b'A') as usize;
+        assert_eq!(options[at], "right");
+        assert_eq!(options.len(), 4);
+        assert_eq!(
+            named_item(Named::Gpqa, &v(line), 7, 3).unwrap(),
+            q,
+            "seeded"
+        );
+        let err = named_item(Named::Gsm8k, &v("{\"answer\":\"#### 1\"}"), 1, 0).unwrap_err();
+        assert!(err.contains("needs question"), "{err}");
+    }
 
     #[test]
     fn builtin_set_has_exact_answers() {
