@@ -270,3 +270,49 @@ fn the_readme_quotes_the_demos_duration() {
         "README says {line:?}; the demo's default is {dur} s"
     );
 }
+
+/// The line the README quotes from the demo is a line the demo prints: the
+/// same words, with the figures where the README has them, and TTFT below
+/// TTFVT as the README shows (a short run).
+#[test]
+fn the_readme_quotes_a_line_the_demo_prints() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let quoted = readme
+        .lines()
+        .find(|l| l.starts_with("TTFT p50 "))
+        .expect("the README quotes the demo's TTFT/TTFVT line");
+    let out = Command::new(BIN)
+        .args(["demo", "--duration", "3", "--rate", "4"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let printed = stdout
+        .lines()
+        .find(|l| l.starts_with("TTFT p50 "))
+        .unwrap_or_else(|| panic!("the demo prints no TTFT/TTFVT line: {stdout}"));
+    // the words match, figures aside
+    let words = |l: &str| -> Vec<String> {
+        l.trim_end_matches("...")
+            .split_whitespace()
+            .filter(|w| w.parse::<f64>().is_err())
+            .map(str::to_string)
+            .collect()
+    };
+    let (q, p) = (words(quoted), words(printed));
+    assert_eq!(
+        q,
+        p[..q.len().min(p.len())],
+        "README: {quoted}\ndemo: {printed}"
+    );
+    let figures: Vec<f64> = printed
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(figures[0] < figures[1], "TTFT below TTFVT: {printed}");
+}
