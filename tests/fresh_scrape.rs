@@ -76,6 +76,13 @@ async fn a_fresh_gateway_exports_what_the_dashboard_and_the_rules_name() {
         missing.is_empty(),
         "not exported before a request: {missing:?}\n{scrape}"
     );
+    // each with its help text (promtool refuses a family without one)
+    for n in &exported {
+        assert!(
+            scrape.contains(&format!("# HELP {n} ")),
+            "{n} has no help text"
+        );
+    }
     // per backend and arm, at 0
     for (backend, arm) in [(up.url(), "a"), (format!("{}/other", up.url()), "b")] {
         let v = common::metric(

@@ -175,6 +175,26 @@ fn describe() {
         Unit::Count,
         "Responses the gateway ended at their hard deadline."
     );
+    describe_gauge!(
+        BACKEND_HEALTHY,
+        Unit::Count,
+        "Per backend: 1 while the gateway routes to it (its last health check passed, or none failed yet), else 0."
+    );
+    describe_gauge!(
+        BACKEND_KV,
+        Unit::Percent,
+        "Per backend: the engine's KV-cache use (0..1) at the last scrape of its /metrics."
+    );
+    describe_counter!(
+        NO_BACKEND,
+        Unit::Count,
+        "Requests answered 503 for want of a healthy backend."
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        Unit::Count,
+        "Hot reloads of the configuration by result (ok, error)."
+    );
 }
 
 /// Bounded interning of label values that come from clients (`model`), so a
