@@ -9,32 +9,6 @@ mod common;
 
 use std::collections::BTreeSet;
 
-/// `thinkgate_*` names in `text`, histogram suffixes folded onto the
-/// exported name.
-fn names_in(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let b = text.as_bytes();
-    let mut i = 0;
-    while let Some(k) = text[i..].find("thinkgate_") {
-        let start = i + k;
-        let mut end = start;
-        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
-            end += 1;
-        }
-        let mut n = &text[start..end];
-        for suffix in ["_bucket", "_sum", "_count"] {
-            if let Some(s) = n.strip_suffix(suffix) {
-                if thinkgate::metrics::ALL.contains(&s) {
-                    n = s;
-                }
-            }
-        }
-        out.insert(n.to_string());
-        i = end;
-    }
-    out
-}
-
 /// A gauge of a measured value has no honest 0: it appears with the first
 /// measurement (the first scrape of the engine's `/metrics`).
 const MEASURED: &[&str] = &["thinkgate_backend_kv_usage"];
@@ -47,9 +21,9 @@ async fn a_fresh_gateway_exports_what_the_dashboard_and_the_rules_name() {
         "{root}/helm/thinkgate/templates/prometheusrule.yaml"
     ))
     .unwrap();
-    let wanted: BTreeSet<String> = names_in(&dashboard)
+    let wanted: BTreeSet<String> = common::metric_names(&dashboard)
         .into_iter()
-        .chain(names_in(&rules))
+        .chain(common::metric_names(&rules))
         .filter(|n| !MEASURED.contains(&n.as_str()))
         .collect();
     assert!(wanted.len() > 15, "{wanted:?}");
@@ -70,7 +44,7 @@ async fn a_fresh_gateway_exports_what_the_dashboard_and_the_rules_name() {
     })
     .await;
     let scrape = common::scrape(&gw).await;
-    let exported = names_in(&scrape);
+    let exported = common::metric_names(&scrape);
     let missing: Vec<&String> = wanted.iter().filter(|n| !exported.contains(*n)).collect();
     assert!(
         missing.is_empty(),

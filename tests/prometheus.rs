@@ -27,32 +27,6 @@ fn require(bin: &str) {
     assert!(ok, "{bin} is not installed (apt-get install prometheus)");
 }
 
-/// `thinkgate_*` names in `text`, histogram and counter suffixes folded
-/// onto the exported name.
-fn names_in(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let b = text.as_bytes();
-    let mut i = 0;
-    while let Some(k) = text[i..].find("thinkgate_") {
-        let start = i + k;
-        let mut end = start;
-        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
-            end += 1;
-        }
-        let mut n = &text[start..end];
-        for suffix in ["_bucket", "_sum", "_count"] {
-            if let Some(s) = n.strip_suffix(suffix) {
-                if thinkgate::metrics::ALL.contains(&s) {
-                    n = s;
-                }
-            }
-        }
-        out.insert(n.to_string());
-        i = end;
-    }
-    out
-}
-
 fn unknown(names: &BTreeSet<String>) -> Vec<&String> {
     names
         .iter()
@@ -77,7 +51,7 @@ fn dashboard_and_rules_name_only_exported_metrics() {
         }
     }
     assert!(exprs.len() > 20, "{} queries", exprs.len());
-    let names = names_in(&exprs.join("\n"));
+    let names = common::metric_names(&exprs.join("\n"));
     assert!(
         unknown(&names).is_empty(),
         "dashboard: {:?}",
@@ -101,7 +75,7 @@ fn dashboard_and_rules_name_only_exported_metrics() {
         "{root}/helm/thinkgate/templates/prometheusrule.yaml"
     ))
     .unwrap();
-    let names = names_in(&rules);
+    let names = common::metric_names(&rules);
     assert!(names.len() >= 4, "{names:?}");
     assert!(unknown(&names).is_empty(), "rules: {:?}", unknown(&names));
     // The chart ships the same dashboard.
@@ -272,7 +246,7 @@ async fn real_prometheus_agrees_with_the_load_generator() {
 
     // promtool lints a live scrape.
     let metrics = common::scrape(&gw).await;
-    let names = names_in(&metrics);
+    let names = common::metric_names(&metrics);
     assert!(
         unknown(&names).is_empty(),
         "exported but not listed: {:?}",

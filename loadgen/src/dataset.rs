@@ -31,19 +31,7 @@ fn any_to_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Er
 /// Read a JSONL file; blank lines are skipped, a bad line is an error with
 /// its line number.
 pub fn load_jsonl(path: &Path) -> anyhow::Result<Vec<Item>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let mut items = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let item: Item = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
-        items.push(item);
-    }
-    anyhow::ensure!(!items.is_empty(), "{} has no items", path.display());
-    Ok(items)
+    load_named(Named::Jsonl, path, 0)
 }
 
 /// The datasets `--dataset-name` knows: the study's (as JSONL files a user
@@ -134,11 +122,9 @@ fn named_item(name: Named, v: &serde_json::Value, seed: u64, line: usize) -> Res
     })
 }
 
-/// Read a named dataset's JSONL file (see [`Named`]).
+/// Read a named dataset's JSONL file (see [`Named`]); blank lines are
+/// skipped, a bad line is an error with its line number.
 pub fn load_named(name: Named, path: &Path, seed: u64) -> anyhow::Result<Vec<Item>> {
-    if name == Named::Jsonl {
-        return load_jsonl(path);
-    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     let mut items = Vec::new();
@@ -146,7 +132,7 @@ pub fn load_named(name: Named, path: &Path, seed: u64) -> anyhow::Result<Vec<Ite
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |e: String| anyhow::anyhow!("{}:{}: {name:?}: {e}", path.display(), i + 1);
+        let bad = |e: String| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1);
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         items.push(named_item(name, &v, seed, i).map_err(bad)?);
     }

@@ -296,20 +296,7 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::managed::events::Identity;
-
-    fn ident() -> Identity {
-        Identity::from_chunk(
-            Endpoint::Chat,
-            br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
-        )
-        .unwrap()
-    }
-
-    fn data(b: &Bytes) -> Value {
-        let s = std::str::from_utf8(b).unwrap();
-        serde_json::from_str(s.strip_prefix("data: ").unwrap().trim_end()).unwrap()
-    }
+    use crate::managed::events::test_support::{data, ident};
 
     #[test]
     fn assembles_a_chat_completion() {

@@ -300,11 +300,12 @@ pub fn summed_usage(thinking_tokens: u64, continuation: Option<&Value>) -> Value
     Value::Object(u)
 }
 
+/// Helpers the managed path's tests share.
 #[cfg(test)]
-mod tests {
+pub(super) mod test_support {
     use super::*;
 
-    fn ident() -> Identity {
+    pub(in crate::managed) fn ident() -> Identity {
         Identity::from_chunk(
             Endpoint::Chat,
             br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
@@ -312,10 +313,16 @@ mod tests {
         .unwrap()
     }
 
-    fn data(b: &Bytes) -> Value {
+    pub(in crate::managed) fn data(b: &Bytes) -> Value {
         let s = std::str::from_utf8(b).unwrap();
         serde_json::from_str(s.strip_prefix("data: ").unwrap().trim_end()).unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{data, ident};
+    use super::*;
 
     #[test]
     fn continuation_takes_the_first_legs_identity_and_answers_in_content() {

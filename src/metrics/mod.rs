@@ -41,6 +41,17 @@ pub const DEADLINE_HITS: &str = "thinkgate_deadline_hits_total";
 mod labels;
 pub use labels::{ForcedTrigger, HedgeResult, ReloadResult, RetryReason, TokenKind, UpstreamError};
 
+/// The per-request histograms (exported from the start, see [`zero_series`]).
+const REQUEST_HISTOGRAMS: [&str; 7] = [
+    TTFT,
+    TTFVT,
+    E2E,
+    THINKING_SECONDS,
+    TPOT,
+    THINKING_TOKENS,
+    VISIBLE_TOKENS,
+];
+
 /// Every metric the gateway exports (dashboards and alert rules may name
 /// only these; a test checks both, and a live scrape).
 pub const ALL: &[&str] = &[
@@ -268,15 +279,7 @@ impl Labels {
     /// This label set's request series, at 0 (see [`zero_series`]).
     fn zero(&self) {
         let p = self.pairs();
-        for name in [
-            TTFT,
-            TTFVT,
-            E2E,
-            THINKING_SECONDS,
-            TPOT,
-            THINKING_TOKENS,
-            VISIBLE_TOKENS,
-        ] {
+        for name in REQUEST_HISTOGRAMS {
             // registered: exported with empty buckets
             let _ = histogram!(name, &p);
         }

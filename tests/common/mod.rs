@@ -424,3 +424,29 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// `thinkgate_*` metric names in `text` (a scrape, a dashboard, rules),
+/// histogram suffixes folded onto the exported name.
+pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(k) = text[i..].find("thinkgate_") {
+        let start = i + k;
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        let mut n = &text[start..end];
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(s) = n.strip_suffix(suffix) {
+                if thinkgate::metrics::ALL.contains(&s) {
+                    n = s;
+                }
+            }
+        }
+        out.insert(n.to_string());
+        i = end;
+    }
+    out
+}
