@@ -6,7 +6,7 @@ use crate::error::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use thinkgate_asu::{Markers, ObserverConfig, ThinkTags};
+use thinkgate_asu::{LoopConfig, Markers, ObserverConfig, ThinkTags};
 use thinkgate_policies::PolicyConfig;
 
 /// One backend engine (`[[backends]]`).
@@ -221,6 +221,60 @@ pub struct Config {
     /// Thinking budgets, deadlines, hedging, retries, long-thinker
     /// isolation (`[straggler]`; reloaded with the fleet).
     pub straggler: crate::straggler::StragglerConfig,
+    /// Thinking-loop detection (`[loops]`; read at startup). Loops are
+    /// counted by default; what to do about one is `straggler.on_loop`.
+    pub loops: LoopsConfig,
+}
+
+/// `[loops]`: how a thinking loop is recognised (see
+/// `thinkgate_asu::repeat` and `docs/stragglers.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoopsConfig {
+    /// Watch every streamed response's thinking for loops.
+    pub detect: bool,
+    /// Words over which the repeated share is taken (8..=4096).
+    pub window_words: u16,
+    /// Longest repeated span looked for, in words (1..=4096).
+    pub max_period_words: u16,
+    /// Share of the window that must repeat at one period (0.5..=1).
+    pub min_match: f32,
+}
+
+impl Default for LoopsConfig {
+    fn default() -> Self {
+        let d = LoopConfig::default();
+        Self {
+            detect: true,
+            window_words: d.window_words,
+            max_period_words: d.max_period_words,
+            min_match: d.min_match,
+        }
+    }
+}
+
+impl LoopsConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(8..=4096).contains(&self.window_words) {
+            return Err("loops.window_words must be in 8..=4096".into());
+        }
+        if !(1..=4096).contains(&self.max_period_words) {
+            return Err("loops.max_period_words must be in 1..=4096".into());
+        }
+        if !(0.5..=1.0).contains(&self.min_match) {
+            return Err("loops.min_match must be in 0.5..=1".into());
+        }
+        Ok(())
+    }
+
+    /// The detector's settings, when detection is on.
+    pub fn detector(&self) -> Option<LoopConfig> {
+        self.detect.then_some(LoopConfig {
+            window_words: self.window_words,
+            max_period_words: self.max_period_words,
+            min_match: self.min_match,
+        })
+    }
 }
 
 impl Default for Config {
@@ -267,6 +321,7 @@ impl Default for Config {
             max_queued: 0,
             queue_timeout_ms: 1_000,
             straggler: Default::default(),
+            loops: LoopsConfig::default(),
         }
     }
 }
@@ -327,6 +382,7 @@ impl Config {
         }
         self.markers()?;
         self.straggler.validate().map_err(ConfigError::Invalid)?;
+        self.loops.validate().map_err(ConfigError::Invalid)?;
         if self.records_queue == 0 {
             return Err(ConfigError::Invalid("records_queue must be > 0".into()));
         }
@@ -403,6 +459,7 @@ impl Config {
             markers: self.markers()?,
             capture_text: self.records_include_text,
             strip_usage_only: false,
+            loops: self.loops.detector(),
             ..ObserverConfig::default()
         })
     }

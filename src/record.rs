@@ -22,6 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Outcome {
     /// The body ended normally (and, for SSE, with `[DONE]`).
     Completed,
+    /// The body ended normally without an answer: no visible token and no
+    /// tool call (an end of sequence inside thinking, or `max_tokens` spent
+    /// thinking). The engine worked; the user got nothing.
+    Answerless,
     /// An SSE body ended without `[DONE]` (upstream closed early).
     Truncated,
     /// An error event arrived in the stream.
@@ -46,8 +50,15 @@ impl Outcome {
         }
     }
 
+    /// The response ended as the protocol says a response ends (with or
+    /// without an answer): its totals (E2E, tokens) mean something.
+    pub fn ended_normally(self) -> bool {
+        matches!(self, Outcome::Completed | Outcome::Answerless)
+    }
+
     pub const ALL: &'static [Outcome] = &[
         Outcome::Completed,
+        Outcome::Answerless,
         Outcome::Truncated,
         Outcome::StreamError,
         Outcome::UpstreamReset,
@@ -59,6 +70,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
+            Outcome::Answerless => "answerless",
             Outcome::Truncated => "truncated",
             Outcome::StreamError => "stream_error",
             Outcome::UpstreamReset => "upstream_reset",
@@ -77,6 +89,8 @@ pub struct RequestRecord {
     pub start_unix_ms: u64,
     pub method: String,
     pub path: String,
+    /// `chat`, `completions`, `responses` or `other` (the metric label).
+    pub api: &'static str,
     pub model: Option<String>,
     pub backend: String,
     /// Experiment arm (`default` without an experiment).
@@ -88,6 +102,15 @@ pub struct RequestRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub stream_requested: bool,
+    /// `chat_template_kwargs.enable_thinking`, as the client sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_thinking: Option<bool>,
+    /// `reasoning_effort` / `reasoning.effort`, as the client sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<&'static str>,
+    /// `include_reasoning`, as the client sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub include_reasoning: Option<bool>,
     pub usage_injected: bool,
     pub t_upstream_ns: Option<u64>,
     /// The routing policy's prediction of thinking tokens, when it made one.

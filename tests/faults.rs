@@ -538,5 +538,6 @@ async fn a_short_length_on_a_stream_gives_agreeing_results() {
         .iter()
         .map(|r| r["outcome"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(outcomes, ["upstream_reset", "completed"]);
+    // (40 tokens are all thinking: the stream ends without an answer)
+    assert_eq!(outcomes, ["upstream_reset", "answerless"]);
 }

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use thinkgate::metrics::{
-    self, ForcedTrigger, HedgeResult, ReloadResult, RetryReason, TokenKind, UpstreamError,
+    self, Api, ForcedTrigger, ForcedWayLabel, HedgeResult, ReloadResult, RetryReason, TokenKind,
+    UpstreamError,
 };
 use thinkgate::record::Outcome;
 
@@ -45,11 +46,25 @@ fn the_readme_lists_every_label_value() {
         ),
         (
             metrics::FORCED_ANSWERS,
-            ForcedTrigger::ALL.iter().map(|t| t.as_str()).collect(),
+            ForcedTrigger::ALL
+                .iter()
+                .map(|t| t.as_str())
+                .chain(ForcedWayLabel::ALL.iter().map(|w| w.as_str()))
+                .collect(),
         ),
         (metrics::RETRIES, RetryReason::FIXED.to_vec()),
     ];
     let mut missing = Vec::new();
+    let common = readme
+        .split("## Metric reference")
+        .nth(1)
+        .and_then(|t| t.split("| metric |").next())
+        .unwrap_or_default();
+    for a in Api::ALL {
+        if !common.contains(&format!("`{}`", a.as_str())) {
+            missing.push(format!("api: `{}`", a.as_str()));
+        }
+    }
     for (metric, values) in &expected {
         let r = row(&readme, metric);
         for v in values {

@@ -7,6 +7,7 @@
 //! - [`think`]: inline `<think>` splitting, markers split anywhere;
 //! - [`wire`]: the response fields that measurement reads, borrowed;
 //! - [`engine`]: engine state (KV use, queues) from Prometheus text;
+//! - [`repeat`]: thinking-loop detection in reasoning text;
 //! - [`observe`]: the per-request observer that turns a body into a
 //!   [`Summary`] of timestamps and counts.
 #![forbid(unsafe_code)]
@@ -14,9 +15,11 @@
 pub mod engine;
 pub mod fast;
 pub mod observe;
+pub mod repeat;
 pub mod sse;
 pub mod think;
 pub mod wire;
 
 pub use observe::{BodyKind, ChoiceText, Observer, ObserverConfig, Summary, TokenSource};
+pub use repeat::{LoopConfig, LoopFound};
 pub use think::{Markers, ThinkTags};

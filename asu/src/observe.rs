@@ -8,9 +8,10 @@
 //! visible text and stamps first/last moments; it allocates nothing at steady
 //! state and never touches the bytes it is given.
 
+use crate::repeat::{LoopConfig, LoopDetector, LoopFound};
 use crate::sse::{SseEvent, SseFramer};
 use crate::think::{Markers, Span, SplitState, TagSplitter, ThinkTags};
-use crate::wire::{Chunk, Usage};
+use crate::wire::{Chunk, ResponseObject, ResponsesEvent, Usage};
 use serde::Serialize;
 use std::ops::Range;
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct ObserverConfig {
     pub max_event_bytes: usize,
     /// Bound on a non-streamed JSON body kept for parsing.
     pub max_json_bytes: usize,
+    /// Watch choice 0's thinking for loops (`repeat`); `None` turns it off.
+    pub loops: Option<LoopConfig>,
 }
 
 impl Default for ObserverConfig {
@@ -69,6 +72,7 @@ impl Default for ObserverConfig {
             strip_usage_only: false,
             max_event_bytes: SseFramer::DEFAULT_MAX_EVENT_BYTES,
             max_json_bytes: 16 << 20,
+            loops: Some(LoopConfig::default()),
         }
     }
 }
@@ -147,6 +151,9 @@ pub struct Summary {
     /// body's): what the engine logs, to join records with engine logs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_id: Option<String>,
+    /// A thinking loop, where it was found (streamed responses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking_loop: Option<LoopFound>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<Vec<ChoiceText>>,
     #[serde(skip)]
@@ -173,6 +180,16 @@ impl Summary {
             (Some(a), Some(b)) => b.saturating_sub(a) as f64 / NS,
             _ => 0.0,
         })
+    }
+    /// The response ended without an answer: the engine generated (or
+    /// ended a stream) but nothing visible came, no text outside thinking
+    /// and no tool call. An end of sequence inside thinking does this
+    /// (`finish_reason: "stop"` and no content), and so does a budget of
+    /// `max_tokens` spent on thinking. Meaningful once `finish` ran.
+    pub fn answerless(&self) -> bool {
+        self.first_visible_event.is_none()
+            && (self.choices > 0 || self.done_marker)
+            && !self.error_event
     }
     pub fn e2e(&self) -> f64 {
         self.t_done_ns as f64 / NS
@@ -237,6 +254,9 @@ struct State {
     terminal: Vec<Range<u64>>,
     reasoning_bytes: u64,
     visible_bytes: u64,
+    /// Choice 0's loop detector, from its first thinking text until a loop
+    /// is found.
+    detector: Option<Box<LoopDetector>>,
 }
 
 /// Observes one response body. See the module docs.
@@ -275,6 +295,7 @@ impl Observer {
                 terminal: Vec::new(),
                 reasoning_bytes: 0,
                 visible_bytes: 0,
+                detector: None,
             },
         }
     }
@@ -348,6 +369,11 @@ impl Observer {
     /// Live view of the measurement so far (no end-of-stream settling).
     pub fn peek(&self) -> &Summary {
         &self.st.s
+    }
+
+    /// The thinking loop found so far, if any.
+    pub fn thinking_loop(&self) -> Option<&LoopFound> {
+        self.st.s.thinking_loop.as_ref()
     }
 
     /// Thinking chunks counted so far (live estimate of thinking tokens).
@@ -436,6 +462,16 @@ fn response_id(json: &[u8]) -> Option<String> {
     (id.len() <= 128).then(|| id.into_owned())
 }
 
+/// A Responses API event that streams a tool call's input (function,
+/// custom tool, MCP, code interpreter): visible output, as a chat
+/// `tool_calls` delta is.
+fn is_call_delta(kind: &str) -> bool {
+    kind.ends_with(".delta")
+        && (kind.contains("call_arguments")
+            || kind.contains("call_input")
+            || kind.contains("call_code"))
+}
+
 fn is_blank(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_whitespace())
 }
@@ -464,6 +500,11 @@ impl State {
         let data = ev.data;
         if data == b"[DONE]" {
             self.s.done_marker = true;
+            return;
+        }
+        // The Responses API names its events (`event: response.*`).
+        if ev.event.starts_with(b"response.") {
+            self.on_responses_event(data, idx);
             return;
         }
         if self.s.response_id.is_none() && idx == 0 {
@@ -501,6 +542,15 @@ impl State {
                 return;
             }
         };
+        if chunk
+            .kind
+            .as_deref()
+            .is_some_and(|k| k.starts_with("response."))
+        {
+            // A Responses API event from an engine that sent no `event:`.
+            self.on_responses_event(data, idx);
+            return;
+        }
         if chunk.is_error() || ev.event == b"error" {
             self.s.error_event = true;
         }
@@ -536,6 +586,93 @@ impl State {
         }
     }
 
+    /// One Responses API event (WIRE.md): reasoning deltas are thinking,
+    /// output text and refusals are visible (tag-split when no reasoning
+    /// parser took the thinking out), tool-call deltas are visible output,
+    /// and `response.completed` / `.incomplete` / `.failed` end the stream
+    /// as `[DONE]` does, with the usage and the status.
+    fn on_responses_event(&mut self, data: &[u8], idx: u64) {
+        let Ok(e) = serde_json::from_slice::<ResponsesEvent<'_>>(data) else {
+            self.s.parse_errors = self.s.parse_errors.saturating_add(1);
+            return;
+        };
+        let kind = e.kind.as_deref().unwrap_or("");
+        if let Some(r) = &e.response {
+            if self.s.response_id.is_none() {
+                self.s.response_id =
+                    r.id.as_deref()
+                        .filter(|i| i.len() <= 128)
+                        .map(str::to_owned);
+            }
+        }
+        let delta = e.delta.as_deref().filter(|d| !d.is_empty());
+        let marks = match kind {
+            "response.reasoning_text.delta" | "response.reasoning_summary_text.delta" => {
+                self.on_delta(0, delta, None, false, idx)
+            }
+            "response.output_text.delta" | "response.refusal.delta" => {
+                self.on_delta(0, None, delta, false, idx)
+            }
+            k if is_call_delta(k) => self.on_delta(0, None, None, delta.is_some(), idx),
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                self.s.done_marker = true;
+                if let Some(r) = &e.response {
+                    self.end_response(r);
+                }
+                None
+            }
+            _ => None,
+        };
+        self.stamp(marks, idx);
+    }
+
+    /// Usage, finish reason and error state of a finished response object.
+    fn end_response(&mut self, r: &ResponseObject<'_>) {
+        if let Some(u) = r.usage {
+            self.s.usage = Some(u.into());
+        }
+        if self.s.finish_reason.is_none() {
+            self.s.finish_reason = r.finish_reason();
+        }
+        if r.is_error() {
+            self.s.error_event = true;
+        }
+    }
+
+    /// A non-streamed Responses API body: its output items in order.
+    fn on_response_json(&mut self, body: &[u8]) {
+        let Ok(r) = serde_json::from_slice::<ResponseObject<'_>>(body) else {
+            self.s.parse_errors = 1;
+            return;
+        };
+        for item in r.output.iter().flatten() {
+            let parts = || item.content.iter().flatten();
+            match item.kind.as_deref().unwrap_or("") {
+                "reasoning" => {
+                    let summary = item.summary.iter().flatten();
+                    for t in parts().chain(summary).filter_map(|p| p.text.as_deref()) {
+                        let marks =
+                            self.on_delta(0, Some(t).filter(|t| !t.is_empty()), None, false, 0);
+                        self.stamp(marks, 0);
+                    }
+                }
+                "message" => {
+                    for p in parts() {
+                        let t = p.text.as_deref().or(p.refusal.as_deref());
+                        let marks = self.on_delta(0, None, t, false, 0);
+                        self.stamp(marks, 0);
+                    }
+                }
+                k if k.ends_with("_call") => {
+                    let marks = self.on_delta(0, None, None, true, 0);
+                    self.stamp(marks, 0);
+                }
+                _ => {}
+            }
+        }
+        self.end_response(&r);
+    }
+
     /// Classify one choice's delta; returns what it carried.
     fn on_delta(
         &mut self,
@@ -555,7 +692,23 @@ impl State {
         };
         let mut closed = false;
         let (mut r_bytes, mut v_bytes) = (0u64, 0u64);
+        // Choice 0's thinking text (and text that may turn out to be
+        // thinking) goes to the loop detector while it has not found one.
+        let watch = index == 0 && self.s.thinking_loop.is_none() && cfg.loops.is_some();
+        let mut det = watch.then_some(&mut self.detector);
+        let mut looped: Option<u32> = None;
+        let mut watch_text = |t: &str| {
+            if let Some(d) = det.as_mut() {
+                if looped.is_none() && !t.is_empty() {
+                    let d = d.get_or_insert_with(|| {
+                        Box::new(LoopDetector::new(cfg.loops.unwrap_or_default()))
+                    });
+                    looped = d.feed(t);
+                }
+            }
+        };
         if let Some(r) = reasoning {
+            watch_text(r);
             cs.saw_reasoning_field = true;
             m.reasoning = true;
             m.reasoning_text = true;
@@ -581,6 +734,7 @@ impl State {
                             m.reasoning = true;
                             m.reasoning_text |= !s.is_empty();
                             r_bytes += s.len() as u64;
+                            watch_text(s);
                         }
                         Span::Visible => {
                             m.visible = true;
@@ -590,6 +744,7 @@ impl State {
                         Span::Undecided => {
                             m.undecided = true;
                             m.undecided_nonws |= !is_blank(s);
+                            watch_text(s);
                         }
                     }
                     if capture {
@@ -637,6 +792,19 @@ impl State {
                 self.s.reasoning_chunks += u.chunks - u64::from(m.undecided);
             }
         }
+        if let Some(period) = looped {
+            let words = self.detector.as_ref().map_or(0, |d| d.words());
+            self.s.thinking_loop = Some(LoopFound {
+                at_ns: now,
+                at_word: words,
+                // this event's token included
+                thinking_tokens: self.s.reasoning_chunks
+                    + cs.undecided.chunks
+                    + u64::from(m.reasoning_text),
+                period_words: period,
+            });
+            self.detector = None;
+        }
         self.reasoning_bytes += r_bytes;
         self.visible_bytes += v_bytes;
         Some(m)
@@ -674,6 +842,9 @@ impl State {
             }
             return;
         };
+        if chunk.object.as_deref() == Some("response") {
+            return self.on_response_json(body);
+        }
         self.s.error_event = chunk.is_error();
         self.s.usage = chunk.usage;
         for choice in chunk.choices.iter().flatten() {
@@ -764,7 +935,12 @@ impl State {
             }
         };
         let (think, total, source) = match usage.and_then(|u| u.completion_tokens) {
-            Some(ct) => match usage.and_then(|u| u.engine_reasoning_tokens()) {
+            // SGLang reports `reasoning_tokens: 0` where it did not count
+            // them: zero is no answer when thinking text was seen.
+            Some(ct) => match usage
+                .and_then(|u| u.engine_reasoning_tokens())
+                .filter(|&rt| rt > 0 || think_c == 0)
+            {
                 Some(rt) => (rt.min(ct), ct, TokenSource::Usage),
                 // Streamed: each event carrying thinking text is one token
                 // (engines stream a token per event; the markers and the

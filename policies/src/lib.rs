@@ -52,6 +52,41 @@ pub struct Candidate {
     pub engine: EngineState,
 }
 
+/// A client's reasoning effort, as OpenAI names it (gpt-oss and vLLM's
+/// chat templates read it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReasoningEffort {
+    None,
+    Minimal,
+    Low,
+    Medium,
+    High,
+}
+
+impl ReasoningEffort {
+    /// The wire value; `None` for a value this list does not know.
+    pub fn parse(v: &str) -> Option<Self> {
+        Some(match v {
+            "none" => Self::None,
+            "minimal" => Self::Minimal,
+            "low" => Self::Low,
+            "medium" => Self::Medium,
+            "high" => Self::High,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Minimal => "minimal",
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
+}
+
 /// What a policy knows about a request before it runs.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
@@ -60,8 +95,16 @@ pub struct RequestInfo {
     /// Prompt length estimate (bytes / 4).
     pub prompt_tokens: u64,
     pub max_tokens: Option<u64>,
-    /// Whether thinking is enabled (`chat_template_kwargs.enable_thinking`).
+    /// Whether thinking is enabled (`chat_template_kwargs.enable_thinking`,
+    /// or a reasoning effort of `none`).
     pub thinking: bool,
+    /// The reasoning effort the client asked for (chat `reasoning_effort`,
+    /// Responses `reasoning.effort`): a request-side signal of how long
+    /// the model will think.
+    pub reasoning_effort: Option<ReasoningEffort>,
+    /// `include_reasoning: false`: the engine thinks but does not stream
+    /// the thinking (the client waits without seeing progress).
+    pub include_reasoning: Option<bool>,
     /// Session or user key (configured header, else the `user` field).
     pub session: Option<String>,
     /// Hash of the first N bytes of the prompt.

@@ -105,6 +105,12 @@ pub struct WorkloadConfig {
     pub overthink_tokens: f64,
     /// Largest accuracy loss from overthinking (reached at 4x the point).
     pub overthink_dip: f64,
+    /// Share of requests whose thinking loops: after `loop_after` words it
+    /// repeats its last `loop_period` words until `max_tokens` (or
+    /// `think_max`) runs out, as looping models do.
+    pub loop_rate: f64,
+    pub loop_after: u64,
+    pub loop_period: u64,
 }
 
 impl Default for WorkloadConfig {
@@ -119,6 +125,9 @@ impl Default for WorkloadConfig {
             accuracy: [0.95, 0.8, 0.55],
             overthink_tokens: 8_000.0,
             overthink_dip: 0.25,
+            loop_rate: 0.0,
+            loop_after: 200,
+            loop_period: 48,
         }
     }
 }

@@ -4,7 +4,7 @@
 use crate::config::{Flavor, ReasoningMode, SimConfig};
 use crate::engine::{Engine, Event, Finish, SeqSpec, Submit};
 use crate::wire::{error_body, Api, Channel, Render, Usage};
-use crate::workload::{self, answer_token, fnv1a, think_word, Plan};
+use crate::workload::{self, answer_token, fnv1a, Plan};
 use bytes::{Bytes, BytesMut};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
@@ -174,12 +174,9 @@ impl ChoiceGen {
                 if self.close_tag && k == self.think_wire - 1 {
                     return (Channel::Content, "</think>".into());
                 }
-                return (Channel::Content, think_word(self.plan.text_seed, k).into());
+                return (Channel::Content, self.plan.think_word(k).into());
             }
-            return (
-                Channel::Reasoning,
-                think_word(self.plan.text_seed, k).into(),
-            );
+            return (Channel::Reasoning, self.plan.think_word(k).into());
         }
         let j = k - self.think_wire;
         let t = answer_token(self.plan.text_seed, j, self.plan.answer, self.plan.stated);

@@ -183,6 +183,19 @@ pub struct Plan {
     pub stated: i128,
     /// Seed of this choice's token text.
     pub text_seed: u64,
+    /// A looping request: (first repeated word, period in words).
+    pub looping: Option<(u64, u64)>,
+}
+
+impl Plan {
+    /// Text of thinking word `k`; a looping plan repeats itself.
+    pub fn think_word(&self, k: u64) -> &'static str {
+        let k = match self.looping {
+            Some((from, period)) if k >= from + period => from + (k - from) % period.max(1),
+            _ => k,
+        };
+        think_word(self.text_seed, k)
+    }
 }
 
 /// Accuracy after `spent` thinking tokens, for a request whose natural
@@ -225,6 +238,16 @@ pub fn plan(
         .map(|dist| dist.sample(&mut rng))
         .unwrap_or(cfg.think_median[i])
         .clamp(16.0, cfg.think_max as f64) as u64;
+    // (a hash of its own, so a loop rate leaves every other draw as it was)
+    let looping = (cfg.loop_rate > 0.0
+        && ((fnv1a(b"loop", base) % 1_000_000) as f64) < cfg.loop_rate * 1e6)
+        .then_some((cfg.loop_after, cfg.loop_period.max(1)));
+    // a loop never closes its thinking by itself
+    let natural = if looping.is_some() {
+        cfg.think_max
+    } else {
+        natural
+    };
     let answer = ln(cfg.answer_median, cfg.answer_sigma)
         .map(|dist| dist.sample(&mut rng))
         .unwrap_or(cfg.answer_median)
@@ -263,6 +286,7 @@ pub fn plan(
         correct,
         stated,
         text_seed: rng.random(),
+        looping,
     }
 }
 
@@ -335,7 +359,13 @@ const WORDS: &[&str] = &[
 
 /// Text of thinking word `k` (0-based) of a choice.
 pub fn think_word(seed: u64, k: u64) -> &'static str {
-    let h = fnv1a(&k.to_le_bytes(), seed);
+    // FNV's low bits depend only on the input's low bits: `h % 64` repeated
+    // every 64 tokens, a thinking loop the loop detector found at once.
+    // The high bits, mixed (murmur3's finalizer), depend on all of `k`.
+    let mut h = fnv1a(&k.to_le_bytes(), seed);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
     WORDS[(h % WORDS.len() as u64) as usize]
 }
 

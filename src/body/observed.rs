@@ -103,9 +103,9 @@ impl<B: Body<Data = Bytes, Error = BoxError>> Body for ObservedBody<B> {
                 Poll::Ready(p) => p,
                 Poll::Pending => {
                     if let Some(st) = this.strip.as_mut().filter(|st| st.holding()) {
-                        let hold = this.hold.get_or_insert_with(|| {
-                            Box::pin(tokio::time::sleep(crate::body::strip::HOLD_FOR_USAGE))
-                        });
+                        let hold = this
+                            .hold
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(st.hold_for())));
                         if hold.as_mut().poll(cx).is_ready() {
                             *this.hold = None;
                             let out = st.release_held();

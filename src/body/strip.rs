@@ -53,6 +53,13 @@ pub struct UsageStripper {
 /// into a terminal chunk included: past this, they go as they came.
 pub const HOLD_FOR_USAGE: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How long terminal events that carry no text (the usual finish chunk:
+/// an empty delta and a `finish_reason`) wait for the usage event. Holding
+/// them delays no token the client would see, and an engine sharing its
+/// cores can take more than `HOLD_FOR_USAGE` between the two writes (vLLM
+/// with `n: 2` on a busy 2-core host lost `system_fingerprint` that way).
+pub const HOLD_EMPTY_FOR_USAGE: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl UsageStripper {
     /// `chunk` holds the bytes at absolute offsets `start..` just fed to
     /// `obs` (which strips usage-only events).
@@ -165,6 +172,22 @@ impl UsageStripper {
         !self.terminal.is_empty()
     }
 
+    /// How long the held events may wait for the usage event: briefly when
+    /// they carry text or a tool call, longer when they only end choices.
+    pub fn hold_for(&self) -> std::time::Duration {
+        let n = (self.boundary.saturating_sub(self.held_start) as usize).min(self.held.len());
+        let mut text = false;
+        let mut framer = thinkgate_asu::sse::SseFramer::new(MAX_HELD);
+        framer.feed(&self.held[..n], |ev| {
+            text |= carries_text(ev.data);
+        });
+        if text {
+            HOLD_FOR_USAGE
+        } else {
+            HOLD_EMPTY_FOR_USAGE
+        }
+    }
+
     /// Stop waiting for the usage event: the complete events held go as
     /// they came (an event still arriving stays held).
     pub fn release_held(&mut self) -> Bytes {
@@ -255,9 +278,45 @@ fn moved_fields(
     out
 }
 
+/// An event with output the client would see: any non-empty text, or a
+/// tool call (anything unreadable counts as text: it is not held long).
+fn carries_text(data: &[u8]) -> bool {
+    if data == b"[DONE]" {
+        return false;
+    }
+    let Ok(c) = serde_json::from_slice::<thinkgate_asu::wire::Chunk<'_>>(data) else {
+        return true;
+    };
+    c.choices.iter().flatten().any(|ch| {
+        ch.text.as_deref().is_some_and(|t| !t.is_empty())
+            || ch.delta.as_ref().is_some_and(|d| {
+                d.content.as_deref().is_some_and(|t| !t.is_empty())
+                    || d.reasoning_text().is_some()
+                    || d.has_tool_call()
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_finish_chunks_without_text_wait_long_for_the_usage_event() {
+        let empty =
+            br#"{"id":"x","choices":[{"index":0,"delta":{"content":""},"finish_reason":"stop"}]}"#;
+        let bare = br#"{"id":"x","choices":[{"index":1,"delta":{},"finish_reason":"length"}]}"#;
+        let text =
+            br#"{"id":"x","choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}"#;
+        let tool = br#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]},"finish_reason":"tool_calls"}]}"#;
+        let completion = br#"{"choices":[{"index":0,"text":"a","finish_reason":"length"}]}"#;
+        assert!(!carries_text(empty) && !carries_text(bare) && !carries_text(b"[DONE]"));
+        assert!(carries_text(text) && carries_text(tool) && carries_text(completion));
+        assert!(
+            carries_text(b"not json"),
+            "what cannot be read is not held long"
+        );
+    }
     use std::sync::Arc;
     use thinkgate_asu::{BodyKind, Observer, ObserverConfig};
 

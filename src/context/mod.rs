@@ -74,6 +74,7 @@ impl RequestCtx {
             backend: SharedString::const_str("none"),
             model: SharedString::const_str("unknown"),
             arm: SharedString::const_str("default"),
+            api: endpoint.api(),
         };
         let start_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -240,6 +241,13 @@ impl RequestCtx {
             (Some(s), Outcome::Completed) if s.streamed && !s.done_marker && self.status < 400 => {
                 Outcome::Truncated
             }
+            (Some(s), Outcome::Completed)
+                if self.endpoint.is_inference()
+                    && (200..300).contains(&self.status)
+                    && s.answerless() =>
+            {
+                Outcome::Answerless
+            }
             (_, o) => o,
         };
         match outcome {
@@ -269,7 +277,7 @@ impl RequestCtx {
                 b.observe_latency(s.ttft(), s.tpot());
             }
             let done = Completion {
-                ok: outcome == Outcome::Completed && (200..300).contains(&self.status),
+                ok: outcome.ended_normally() && (200..300).contains(&self.status),
                 thinking_tokens: summary.as_ref().map_or(0, |s| s.thinking_tokens),
                 visible_tokens: summary.as_ref().map_or(0, |s| s.visible_tokens),
                 ttft_s: summary.as_ref().and_then(|s| s.ttft()),
@@ -287,7 +295,7 @@ impl RequestCtx {
             if let Some(s) = &summary {
                 // Latencies a request reached are real whatever came after;
                 // totals (E2E, tokens) only mean something for complete ones.
-                self.labels.observe(s, outcome == Outcome::Completed);
+                self.labels.observe(s, outcome.ended_normally());
             }
         }
         self.shared.recorder.send(RequestRecord {
@@ -295,6 +303,7 @@ impl RequestCtx {
             start_unix_ms: self.start_unix_ms,
             method: std::mem::take(&mut self.method),
             path: std::mem::take(&mut self.path),
+            api: self.endpoint.api().as_str(),
             model: self.features.model.take(),
             backend: self.labels.backend.to_string(),
             arm: self.labels.arm.to_string(),
@@ -303,6 +312,9 @@ impl RequestCtx {
             fault: err.map(GatewayError::fault),
             error: err.map(ToString::to_string),
             stream_requested: self.features.stream,
+            enable_thinking: self.features.enable_thinking,
+            reasoning_effort: self.features.reasoning_effort.map(|e| e.as_str()),
+            include_reasoning: self.features.include_reasoning,
             usage_injected: self.usage_injected,
             t_upstream_ns: self.t_upstream_ns,
             predicted_thinking_tokens: self.route.predicted_thinking,

@@ -9,12 +9,16 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use thinkgate_policies::ReasoningEffort;
 
 /// Which inference API a request uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Chat,
     Completions,
+    /// The Responses API: typed events, usage always in
+    /// `response.completed`; measured, never rewritten (see `manages`).
+    Responses,
     Other,
 }
 
@@ -26,8 +30,33 @@ impl Endpoint {
         match path.trim_end_matches('/') {
             "/v1/chat/completions" => Endpoint::Chat,
             "/v1/completions" => Endpoint::Completions,
+            "/v1/responses" => Endpoint::Responses,
             _ => Endpoint::Other,
         }
+    }
+
+    pub fn api(self) -> crate::metrics::Api {
+        use crate::metrics::Api;
+        match self {
+            Endpoint::Chat => Api::Chat,
+            Endpoint::Completions => Api::Completions,
+            Endpoint::Responses => Api::Responses,
+            Endpoint::Other => Api::Other,
+        }
+    }
+
+    /// The gateway may add `stream_options.include_usage` (chat and text
+    /// completions; a Responses stream always ends with its usage).
+    pub fn takes_usage_injection(self) -> bool {
+        matches!(self, Endpoint::Chat | Endpoint::Completions)
+    }
+
+    /// The managed path (budgets, deadlines, hedges) can rewrite and
+    /// re-send this API's requests: chat and text completions. A Responses
+    /// request is forwarded and measured; its budget is the engine's own
+    /// where there is one (see `docs/stragglers.md`).
+    pub fn manageable(self) -> bool {
+        matches!(self, Endpoint::Chat | Endpoint::Completions)
     }
 
     pub fn is_inference(self) -> bool {
@@ -51,8 +80,17 @@ pub struct Features {
     pub prompt_bytes: usize,
     /// Hash of the first `prefix_bytes` bytes of that text.
     pub prefix_hash: u64,
-    /// `chat_template_kwargs.enable_thinking` (default true).
+    /// Thinking is on: `chat_template_kwargs.enable_thinking`, else a
+    /// reasoning effort other than `none`, else true.
     pub thinking: bool,
+    /// `chat_template_kwargs.enable_thinking` as sent.
+    pub enable_thinking: Option<bool>,
+    /// `reasoning_effort` (chat) or `reasoning.effort` (Responses), when
+    /// it is one of the known values.
+    pub reasoning_effort: Option<ReasoningEffort>,
+    /// `include_reasoning` as sent (vLLM: `false` keeps the thinking out of
+    /// the response, not out of the generation).
+    pub include_reasoning: Option<bool>,
     /// The OpenAI `user` field.
     pub user: Option<String>,
 }
@@ -71,6 +109,19 @@ struct Head<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    /// Responses API.
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+    #[serde(borrow, default)]
+    instructions: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning: Option<ReasoningHead<'a>>,
+    #[serde(borrow, default)]
+    reasoning_effort: Option<Cow<'a, str>>,
+    #[serde(default)]
+    include_reasoning: Option<bool>,
     #[serde(borrow, default)]
     messages: Option<Vec<MessageHead<'a>>>,
     #[serde(borrow, default)]
@@ -85,6 +136,13 @@ struct Head<'a> {
 struct MessageHead<'a> {
     #[serde(borrow, default)]
     content: Option<&'a RawValue>,
+}
+
+/// The Responses API's `reasoning` object.
+#[derive(Deserialize)]
+struct ReasoningHead<'a> {
+    #[serde(borrow, default)]
+    effort: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +218,15 @@ impl Features {
         if let Some(p) = h.prompt {
             prefix.feed(p);
         }
+        for p in [h.instructions, h.input].into_iter().flatten() {
+            prefix.feed(p);
+        }
+        let effort = h
+            .reasoning_effort
+            .as_deref()
+            .or(h.reasoning.as_ref().and_then(|r| r.effort.as_deref()))
+            .and_then(ReasoningEffort::parse);
+        let enable_thinking = h.chat_template_kwargs.and_then(|k| k.enable_thinking);
         let so = h
             .stream_options
             .and_then(|r| serde_json::from_str::<StreamOptions<'_>>(r.get()).ok())
@@ -170,14 +237,17 @@ impl Features {
             include_usage: so.include_usage.is_some_and(|r| r.get() == "true"),
             continuous_usage: so.continuous_usage_stats.unwrap_or(false),
             n: h.n.unwrap_or(1),
-            max_tokens: h.max_completion_tokens.or(h.max_tokens),
+            max_tokens: h
+                .max_completion_tokens
+                .or(h.max_tokens)
+                .or(h.max_output_tokens),
             parsed: true,
             prompt_bytes: prefix.bytes,
             prefix_hash: prefix.h,
-            thinking: h
-                .chat_template_kwargs
-                .and_then(|k| k.enable_thinking)
-                .unwrap_or(true),
+            thinking: enable_thinking.unwrap_or(effort != Some(ReasoningEffort::None)),
+            enable_thinking,
+            reasoning_effort: effort,
+            include_reasoning: h.include_reasoning,
             user: h.user.map(|u| u.chars().take(256).collect()),
         }
     }
@@ -214,6 +284,8 @@ pub fn route_info(
         prompt_tokens: (f.prompt_bytes / 4) as u64,
         max_tokens: f.max_tokens,
         thinking: f.thinking,
+        reasoning_effort: f.reasoning_effort,
+        include_reasoning: f.include_reasoning,
         session: h(session_header)
             .map(|s| s.chars().take(256).collect())
             .or_else(|| f.user.clone()),

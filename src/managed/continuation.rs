@@ -93,7 +93,7 @@ fn body(f: &Forced<'_>, echo: &mut String) -> Option<Bytes> {
             let joined = format!("{prompt}{text}");
             obj.insert("prompt".into(), Value::String(joined));
         }
-        Endpoint::Other => return None,
+        Endpoint::Responses | Endpoint::Other => return None,
     }
     obj.insert("stream".into(), Value::Bool(true));
     obj.insert("stream_options".into(), json!({"include_usage": true}));

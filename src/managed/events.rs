@@ -49,6 +49,11 @@ impl Identity {
         })
     }
 
+    /// The response id (`chatcmpl-...`) the engine gave, when it gave one.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_str()
+    }
+
     /// A stand-in when the first leg sent no chunk before it was cut.
     pub fn fallback(endpoint: Endpoint, id: &str, model: Option<&str>) -> Self {
         let created = std::time::SystemTime::now()

@@ -3,12 +3,15 @@
 //! hard deadline passes.
 
 use super::clock::{at, sleep_opt};
-use super::forced::{end_at_deadline, forced};
+use super::forced::{end_at_deadline, end_looping, forced};
 use super::leg::{Leg, Step};
+use super::native_end::{self, NativeEnd};
 use super::view::View;
 use super::Managed;
+use crate::config::Flavor;
 use crate::record::Outcome;
 use crate::straggler::action::Trigger;
+use crate::straggler::LoopAction;
 use bytes::Bytes;
 use http::StatusCode;
 
@@ -20,6 +23,8 @@ enum FirstEnd {
     Force(Trigger),
     /// The hard deadline passed.
     Deadline,
+    /// Thinking looped and `on_loop` says end.
+    LoopEnd,
     Gone,
 }
 
@@ -36,10 +41,23 @@ pub(super) async fn run(mut m: Managed, mut leg: Leg, mut view: View) -> (Status
             break;
         }
     }
-    let end = match end {
+    let mut end = match end {
         Some(e) => e,
         None => first_leg(&mut m, &mut leg, &mut view, deadline, force_at).await,
     };
+    // the engine's own way to end the thinking first, once
+    if let FirstEnd::Force(trigger) = end {
+        if m.reasoning_control && leg.backend.flavor == Flavor::Llamacpp {
+            end = match native_end::try_end(&mut m, &mut leg, &mut view, trigger, deadline).await {
+                NativeEnd::Ended => first_leg(&mut m, &mut leg, &mut view, deadline, None).await,
+                NativeEnd::Refused(cut) => {
+                    return forced(m, leg, view, trigger, deadline, Some(cut)).await
+                }
+                NativeEnd::Over(outcome) => FirstEnd::Done(outcome),
+                NativeEnd::Deadline => FirstEnd::Deadline,
+            };
+        }
+    }
     match end {
         FirstEnd::Done(outcome) => view.settle(&mut m.ctx, outcome),
         FirstEnd::Gone => view.settle(&mut m.ctx, Outcome::ClientGone),
@@ -48,7 +66,13 @@ pub(super) async fn run(mut m: Managed, mut leg: Leg, mut view: View) -> (Status
             drop(leg);
             end_at_deadline(m, view, &id).await
         }
-        FirstEnd::Force(trigger) => forced(m, leg, view, trigger, deadline).await,
+        FirstEnd::LoopEnd => {
+            let id = leg.ident.take().unwrap_or_else(|| m.fallback_ident());
+            let thinking_tokens = leg.thinking();
+            drop(leg);
+            end_looping(m, view, &id, thinking_tokens).await
+        }
+        FirstEnd::Force(trigger) => forced(m, leg, view, trigger, deadline, None).await,
     }
 }
 
@@ -60,6 +84,7 @@ async fn first_leg(
     force_at: Option<tokio::time::Instant>,
 ) -> FirstEnd {
     let force_budget = m.ctx.plan.force_budget;
+    let on_loop = m.ctx.plan.on_loop;
     loop {
         let may_force = force_at.is_some() && leg.obs.still_thinking();
         tokio::select! {
@@ -82,6 +107,15 @@ async fn first_leg(
                     }
                     if force_budget.is_some_and(|fb| leg.obs.still_thinking() && leg.thinking() >= fb) {
                         return FirstEnd::Force(Trigger::Budget);
+                    }
+                    if on_loop != LoopAction::Count
+                        && leg.obs.thinking_loop().is_some()
+                        && leg.obs.still_thinking()
+                    {
+                        return match on_loop {
+                            LoopAction::End => FirstEnd::LoopEnd,
+                            _ => FirstEnd::Force(Trigger::Loop),
+                        };
                     }
                 }
                 Step::End(rest) => {

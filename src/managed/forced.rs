@@ -10,7 +10,7 @@ use super::leg::Leg;
 use super::view::View;
 use super::Managed;
 use crate::record::Outcome;
-use crate::straggler::action::{Action, Trigger};
+use crate::straggler::action::{Action, ForcedWay, Trigger};
 use crate::upstream::send;
 use crate::upstream::watched::Watched;
 use bytes::Bytes;
@@ -30,17 +30,62 @@ pub(super) async fn end_at_deadline(
     view.settle(&mut m.ctx, Outcome::Completed)
 }
 
-/// Abort the first leg and answer through a continuation.
+/// A looping request ended as `max_tokens` would have ended it, without
+/// the tokens it would have burnt on the way (the leg is already dropped:
+/// the engine aborted it).
+pub(super) async fn end_looping(
+    mut m: Managed,
+    mut view: View,
+    id: &Identity,
+    thinking_tokens: u64,
+) -> (StatusCode, Bytes) {
+    m.ctx.set_thinking(false);
+    m.ctx.act(Action::LoopEnded { thinking_tokens });
+    let mut r = view.emit(id.finish("length")).await;
+    if r.is_ok() {
+        r = view.emit(Bytes::from_static(events::DONE)).await;
+    }
+    let outcome = if r.is_ok() {
+        Outcome::Completed
+    } else {
+        Outcome::ClientGone
+    };
+    view.settle(&mut m.ctx, outcome)
+}
+
+/// The thinking the client saw when its answer was forced.
+pub(super) struct Cut {
+    pub tokens: u64,
+    pub text: String,
+    /// Thinking came in reasoning fields (not inline tags).
+    pub in_fields: bool,
+}
+
+impl Cut {
+    pub(super) fn of(leg: &Leg) -> Self {
+        Self {
+            tokens: leg.thinking(),
+            text: leg.thinking_text(),
+            in_fields: leg.obs.reasoning_in_fields(),
+        }
+    }
+}
+
+/// Abort the first leg and answer through a continuation from `cut` (the
+/// leg's thinking so far, when `None`).
 pub(super) async fn forced(
     mut m: Managed,
     leg: Leg,
     mut view: View,
     trigger: Trigger,
     deadline: Option<tokio::time::Instant>,
+    cut: Option<Cut>,
 ) -> (StatusCode, Bytes) {
-    let thinking_tokens = leg.thinking();
-    let thinking = leg.thinking_text();
-    let in_fields = leg.obs.reasoning_in_fields();
+    let Cut {
+        tokens: thinking_tokens,
+        text: thinking,
+        in_fields,
+    } = cut.unwrap_or_else(|| Cut::of(&leg));
     let id = leg.ident.clone().unwrap_or_else(|| m.fallback_ident());
     let backend = Arc::clone(&leg.backend);
     // Dropping the leg drops the upstream request: the engine aborts it.
@@ -50,6 +95,7 @@ pub(super) async fn forced(
     m.ctx.act(Action::ForcedAnswer {
         trigger,
         thinking_tokens,
+        way: ForcedWay::Continuation,
     });
     let cue = m.fleet.straggler.answer_cue.clone();
     let markers = m.shared.markers.clone();

@@ -43,6 +43,13 @@ pub(super) struct Leg {
     pub(super) force_budget: Option<u64>,
     /// Thinking counted in tokens from per-chunk usage.
     exact: Option<Counting>,
+    /// The engine was asked to end the thinking: events that only carry
+    /// more thinking are kept from the client (it saw the thinking up to
+    /// the cut), counted in `suppressed`.
+    pub(super) suppress_thinking: bool,
+    pub(super) suppressed: u64,
+    /// Stop a read at the event where a loop is found (`on_loop` acts).
+    pub(super) stop_on_loop: bool,
 }
 
 /// Thinking counted from the engine's per-chunk usage (see `budget`).
@@ -105,6 +112,9 @@ impl Leg {
                 dropped: None,
                 partial: Vec::new(),
             }),
+            suppress_thinking: false,
+            suppressed: 0,
+            stop_on_loop: m.ctx.plan.on_loop != crate::straggler::LoopAction::Count,
         }
     }
 
@@ -114,7 +124,7 @@ impl Leg {
         }
         // terminal events wait a moment for the usage event (see `strip`)
         let next = if self.strip.holding() {
-            let wait = crate::body::strip::HOLD_FOR_USAGE;
+            let wait = self.strip.hold_for();
             match tokio::time::timeout(wait, self.body.frame()).await {
                 Ok(f) => f,
                 Err(_) => {
@@ -133,26 +143,53 @@ impl Leg {
                 let now = self.t_recv.elapsed().as_nanos() as u64;
                 let out = match self.force_budget {
                     // One read may hold many events: feed them one at a
-                    // time and stop at the one that reaches the budget
-                    // (what follows it is never sent).
-                    Some(budget) => {
+                    // time and stop at the one that reaches the budget, or
+                    // that shows a loop to act on (what follows it is
+                    // never sent).
+                    budget if budget.is_some() || self.stop_on_loop => {
                         let mut out = bytes::BytesMut::new();
                         for piece in pieces::events(&data) {
                             let before = self.obs.thinking_so_far();
                             let fed = self.feed(piece.clone(), now);
-                            let fed = match self.count(&piece, before, budget).await {
+                            let counted = match budget {
+                                Some(b) => self.count(&piece, before, b).await,
+                                None => None,
+                            };
+                            let fed = match counted {
                                 // the stripper passed the event on as it came
                                 Some((event, cut)) if fed == event => cut,
                                 _ => self.out(fed),
                             };
                             out.extend_from_slice(&fed);
-                            if self.obs.still_thinking() && self.thinking() >= budget {
+                            let thinking = self.obs.still_thinking();
+                            if thinking && budget.is_some_and(|b| self.thinking() >= b) {
+                                break;
+                            }
+                            if thinking && self.stop_on_loop && self.obs.thinking_loop().is_some() {
                                 break;
                             }
                         }
                         out.freeze()
                     }
-                    None => {
+                    _ if self.suppress_thinking => {
+                        let mut out = bytes::BytesMut::new();
+                        for piece in pieces::events(&data) {
+                            let (before, was) =
+                                (self.obs.thinking_so_far(), self.obs.still_thinking());
+                            let fed = self.feed(piece, now);
+                            let fed = self.out(fed);
+                            if was
+                                && self.obs.still_thinking()
+                                && self.obs.thinking_so_far() > before
+                            {
+                                self.suppressed += 1;
+                                continue;
+                            }
+                            out.extend_from_slice(&fed);
+                        }
+                        out.freeze()
+                    }
+                    _ => {
                         let fed = self.feed(data, now);
                         self.out(fed)
                     }

@@ -7,13 +7,16 @@ use bytes::Bytes;
 /// The first leg's body for `backend`: a non-streamed client's request
 /// streams upstream (with usage), a native budget is passed to engines that
 /// enforce one, and usage on every chunk is asked for when `chunk_usage` is
-/// on. `None` when the body is not a JSON object.
+/// on, and llama.cpp's `reasoning_control` when the gateway may end the
+/// thinking natively (`native_end`). `None` when the body is not a JSON
+/// object.
 pub fn first_leg_body(
     original: &Bytes,
     client_streams: bool,
     native_budget: Option<u64>,
     flavor: Flavor,
     chunk_usage: bool,
+    reasoning_control: bool,
 ) -> Option<Bytes> {
     let native_key = match flavor {
         Flavor::Vllm => Some("thinking_token_budget"),
@@ -21,7 +24,7 @@ pub fn first_leg_body(
         Flavor::Sglang | Flavor::Openai => None,
     };
     let native = native_budget.zip(native_key);
-    if client_streams && native.is_none() && !chunk_usage {
+    if client_streams && native.is_none() && !chunk_usage && !reasoning_control {
         return Some(original.clone());
     }
     let mut v: serde_json::Value = serde_json::from_slice(original).ok()?;
@@ -47,6 +50,9 @@ pub fn first_leg_body(
     }
     if let Some((b, k)) = native {
         o.insert(k.into(), b.into());
+    }
+    if reasoning_control {
+        o.insert("reasoning_control".into(), true.into());
     }
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }

@@ -41,6 +41,7 @@ mod forced;
 mod hedge;
 mod leg;
 mod leg_body;
+mod native_end;
 mod pieces;
 mod view;
 
@@ -48,11 +49,11 @@ pub use leg_body::first_leg_body;
 
 use crate::body::response::{error_response, observed, ChannelBody, ResponseBody};
 use crate::config::Flavor;
-use crate::context::request::Features;
+use crate::context::request::{Endpoint, Features};
 use crate::context::{headers, RequestCtx};
 use crate::fleet::{Backend, Fleet};
 use crate::state::Shared;
-use crate::straggler::Plan;
+use crate::straggler::{LoopAction, Plan};
 use crate::upstream::send::{self, Outgoing};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
@@ -84,6 +85,9 @@ pub struct Managed {
     /// The first leg asked the engine for usage on every chunk, to keep a
     /// budget exact in tokens (see `budget`).
     pub chunk_usage: ChunkUsageMode,
+    /// The first leg asked llama.cpp for `reasoning_control`: a forced
+    /// answer first asks the engine to end the thinking (`native_end`).
+    pub reasoning_control: bool,
 }
 
 /// Whether a leg counts thinking from per-chunk usage, and whose usage that
@@ -173,6 +177,7 @@ pub struct Prepared {
     /// The first leg adds usage the gateway did not inject before.
     adds_usage: bool,
     chunk_usage: ChunkUsageMode,
+    reasoning_control: bool,
 }
 
 impl Prepared {
@@ -192,6 +197,7 @@ impl Prepared {
             client_wants_usage: self.client_wants_usage,
             injected: self.injected,
             chunk_usage: self.chunk_usage,
+            reasoning_control: self.reasoning_control,
         }
     }
 }
@@ -213,8 +219,15 @@ pub fn prepare(
     sent: &Bytes,
     original: &Bytes,
     injected: bool,
+    endpoint: Endpoint,
 ) -> Option<Prepared> {
     let native = plan.budget.filter(|_| fleet.straggler.native_budget);
+    // llama.cpp ends a running stream's thinking on request (its control
+    // endpoint serves chat completions only)
+    let reasoning_control = fleet.straggler.native_end
+        && backend.flavor == Flavor::Llamacpp
+        && endpoint == Endpoint::Chat
+        && (plan.forces() || plan.on_loop == LoopAction::ForceAnswer);
     let client_streams = features.stream;
     // vLLM says how many tokens each chunk carried when asked: a budget the
     // gateway enforces is then exact in tokens (`budget`)
@@ -228,7 +241,11 @@ pub fn prepare(
     let Some(Either::Left(as_read)) = &out.body else {
         return None;
     };
-    let leg_body = if client_streams && native.is_none() && chunk_usage == ChunkUsageMode::Off {
+    let leg_body = if client_streams
+        && native.is_none()
+        && chunk_usage == ChunkUsageMode::Off
+        && !reasoning_control
+    {
         as_read.clone()
     } else {
         // the body as sent (usage injected) gets what the leg needs
@@ -238,6 +255,7 @@ pub fn prepare(
             native,
             backend.flavor,
             chunk_usage != ChunkUsageMode::Off,
+            reasoning_control,
         )?;
         Full::new(b)
     };
@@ -255,5 +273,6 @@ pub fn prepare(
         injected: (injected || adds_usage) && client_streams,
         adds_usage: adds_usage && !injected && client_streams,
         chunk_usage,
+        reasoning_control,
     })
 }

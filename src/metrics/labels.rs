@@ -43,7 +43,19 @@ label_values! {
 
 label_values! {
     /// `trigger` of `thinkgate_forced_answers_total`.
-    ForcedTrigger { Budget => "budget", Deadline => "deadline" }
+    ForcedTrigger { Budget => "budget", Deadline => "deadline", Loop => "loop" }
+}
+
+label_values! {
+    /// `api` of every request-level series: the inference API the request
+    /// used (`/v1/chat/completions`, `/v1/completions`, `/v1/responses`),
+    /// `other` for every other path.
+    Api { Chat => "chat", Completions => "completions", Responses => "responses", Other => "other" }
+}
+
+label_values! {
+    /// `way` of `thinkgate_forced_answers_total`.
+    ForcedWayLabel { Continuation => "continuation", Native => "native" }
 }
 
 label_values! {

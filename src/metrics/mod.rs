@@ -37,9 +37,15 @@ pub const FORCED_FALLBACKS: &str = "thinkgate_forced_fallbacks_total";
 pub const HEDGES: &str = "thinkgate_hedges_total";
 pub const RETRIES: &str = "thinkgate_retries_total";
 pub const DEADLINE_HITS: &str = "thinkgate_deadline_hits_total";
+pub const NOT_ENFORCED: &str = "thinkgate_not_enforced_total";
+pub const THINKING_LOOPS: &str = "thinkgate_thinking_loops_total";
+pub const LOOP_ENDS: &str = "thinkgate_loop_ends_total";
 
 mod labels;
-pub use labels::{ForcedTrigger, HedgeResult, ReloadResult, RetryReason, TokenKind, UpstreamError};
+pub use labels::{
+    Api, ForcedTrigger, ForcedWayLabel, HedgeResult, ReloadResult, RetryReason, TokenKind,
+    UpstreamError,
+};
 
 /// The per-request histograms (exported from the start, see [`zero_series`]).
 const REQUEST_HISTOGRAMS: [&str; 7] = [
@@ -80,6 +86,9 @@ pub const ALL: &[&str] = &[
     HEDGES,
     RETRIES,
     DEADLINE_HITS,
+    NOT_ENFORCED,
+    THINKING_LOOPS,
+    LOOP_ENDS,
 ];
 
 /// Latency buckets: 5 ms to 30 minutes (reasoning requests run for minutes).
@@ -176,9 +185,16 @@ fn describe() {
         Unit::Count,
         "Streamed requests to which the gateway added stream_options.include_usage."
     );
-    describe_counter!(FORCED_ANSWERS, Unit::Count, "Answers the gateway forced by trigger (budget, deadline): the first leg was aborted and a continuation answered.");
+    describe_counter!(FORCED_ANSWERS, Unit::Count, "Answers the gateway forced, by trigger (budget, deadline, loop) and way (native: the engine ended the thinking inside the running stream; continuation: the first leg was aborted and a continuation answered).");
     describe_histogram!(FORCED_THINKING_TOKENS, Unit::Count, "Thinking tokens a forced request had spent when it was cut (the tokens it would have gone on to think are unknowable; see docs/stragglers.md).");
     describe_counter!(FORCED_FALLBACKS, Unit::Count, "Forced answers that could not be continued: the stream was ended with finish_reason length.");
+    describe_counter!(THINKING_LOOPS, Unit::Count, "Streamed responses whose thinking looped: a span repeated over most of a recent window ([loops]; the record's thinking_loop says when and where). Counted whatever straggler.on_loop does.");
+    describe_counter!(
+        LOOP_ENDS,
+        Unit::Count,
+        "Streams the gateway ended because their thinking looped (straggler.on_loop = end)."
+    );
+    describe_counter!(NOT_ENFORCED, Unit::Count, "Requests with a thinking budget or deadline that the gateway could not enforce, by API (the Responses API is forwarded and measured, not rewritten; see docs/stragglers.md).");
     describe_counter!(HEDGES, Unit::Count, "Hedges before the first token by result: sent, won (the hedge answered first), wasted (the original did).");
     describe_counter!(RETRIES, Unit::Count, "Requests sent again to another backend after failing before any byte reached the client, by reason.");
     describe_counter!(
@@ -257,23 +273,25 @@ pub struct Labels {
     pub model: SharedString,
     /// Experiment arm (`default` without an experiment).
     pub arm: SharedString,
+    pub api: Api,
 }
 
 type Pairs<const N: usize> = [(&'static str, SharedString); N];
 
 impl Labels {
-    fn pairs(&self) -> Pairs<3> {
+    fn pairs(&self) -> Pairs<4> {
         [
             ("backend", self.backend.clone()),
             ("model", self.model.clone()),
             ("arm", self.arm.clone()),
+            ("api", SharedString::const_str(self.api.as_str())),
         ]
     }
 
     /// The common labels plus one more.
-    fn plus(&self, key: &'static str, value: SharedString) -> Pairs<4> {
-        let [b, m, a] = self.pairs();
-        [b, m, a, (key, value)]
+    fn plus(&self, key: &'static str, value: SharedString) -> Pairs<5> {
+        let [b, m, a, i] = self.pairs();
+        [b, m, a, i, (key, value)]
     }
 
     /// This label set's request series, at 0 (see [`zero_series`]).
@@ -286,6 +304,7 @@ impl Labels {
         gauge!(INFLIGHT, &p).increment(0.0);
         gauge!(INFLIGHT_THINKING, &p).increment(0.0);
         counter!(CLIENT_DISCONNECTS, &p).increment(0);
+        counter!(THINKING_LOOPS, &p).increment(0);
         counter!(USAGE_INJECTED, &p).increment(0);
         for k in TokenKind::ALL {
             counter!(
@@ -301,11 +320,12 @@ impl Labels {
             )
             .increment(0);
         }
-        let [b, m, a, s] = self.plus("status", SharedString::const_str("200"));
+        let [b, m, a, i, s] = self.plus("status", SharedString::const_str("200"));
         let labels = [
             b,
             m,
             a,
+            i,
             s,
             ("outcome", SharedString::const_str("completed")),
         ];
@@ -321,8 +341,8 @@ impl Labels {
     }
 
     pub fn request(&self, status: u16, outcome: &'static str) {
-        let [b, m, a, s] = self.plus("status", status_label(status));
-        let labels = [b, m, a, s, ("outcome", SharedString::const_str(outcome))];
+        let [b, m, a, i, s] = self.plus("status", status_label(status));
+        let labels = [b, m, a, i, s, ("outcome", SharedString::const_str(outcome))];
         counter!(REQUESTS, &labels).increment(1);
     }
 
@@ -346,8 +366,13 @@ impl Labels {
         counter!(HEDGES, "arm" => self.arm.clone(), "result" => result.as_str()).increment(1);
     }
 
-    pub fn straggler_forced(&self, trigger: ForcedTrigger, thinking_tokens: u64) {
-        counter!(FORCED_ANSWERS, "arm" => self.arm.clone(), "trigger" => trigger.as_str())
+    pub fn straggler_forced(
+        &self,
+        trigger: ForcedTrigger,
+        way: ForcedWayLabel,
+        thinking_tokens: u64,
+    ) {
+        counter!(FORCED_ANSWERS, "arm" => self.arm.clone(), "trigger" => trigger.as_str(), "way" => way.as_str())
             .increment(1);
         histogram!(FORCED_THINKING_TOKENS, "arm" => self.arm.clone())
             .record(thinking_tokens as f64);
@@ -359,6 +384,21 @@ impl Labels {
 
     pub fn straggler_deadline(&self) {
         counter!(DEADLINE_HITS, "arm" => self.arm.clone()).increment(1);
+    }
+
+    pub fn straggler_loop_end(&self) {
+        counter!(LOOP_ENDS, "arm" => self.arm.clone()).increment(1);
+    }
+
+    pub fn straggler_not_enforced(&self) {
+        counter!(
+            NOT_ENFORCED,
+            &[
+                ("arm", self.arm.clone()),
+                ("api", SharedString::const_str(self.api.as_str()))
+            ]
+        )
+        .increment(1);
     }
 
     pub fn usage_injected(&self) {
@@ -388,6 +428,9 @@ impl Labels {
             &self.plus("kind", SharedString::const_str(TokenKind::Visible.as_str()))
         )
         .increment(s.visible_tokens);
+        if s.thinking_loop.is_some() {
+            counter!(THINKING_LOOPS, &p).increment(1);
+        }
         if !complete {
             return;
         }
@@ -417,10 +460,13 @@ pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
     let unknown = SharedString::const_str("unknown");
     for b in backends {
         for a in arms {
+            // chat: the API nearly every client uses; the other APIs'
+            // series appear with their first request
             let l = Labels {
                 backend: b.clone(),
                 model: unknown.clone(),
                 arm: a.clone(),
+                api: Api::Chat,
             };
             l.zero();
         }
@@ -428,15 +474,30 @@ pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
     for a in arms {
         let arm = || ("arm", a.clone());
         for t in ForcedTrigger::ALL {
-            counter!(
-                FORCED_ANSWERS,
-                &[arm(), ("trigger", SharedString::const_str(t.as_str()))]
-            )
-            .increment(0);
+            for w in ForcedWayLabel::ALL {
+                counter!(
+                    FORCED_ANSWERS,
+                    &[
+                        arm(),
+                        ("trigger", SharedString::const_str(t.as_str())),
+                        ("way", SharedString::const_str(w.as_str()))
+                    ]
+                )
+                .increment(0);
+            }
         }
         let _ = histogram!(FORCED_THINKING_TOKENS, &[arm()]);
         counter!(FORCED_FALLBACKS, &[arm()]).increment(0);
         counter!(DEADLINE_HITS, &[arm()]).increment(0);
+        counter!(LOOP_ENDS, &[arm()]).increment(0);
+        counter!(
+            NOT_ENFORCED,
+            &[
+                arm(),
+                ("api", SharedString::const_str(Api::Responses.as_str()))
+            ]
+        )
+        .increment(0);
         for r in HedgeResult::ALL {
             counter!(
                 HEDGES,

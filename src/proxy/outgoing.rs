@@ -64,7 +64,8 @@ pub(super) fn build(
         body: Some(body),
     };
     // A managed request needs one choice and a body it can rewrite.
-    let manages = routed.plan.manages() && features.parsed && features.n <= 1;
+    let manages =
+        routed.plan.manages() && ctx.endpoint.manageable() && features.parsed && features.n <= 1;
     if manages {
         let prepared = crate::managed::prepare(
             shared,
@@ -76,6 +77,7 @@ pub(super) fn build(
             &sent,
             &original,
             injected,
+            ctx.endpoint,
         );
         if let Some(p) = prepared {
             return Path::Managed(p);

@@ -43,9 +43,11 @@ pub(super) async fn request(
     }
     let original = read_body(body, &shared.cfg).await?;
     let features = Features::parse_with_prefix(&original, shared.cfg.prefix_bytes);
-    let injection = (shared.cfg.injects_usage() && features.wants_injection())
-        .then(|| request::inject_include_usage(&original))
-        .flatten();
+    let injection = (shared.cfg.injects_usage()
+        && ctx.endpoint.takes_usage_injection()
+        && features.wants_injection())
+    .then(|| request::inject_include_usage(&original))
+    .flatten();
     let injected = injection.is_some();
     let sent = injection.unwrap_or_else(|| original.clone());
     ctx.set_features(features.clone());

@@ -8,6 +8,7 @@ use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::fleet::{Backend, Fleet};
 use crate::state::Shared;
+use crate::straggler::action::Action;
 use crate::straggler::Plan;
 use std::sync::Arc;
 
@@ -35,6 +36,18 @@ pub(super) async fn pick(
         Plan::resolve(&fleet.straggler, limits, model, headers, true)?
     } else {
         Plan::default()
+    };
+    // What the managed path cannot rewrite it cannot enforce: say so in the
+    // record and the metrics instead of pretending.
+    let plan = if (plan.budget.is_some() || plan.deadline.is_some()) && !ctx.endpoint.manageable() {
+        ctx.act(Action::NotEnforced {
+            api: ctx.endpoint.api().as_str(),
+            thinking_budget: plan.budget,
+            deadline_ms: plan.deadline.map(|d| d.as_millis() as u64),
+        });
+        Plan::default()
+    } else {
+        plan
     };
     let mut picked = fleet.pick(arm, &mut info);
     if picked.is_err() && fleet.busy_limit().is_some() {

@@ -12,6 +12,8 @@ pub enum Trigger {
     Budget,
     /// The deadline minus the answer reserve passed while still thinking.
     Deadline,
+    /// Thinking looped (`straggler.on_loop = "force_answer"`).
+    Loop,
 }
 
 impl Trigger {
@@ -20,6 +22,28 @@ impl Trigger {
         match self {
             Trigger::Budget => ForcedTrigger::Budget,
             Trigger::Deadline => ForcedTrigger::Deadline,
+            Trigger::Loop => ForcedTrigger::Loop,
+        }
+    }
+}
+
+/// How a forced answer was produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForcedWay {
+    /// The first leg was dropped and a continuation request answered
+    /// (the engine prefilled the thinking again).
+    Continuation,
+    /// The engine ended the thinking inside the running stream (llama.cpp
+    /// `reasoning_control`): no second request, no prefill.
+    Native,
+}
+
+impl ForcedWay {
+    pub fn label(self) -> crate::metrics::ForcedWayLabel {
+        match self {
+            ForcedWay::Continuation => crate::metrics::ForcedWayLabel::Continuation,
+            ForcedWay::Native => crate::metrics::ForcedWayLabel::Native,
         }
     }
 }
@@ -40,10 +64,12 @@ pub enum Action {
     HedgeWon { backend: String },
     /// The original produced the first token first (the hedge was aborted).
     HedgeWasted { backend: String },
-    /// The first leg was aborted at `thinking_tokens` and the answer forced.
+    /// Thinking was closed at `thinking_tokens` and the answer forced,
+    /// `way` says how.
     ForcedAnswer {
         trigger: Trigger,
         thinking_tokens: u64,
+        way: ForcedWay,
     },
     /// A forced answer could not be continued; the stream was ended with
     /// `finish_reason: "length"`.
@@ -51,6 +77,18 @@ pub enum Action {
     /// The hard deadline passed; the stream was ended with
     /// `finish_reason: "length"`.
     DeadlineHit,
+    /// Thinking looped (`straggler.on_loop = "end"`): the stream was ended
+    /// with `finish_reason: "length"` at `thinking_tokens`.
+    LoopEnded { thinking_tokens: u64 },
+    /// A budget or deadline applied to a request of an API the gateway
+    /// cannot rewrite (`responses`): forwarded as sent, nothing enforced.
+    NotEnforced {
+        api: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        thinking_budget: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<u64>,
+    },
 }
 
 impl Action {
@@ -64,9 +102,12 @@ impl Action {
             Action::ForcedAnswer {
                 trigger,
                 thinking_tokens,
-            } => labels.straggler_forced(trigger.label(), *thinking_tokens),
+                way,
+            } => labels.straggler_forced(trigger.label(), way.label(), *thinking_tokens),
             Action::ForcedFallback { .. } => labels.straggler_fallback(),
             Action::DeadlineHit => labels.straggler_deadline(),
+            Action::LoopEnded { .. } => labels.straggler_loop_end(),
+            Action::NotEnforced { .. } => labels.straggler_not_enforced(),
         }
     }
 }

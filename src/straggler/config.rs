@@ -31,6 +31,11 @@ pub struct StragglerConfig {
     /// gateway still forces at budget + `native_slack` if the engine did not.
     pub native_budget: bool,
     pub native_slack: u64,
+    /// End thinking inside the running stream where the engine can (llama.cpp
+    /// `reasoning_control`: the first leg asks for it, a forced answer calls
+    /// `/v1/chat/completions/control`), and use the continuation only when
+    /// that call fails or thinking does not stop.
+    pub native_end: bool,
     pub hedge: HedgeConfig,
     /// Retries on another backend of a request that failed before any byte
     /// reached the client (connect error, reset, or a `retry_statuses`
@@ -41,6 +46,21 @@ pub struct StragglerConfig {
     /// requests prefer other backends (with every routing policy). Unset:
     /// no cap.
     pub max_thinking_per_backend: Option<u64>,
+    /// What to do when a request's thinking loops (`[loops]` finds it):
+    /// `count` (the default: counted and recorded, the stream goes on),
+    /// `force_answer` (close thinking as a budget does) or `end` (end the
+    /// stream as a length cut).
+    pub on_loop: LoopAction,
+}
+
+/// `straggler.on_loop`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopAction {
+    #[default]
+    Count,
+    ForceAnswer,
+    End,
 }
 
 impl Default for StragglerConfig {
@@ -54,10 +74,12 @@ impl Default for StragglerConfig {
             answer_reserve_ms: None,
             native_budget: false,
             native_slack: 32,
+            native_end: true,
             hedge: HedgeConfig::default(),
             retries: 1,
             retry_statuses: vec![500, 502, 503, 504],
             max_thinking_per_backend: None,
+            on_loop: LoopAction::Count,
         }
     }
 }

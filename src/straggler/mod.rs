@@ -12,7 +12,7 @@ pub mod action;
 pub mod config;
 pub mod hedge_budget;
 
-pub use config::{HedgeConfig, StragglerConfig};
+pub use config::{HedgeConfig, LoopAction, StragglerConfig};
 
 use crate::error::GatewayError;
 use http::HeaderMap;
@@ -38,6 +38,8 @@ pub struct Plan {
     pub force_at: Option<Duration>,
     /// Hedge before the first token.
     pub hedge: bool,
+    /// What a thinking loop makes the gateway do.
+    pub on_loop: LoopAction,
 }
 
 /// The operator's settings for a request's arm.
@@ -96,12 +98,16 @@ impl Plan {
             deadline: deadline_ms.map(Duration::from_millis),
             force_at,
             hedge: cfg.hedge.enabled(),
+            on_loop: cfg.on_loop,
         })
     }
 
     /// Whether the request needs the managed path.
     pub fn manages(&self) -> bool {
-        self.budget.is_some() || self.deadline.is_some() || self.hedge
+        self.budget.is_some()
+            || self.deadline.is_some()
+            || self.hedge
+            || self.on_loop != LoopAction::Count
     }
 
     /// Whether the answer may be forced (a budget or a deadline).

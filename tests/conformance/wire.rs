@@ -178,3 +178,64 @@ pub fn texts(canon: &Value) -> (String, String) {
     let reasoning = t("0:reasoning") + &t("0:reasoning_content");
     (reasoning, t("0:content") + &t("0:text"))
 }
+
+/// Scrub what differs between two runs of one Responses API request, at
+/// every depth: ids (`resp_`, `rs_`, `msg_`, ...), times, sequence numbers.
+fn scrub_deep(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for (k, val) in o.iter_mut() {
+                match k.as_str() {
+                    "id" | "item_id" => *val = "ID".into(),
+                    "created" | "created_at" | "completed_at" => *val = 0.into(),
+                    "sequence_number" => *val = 0.into(),
+                    _ => scrub_deep(val),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(scrub_deep),
+        _ => {}
+    }
+}
+
+/// A Responses API stream as what must match: the `event:` names and the
+/// events in order, scrubbed, with the `*.delta` events' text concatenated
+/// per event type (the engine decides how many tokens go in one delta).
+pub fn canonical_responses(body: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(body);
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event:").map(str::trim))
+        .filter(|n| !n.ends_with(".delta"))
+        .collect();
+    let mut deltas = serde_json::Map::new();
+    let mut events = Vec::new();
+    for d in data_events(body) {
+        let mut v = serde_json::from_str::<Value>(&d).unwrap_or(Value::String(d));
+        let kind = v["type"].as_str().unwrap_or("").to_string();
+        if kind.ends_with(".delta") {
+            if let Some(t) = v["delta"].as_str() {
+                let acc = deltas.entry(kind).or_insert_with(|| "".into());
+                if let Value::String(a) = acc {
+                    a.push_str(t);
+                }
+            }
+            continue;
+        }
+        scrub_deep(&mut v);
+        events.push(v);
+    }
+    serde_json::json!({"names": names, "deltas": deltas, "events": events})
+}
+
+/// A non-streamed Responses API body, scrubbed at every depth.
+pub fn canonical_response_json(body: &[u8]) -> Value {
+    let mut v: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&body[..body.len().min(400)])
+        )
+    });
+    scrub_deep(&mut v);
+    v
+}

@@ -1,0 +1,300 @@
+//! Thinking loops: degenerate repetition in reasoning text, seen as it
+//! streams.
+//!
+//! A looping model repeats a span of its thinking verbatim (or nearly) until
+//! `max_tokens` runs out: the KV cache and the GPU time are spent, and the
+//! answer never comes (vLLM issues 50166, 54906, 55420). Only something that
+//! reads the stream sees it in any engine.
+//!
+//! The text is cut into words (runs of non-white-space ASCII; every
+//! non-ASCII character is a word of its own, so text without spaces still
+//! has words). For each period `p` up to `max_period_words`, the detector
+//! keeps how many of the last `window_words` words equal the word `p`
+//! before them. Ordinary reasoning matches at any lag only by chance (a few
+//! percent, the common words); a loop of period `p` matches at lag `p`
+//! everywhere. A loop is found when some period matches for at least
+//! `min_match` of the window; the smallest such period is reported.
+//!
+//! Cost: per word, two comparisons per period (in a ring of `window +
+//! max_period` word hashes); memory, 8 bytes per ring slot plus 2 per
+//! period (about 2.6 KiB with the defaults), allocated at the first
+//! reasoning byte of a request. Detection delay: about `p + min_match *
+//! window` words after the loop starts (`docs/stragglers.md` has the
+//! measured figures).
+
+use serde::Serialize;
+
+/// Detector settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoopConfig {
+    /// Words over which the match share is taken.
+    pub window_words: u16,
+    /// Longest repeated span looked for, in words.
+    pub max_period_words: u16,
+    /// Share of the window that must match at one period (0..=1).
+    pub min_match: f32,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            window_words: 160,
+            max_period_words: 128,
+            min_match: 0.9,
+        }
+    }
+}
+
+impl LoopConfig {
+    /// Clamped to what the detector can use (a window and a period of at
+    /// least one word, a share in (0, 1]).
+    fn sane(self) -> Self {
+        Self {
+            window_words: self.window_words.max(1),
+            max_period_words: self.max_period_words.max(1),
+            min_match: if self.min_match.is_finite() {
+                self.min_match.clamp(0.01, 1.0)
+            } else {
+                1.0
+            },
+        }
+    }
+}
+
+/// A loop, where it was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LoopFound {
+    /// When (ns since `t_recv`, the observer's clock).
+    pub at_ns: u64,
+    /// Reasoning words read when it was found.
+    pub at_word: u64,
+    /// Thinking tokens counted so far (one per event, as budgets count).
+    pub thinking_tokens: u64,
+    /// The repeated span's length in words.
+    pub period_words: u32,
+}
+
+/// FNV-1a, one word at a time.
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// The detector of one request's reasoning text (see the module docs).
+#[derive(Debug)]
+pub struct LoopDetector {
+    window: u64,
+    threshold: u16,
+    /// Word hashes, position `t` at `t % ring.len()`.
+    ring: Box<[u64]>,
+    /// `counts[p - 1]`: matches at lag `p` among the last `window` words.
+    counts: Box<[u16]>,
+    words: u64,
+    cur: u64,
+    cur_len: u32,
+}
+
+impl LoopDetector {
+    pub fn new(cfg: LoopConfig) -> Self {
+        let cfg = cfg.sane();
+        let window = u64::from(cfg.window_words);
+        let periods = usize::from(cfg.max_period_words);
+        let threshold = ((f32::from(cfg.window_words) * cfg.min_match).ceil() as u16).max(1);
+        Self {
+            window,
+            threshold,
+            ring: vec![0; usize::from(cfg.window_words) + periods + 1].into_boxed_slice(),
+            counts: vec![0; periods].into_boxed_slice(),
+            words: 0,
+            cur: FNV_START,
+            cur_len: 0,
+        }
+    }
+
+    /// Words read so far.
+    pub fn words(&self) -> u64 {
+        self.words
+    }
+
+    /// Read more reasoning text. Returns the period (words) of a loop as
+    /// soon as one is found.
+    pub fn feed(&mut self, text: &str) -> Option<u32> {
+        let mut found = None;
+        for ch in text.chars() {
+            if ch.is_ascii_whitespace() {
+                found = found.or(self.end_word());
+            } else if ch.is_ascii() {
+                self.cur = (self.cur ^ ch as u64).wrapping_mul(FNV_PRIME);
+                self.cur_len += 1;
+            } else {
+                found = found.or(self.end_word());
+                self.cur = (self.cur ^ ch as u64).wrapping_mul(FNV_PRIME);
+                self.cur_len += 1;
+                found = found.or(self.end_word());
+            }
+        }
+        found
+    }
+
+    fn end_word(&mut self) -> Option<u32> {
+        if self.cur_len == 0 {
+            return None;
+        }
+        let h = self.cur;
+        self.cur = FNV_START;
+        self.cur_len = 0;
+        let r = self.ring.len() as u64;
+        let t = self.words;
+        self.words += 1;
+        let at = |pos: u64| (pos % r) as usize;
+        self.ring[at(t)] = h;
+        let mut found = None;
+        for (i, count) in self.counts.iter_mut().enumerate() {
+            let p = i as u64 + 1;
+            if t < p {
+                break;
+            }
+            if self.ring[at(t - p)] == h {
+                *count += 1;
+            }
+            // the word `window` back leaves the window
+            if t >= self.window + p {
+                let old = t - self.window;
+                if self.ring[at(old)] == self.ring[at(old - p)] {
+                    *count -= 1;
+                }
+            }
+            if found.is_none() && *count >= self.threshold {
+                found = Some(p as u32);
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(n: usize, seed: u64) -> Vec<String> {
+        // distinct-ish words from a small LCG
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                format!("w{}", (x >> 33) % 5000)
+            })
+            .collect()
+    }
+
+    fn first_found(d: &mut LoopDetector, text: &[String]) -> Option<(usize, u32)> {
+        for (i, w) in text.iter().enumerate() {
+            if let Some(p) = d.feed(&format!("{w} ")) {
+                return Some((i, p));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_verbatim_loop_is_found_at_its_period_after_about_a_window() {
+        for period in [1usize, 7, 40, 128] {
+            let mut text = words(300, 1);
+            let unit = words(period, 2);
+            let start = text.len();
+            for _ in 0..(2000 / period + 3) {
+                text.extend(unit.iter().cloned());
+            }
+            let mut d = LoopDetector::new(LoopConfig::default());
+            let (at, p) = first_found(&mut d, &text).expect("found");
+            assert_eq!(p as usize, period);
+            let delay = at - start;
+            // p + ceil(0.9 * 160) = p + 144 words, give or take chance matches
+            assert!(
+                delay <= period + 144 && delay + 10 >= period + 144,
+                "period {period}: delay {delay}"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_text_is_not_a_loop() {
+        let mut d = LoopDetector::new(LoopConfig::default());
+        assert_eq!(first_found(&mut d, &words(50_000, 3)), None);
+        // a counted list repeats its frame but not its numbers
+        let list: Vec<String> = (0..3000)
+            .flat_map(|i| {
+                [
+                    "x".to_string(),
+                    "=".to_string(),
+                    format!("{i}:"),
+                    "no.".to_string(),
+                ]
+            })
+            .collect();
+        let mut d = LoopDetector::new(LoopConfig::default());
+        assert_eq!(first_found(&mut d, &list), None);
+    }
+
+    #[test]
+    fn a_loop_with_a_changed_word_now_and_then_is_still_found() {
+        let unit = words(30, 4);
+        let mut text = words(200, 5);
+        for k in 0..40 {
+            let mut u = unit.clone();
+            u[k % 30] = format!("changed{k}");
+            text.extend(u);
+        }
+        let mut d = LoopDetector::new(LoopConfig::default());
+        assert_eq!(first_found(&mut d, &text).map(|f| f.1), Some(30));
+    }
+
+    #[test]
+    fn words_split_across_deltas_and_text_without_spaces_are_read_alike() {
+        let unit = "思考一下这个问题。";
+        let text: String = unit.repeat(100);
+        let mut whole = LoopDetector::new(LoopConfig::default());
+        let a = whole.feed(&text);
+        let mut split = LoopDetector::new(LoopConfig::default());
+        let mut b = None;
+        for c in text.chars() {
+            b = b.or(split.feed(&c.to_string()));
+        }
+        assert_eq!(a, Some(9));
+        assert_eq!(a, b);
+        let latin = "wait let me reconsider the sum ".repeat(60);
+        let mut one = LoopDetector::new(LoopConfig::default());
+        let mut bytes = LoopDetector::new(LoopConfig::default());
+        let x = one.feed(&latin);
+        let mut y = None;
+        for piece in latin.as_bytes().chunks(3) {
+            y = y.or(bytes.feed(std::str::from_utf8(piece).unwrap()));
+        }
+        assert_eq!(x, Some(6));
+        assert_eq!(x, y);
+    }
+
+    #[test]
+    fn silly_settings_are_clamped_not_trusted() {
+        for cfg in [
+            LoopConfig {
+                window_words: 0,
+                max_period_words: 0,
+                min_match: f32::NAN,
+            },
+            LoopConfig {
+                window_words: 1,
+                max_period_words: 1,
+                min_match: 5.0,
+            },
+            LoopConfig {
+                window_words: 65535,
+                max_period_words: 65535,
+                min_match: -1.0,
+            },
+        ] {
+            let mut d = LoopDetector::new(cfg);
+            let _ = d.feed(&"a b ".repeat(100));
+        }
+    }
+}
