@@ -320,16 +320,11 @@ impl Labels {
             )
             .increment(0);
         }
-        let [b, m, a, i, s] = self.plus("status", SharedString::const_str("200"));
-        let labels = [
-            b,
-            m,
-            a,
-            i,
-            s,
-            ("outcome", SharedString::const_str("completed")),
-        ];
-        counter!(REQUESTS, &labels).increment(0);
+        for outcome in ["completed", "answerless"] {
+            let [b, m, a, i, s] = self.plus("status", SharedString::const_str("200"));
+            let labels = [b, m, a, i, s, ("outcome", SharedString::const_str(outcome))];
+            counter!(REQUESTS, &labels).increment(0);
+        }
     }
 
     pub fn inflight(&self, delta: f64) {

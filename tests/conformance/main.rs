@@ -556,7 +556,20 @@ fn a_thinking_budget_is_exact_in_tokens_and_the_forced_answer_looks_like_the_eng
             assert_eq!(recs.len(), n);
             for r in &recs {
                 let budget = r["thinking_budget"].as_u64().expect("budget recorded");
-                assert_eq!(r["thinking_tokens"], budget, "{kind:?}: record {r}");
+                let a = &r["actions"][0];
+                if a["way"] == "native" {
+                    // llama.cpp ended the thinking in the stream: the client
+                    // saw the budget, the record counts what the engine
+                    // thought on while the control call travelled
+                    assert_eq!(a["thinking_tokens"], budget, "{kind:?}: record {r}");
+                    assert!(r["thinking_tokens"].as_u64().unwrap() >= budget, "{kind:?}: record {r}");
+                } else {
+                    assert_eq!(r["thinking_tokens"], budget, "{kind:?}: record {r}");
+                }
+                let want_way = if kind.is_vllm() { "continuation" } else { "native" };
+                if a.is_object() {
+                    assert_eq!(a["way"], want_way, "{kind:?}: record {r}");
+                }
             }
         }
     });
@@ -962,38 +975,58 @@ fn a_deadline_forces_the_answer_of_a_request_that_would_think_on() {
         .collect();
     rt().block_on(async {
         let c = client();
-        let (gw, rec) = gateway_for(&[&e], |cfg| {
-            cfg.straggler.deadline_ms = Some(1500);
-            cfg.straggler.answer_reserve_ms = Some(1400);
-        })
-        .await;
-        let via = format!("http://{}", gw.proxy_addr);
-        let mut body = chat(true, true);
-        body["max_tokens"] = 4000.into();
-        let s = call(&c, &via, "/v1/chat/completions", &body, &[]).await;
-        assert_eq!(s.status, 200);
-        let canon = wire::canonical_stream(&s.body);
-        let (reasoning, content) = wire::texts(&canon);
-        let thought = words(&reasoning).len();
-        assert!(thought > 0 && thought < 3990, "{thought} thinking tokens");
-        assert_eq!(words(&content), answer, "the forced answer");
-        let e2e = s.asu.t_done_ns as f64 / 1e9;
-        assert!(
-            e2e < 1.5,
-            "the response ended after the deadline: {e2e:.3} s"
-        );
-        let usage = usage_of(&s.body);
-        assert_eq!(
-            usage["completion_tokens"],
-            thought as u64 + answer.len() as u64 + 1,
-            "{usage}"
-        );
-        let recs = stop(gw, &rec).await;
-        assert_eq!(recs.len(), 1);
-        let r = &recs[0];
-        assert_eq!(r["actions"][0]["action"], "forced_answer", "{r}");
-        assert_eq!(r["actions"][0]["trigger"], "deadline", "{r}");
-        assert_eq!(r["actions"][0]["thinking_tokens"], thought as u64, "{r}");
-        assert_eq!(r["thinking_tokens"], thought as u64, "{r}");
+        // natively (llama.cpp's reasoning control), then by a continuation
+        for native in [true, false] {
+            let (gw, rec) = gateway_for(&[&e], |cfg| {
+                cfg.straggler.deadline_ms = Some(1500);
+                cfg.straggler.answer_reserve_ms = Some(1400);
+                cfg.straggler.native_end = native;
+            })
+            .await;
+            let via = format!("http://{}", gw.proxy_addr);
+            let mut body = chat(true, true);
+            body["max_tokens"] = 4000.into();
+            let s = call(&c, &via, "/v1/chat/completions", &body, &[]).await;
+            assert_eq!(s.status, 200);
+            let canon = wire::canonical_stream(&s.body);
+            let (reasoning, content) = wire::texts(&canon);
+            let thought = words(&reasoning).len();
+            assert!(thought > 0 && thought < 3990, "{thought} thinking tokens");
+            assert_eq!(words(&content), answer, "the forced answer");
+            let e2e = s.asu.t_done_ns as f64 / 1e9;
+            assert!(
+                e2e < 1.5,
+                "the response ended after the deadline: {e2e:.3} s"
+            );
+            let usage = usage_of(&s.body);
+            let recs = stop(gw, &rec).await;
+            assert_eq!(recs.len(), 1);
+            let r = &recs[0];
+            assert_eq!(r["actions"][0]["action"], "forced_answer", "{r}");
+            assert_eq!(r["actions"][0]["trigger"], "deadline", "{r}");
+            assert_eq!(
+                r["actions"][0]["way"],
+                if native { "native" } else { "continuation" },
+                "{r}"
+            );
+            assert_eq!(r["actions"][0]["thinking_tokens"], thought as u64, "{r}");
+            let completion = usage["completion_tokens"].as_u64().unwrap();
+            if native {
+                // one request: the engine's usage, with the thinking it did
+                // while the control call travelled (kept from the client)
+                let engine_thought = r["thinking_tokens"].as_u64().unwrap();
+                assert!(engine_thought >= thought as u64, "{r}");
+                // (plus the tokens the engine adds to close the thinking)
+                let least = engine_thought + answer.len() as u64;
+                assert!((least..=least + 4).contains(&completion), "{usage} {r}");
+            } else {
+                assert_eq!(
+                    completion,
+                    thought as u64 + answer.len() as u64 + 1,
+                    "{usage}"
+                );
+                assert_eq!(r["thinking_tokens"], thought as u64, "{r}");
+            }
+        }
     });
 }

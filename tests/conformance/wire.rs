@@ -189,6 +189,8 @@ fn scrub_deep(v: &mut Value) {
                     "id" | "item_id" => *val = "ID".into(),
                     "created" | "created_at" | "completed_at" => *val = 0.into(),
                     "sequence_number" => *val = 0.into(),
+                    // llama.cpp's wall-clock figures
+                    "timings" => *val = "TIMINGS".into(),
                     _ => scrub_deep(val),
                 }
             }
