@@ -35,12 +35,18 @@ pub(super) async fn end_at_deadline(
 /// the engine aborted it).
 pub(super) async fn end_looping(
     mut m: Managed,
-    mut view: View,
+    view: View,
     id: &Identity,
     thinking_tokens: u64,
 ) -> (StatusCode, Bytes) {
     m.ctx.set_thinking(false);
     m.ctx.act(Action::LoopEnded { thinking_tokens });
+    end_as_length(m, view, id).await
+}
+
+/// End the stream as a `max_tokens` cut: a `finish_reason: "length"` chunk
+/// and `[DONE]`.
+async fn end_as_length(mut m: Managed, mut view: View, id: &Identity) -> (StatusCode, Bytes) {
     let mut r = view.emit(id.finish("length")).await;
     if r.is_ok() {
         r = view.emit(Bytes::from_static(events::DONE)).await;
@@ -241,18 +247,9 @@ pub(super) async fn forced(
 }
 
 /// A forced answer that cannot be continued ends like a length cut.
-async fn fallback(mut m: Managed, mut view: View, id: &Identity, why: &str) -> (StatusCode, Bytes) {
+async fn fallback(mut m: Managed, view: View, id: &Identity, why: &str) -> (StatusCode, Bytes) {
     m.ctx.act(Action::ForcedFallback {
         reason: why.chars().take(200).collect(),
     });
-    let mut r = view.emit(id.finish("length")).await;
-    if r.is_ok() {
-        r = view.emit(Bytes::from_static(events::DONE)).await;
-    }
-    let outcome = if r.is_ok() {
-        Outcome::Completed
-    } else {
-        Outcome::ClientGone
-    };
-    view.settle(&mut m.ctx, outcome)
+    end_as_length(m, view, id).await
 }
