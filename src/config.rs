@@ -224,6 +224,12 @@ pub struct Config {
     /// Thinking-loop detection (`[loops]`; read at startup). Loops are
     /// counted by default; what to do about one is `straggler.on_loop`.
     pub loops: LoopsConfig,
+    /// Which methods and paths clients may send (`[routes]`; read at
+    /// startup): the engines' client API by default, never their control
+    /// endpoints.
+    pub routes: crate::access::routes::RoutesConfig,
+    /// Client keys (`[auth]`): off by default.
+    pub auth: crate::access::AuthConfig,
 }
 
 /// `[loops]`: how a thinking loop is recognised (see
@@ -322,6 +328,8 @@ impl Default for Config {
             queue_timeout_ms: 1_000,
             straggler: Default::default(),
             loops: LoopsConfig::default(),
+            routes: Default::default(),
+            auth: Default::default(),
         }
     }
 }

@@ -36,6 +36,18 @@ pub enum GatewayError {
     Overloaded { limit: usize },
     #[error("every backend is at its limit of {limit} requests in flight; retry shortly")]
     BackendsBusy { limit: u64 },
+    /// The route policy (`[routes]`) does not open this method and path.
+    #[error("{method} {path} is not open to clients of this gateway")]
+    RouteNotAllowed { method: String, path: String },
+    /// `[auth]` is on and the request carried no known key.
+    #[error("Incorrect API key provided: send a key this gateway knows as `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// A client key's limit (`max_inflight`, `rps`).
+    #[error("client {client} is over its limit; retry after {} s", .retry_after.as_secs().max(1))]
+    RateLimited {
+        client: String,
+        retry_after: std::time::Duration,
+    },
 }
 
 impl GatewayError {
@@ -51,6 +63,9 @@ impl GatewayError {
             GatewayError::Overloaded { .. } | GatewayError::BackendsBusy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            GatewayError::RouteNotAllowed { .. } => StatusCode::NOT_FOUND,
+            GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -62,7 +77,10 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. }
             | GatewayError::BodyRead(_)
             | GatewayError::BodyTimeout { .. }
-            | GatewayError::BadRequest(_) => Fault::Client,
+            | GatewayError::BadRequest(_)
+            | GatewayError::RouteNotAllowed { .. }
+            | GatewayError::Unauthorized
+            | GatewayError::RateLimited { .. } => Fault::Client,
             GatewayError::NoBackend(_) => Fault::Upstream,
             GatewayError::Overloaded { .. } | GatewayError::BackendsBusy { .. } => Fault::Gateway,
         }
@@ -79,6 +97,9 @@ impl GatewayError {
             GatewayError::NoBackend(_) => "no_healthy_backend",
             GatewayError::BadRequest(_) => "invalid_request_error",
             GatewayError::Overloaded { .. } | GatewayError::BackendsBusy { .. } => "overloaded",
+            GatewayError::RouteNotAllowed { .. } => "not_found_error",
+            GatewayError::Unauthorized => "invalid_request_error",
+            GatewayError::RateLimited { .. } => "rate_limit_exceeded",
         }
     }
 
@@ -90,6 +111,17 @@ impl GatewayError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if let GatewayError::RateLimited { retry_after, .. } = self {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        if let GatewayError::Unauthorized = self {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         r
     }

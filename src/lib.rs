@@ -19,10 +19,12 @@
 //! - [`fleet`]: backends' live state, routing through `thinkgate-policies`,
 //!   health checks and engine scraping;
 //! - [`record`], [`metrics`]: where each settled request goes;
-//! - [`config`], [`straggler`] (what to enforce), [`upstream`] (base URLs,
+//! - [`config`], [`access`] (the route policy and client keys),
+//!   [`straggler`] (what to enforce), [`upstream`] (base URLs,
 //!   clients), [`error`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod body;
 pub mod config;
 pub mod context;

@@ -91,6 +91,9 @@ pub struct RequestRecord {
     pub path: String,
     /// `chat`, `completions`, `responses` or `other` (the metric label).
     pub api: &'static str,
+    /// The client key's name (`[auth]`), never the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     pub model: Option<String>,
     pub backend: String,
     /// Experiment arm (`default` without an experiment).

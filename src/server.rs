@@ -51,6 +51,9 @@ impl Gateway {
         let shared = Arc::new(Shared::new(cfg, recorder)?);
         shared.restart_probes();
         let discovery = crate::state::discovery::spawn(Arc::clone(&shared));
+        let keys_watch = shared
+            .access
+            .watch(Duration::from_millis(shared.cfg.auth.reload_interval_ms));
         let (stop, stop_rx) = watch::channel(false);
         let admin = tokio::spawn(serve_admin(
             admin_listener,
@@ -71,6 +74,9 @@ impl Gateway {
             shared2.stop_probes();
             if let Some(d) = discovery {
                 d.abort();
+            }
+            if let Some(k) = keys_watch {
+                k.abort();
             }
         });
         Ok(Self {

@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "fleet",
     "record",
     "config",
+    "access",
     "straggler",
     "upstream",
     "metrics",

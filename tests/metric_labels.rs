@@ -53,6 +53,11 @@ fn the_readme_lists_every_label_value() {
                 .collect(),
         ),
         (metrics::RETRIES, RetryReason::FIXED.to_vec()),
+        (metrics::ROUTES_REFUSED, vec!["suspicious", "other"]),
+        (
+            metrics::CLIENT_REFUSED,
+            vec!["unknown", "unknown_key", "limited"],
+        ),
     ];
     let mut missing = Vec::new();
     let common = readme

@@ -167,3 +167,47 @@ async fn openai_python_client_sees_faults_as_api_errors() {
     assert_eq!(v["status_429"]["retry_after"], "2", "{v}");
     assert_eq!(v["http10"]["raised"], serde_json::Value::Null, "{v}");
 }
+
+#[ignore = "needs python3 with the openai package: just external (CI runs it)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client_with_and_without_a_key() {
+    common::require_python_with_openai();
+    let (sim_addr, model, _sim) = sim().await;
+    let dir = common::tempdir("openai-keys");
+    let keys = dir.join("keys.toml");
+    std::fs::write(
+        &keys,
+        "[[keys]]\nname = \"notebook\"\nkey = \"sk-notebook-0123456789\"\n",
+    )
+    .unwrap();
+    let gw = common::gateway(vec![format!("http://{sim_addr}")], move |c| {
+        c.auth.keys_file = Some(keys);
+    })
+    .await;
+    let base = format!("http://{}", gw.proxy_addr);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_keys.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([script, &base, &model, "sk-notebook-0123456789"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["none", "wrong"] {
+        assert_eq!(v[k]["error"], "authentication", "{k}: {v}");
+        assert_eq!(v[k]["status"], 401, "{k}: {v}");
+    }
+    assert_eq!(v["good"]["ok"], true, "{v}");
+    assert!(
+        v["good"]["content"].as_str().unwrap().contains("\\boxed{"),
+        "{v}"
+    );
+    assert_eq!(v["sleep"]["status"], 404, "{v}");
+}

@@ -215,7 +215,13 @@ async fn plain_json_and_other_paths_pass_unchanged() {
         }
     })
     .await;
-    let gw = gateway(vec![up.url()], |_| {}).await;
+    // (a path the route policy does not open by default, opened here: what
+    // is open passes unchanged, whatever it carries)
+    let gw = gateway(vec![up.url()], |c| {
+        c.routes.allow_extra =
+            vec![thinkgate::access::routes::Rule::parse("PUT /tokenize/*").unwrap()];
+    })
+    .await;
     let c = client();
     let got = send(
         &c,

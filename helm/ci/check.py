@@ -72,6 +72,15 @@ for name, values in sets:
                 ref = [e for e in c.get("env", []) if e["name"] == "THINKGATE_ADMIN_TOKEN"]
                 if not ref or ref[0]["valueFrom"]["secretKeyRef"]["name"] != token:
                     fail(f"{name}: the admin token is not passed to the gateway")
+            keys = (values.get("clientKeys") or {}).get("secretName")
+            if keys and kind == "Deployment":
+                spec = doc["spec"]["template"]["spec"]
+                vols = [v for v in spec.get("volumes", []) if v.get("secret", {}).get("secretName") == keys]
+                mounts = [m for m in spec["containers"][0].get("volumeMounts", []) if vols and m["name"] == vols[0]["name"]]
+                if not mounts or mounts[0]["mountPath"] != "/etc/thinkgate-keys":
+                    fail(f"{name}: the client keys Secret is not mounted at /etc/thinkgate-keys")
+            if keys and kind == "ConfigMap" and "/etc/thinkgate-keys/keys.toml" not in doc.get("data", {}).get("thinkgate.toml", ""):
+                fail(f"{name}: the config does not read the mounted client keys")
             if token and kind in ("ServiceMonitor", "PodMonitor"):
                 eps = doc["spec"].get("endpoints") or doc["spec"].get("podMetricsEndpoints")
                 if any(e.get("authorization", {}).get("credentials", {}).get("name") != token for e in eps):

@@ -59,6 +59,9 @@ pub struct RequestCtx {
     pub plan: Plan,
     /// Holds one of `max_inflight`'s slots (given back on drop).
     holds_slot: bool,
+    /// The client key's name, and its in-flight slot (`[auth]`).
+    client: Option<SharedString>,
+    client_slot: Option<crate::access::keys::ClientSlot>,
 }
 
 impl RequestCtx {
@@ -75,6 +78,7 @@ impl RequestCtx {
             model: SharedString::const_str("unknown"),
             arm: SharedString::const_str("default"),
             api: endpoint.api(),
+            client: SharedString::const_str("none"),
         };
         let start_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -104,7 +108,21 @@ impl RequestCtx {
             settled: false,
             actions: Vec::new(),
             plan: Plan::default(),
+            client: None,
+            client_slot: None,
         }
+    }
+
+    /// The request's client key (its name labels the request counter and
+    /// the record); `slot` is held until the request ends.
+    pub fn set_client(
+        &mut self,
+        name: SharedString,
+        slot: Option<crate::access::keys::ClientSlot>,
+    ) {
+        self.labels.client = name.clone();
+        self.client = Some(name);
+        self.client_slot = slot;
     }
 
     /// Called once the request body was read: the model label is known.
@@ -304,6 +322,7 @@ impl RequestCtx {
             method: std::mem::take(&mut self.method),
             path: std::mem::take(&mut self.path),
             api: self.endpoint.api().as_str(),
+            client: self.client.as_ref().map(|c| c.to_string()),
             model: self.features.model.take(),
             backend: self.labels.backend.to_string(),
             arm: self.labels.arm.to_string(),

@@ -8,7 +8,8 @@
 //! The call is asked, then verified: the client sees the thinking up to the
 //! cut (events carrying more thinking, generated while the call was on its
 //! way, are kept from it), and the stream must leave its thinking within
-//! `GRACE` and `GRACE_TOKENS`. If the call fails (an engine without the
+//! `GRACE` and `GRACE_TOKENS`. A call that comes too late (the engine
+//! already finished) fails like any other. If the call fails (an engine without the
 //! control endpoint answers 404) or the thinking goes on, the continuation
 //! takes over from the cut, as if the native way had not been tried.
 
@@ -29,8 +30,10 @@ use std::time::Duration;
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the thinking may go on after the call succeeded.
 const GRACE: Duration = Duration::from_secs(2);
-/// How many more thinking events may come after the call succeeded.
-const GRACE_TOKENS: u64 = 256;
+/// How many more thinking events may come after the call succeeded (a
+/// fast engine thinks on while the call travels: the tiny test model makes
+/// 16,000 tokens a second).
+const GRACE_TOKENS: u64 = 1024;
 
 /// What became of the attempt.
 pub(super) enum NativeEnd {

@@ -40,6 +40,9 @@ pub const DEADLINE_HITS: &str = "thinkgate_deadline_hits_total";
 pub const NOT_ENFORCED: &str = "thinkgate_not_enforced_total";
 pub const THINKING_LOOPS: &str = "thinkgate_thinking_loops_total";
 pub const LOOP_ENDS: &str = "thinkgate_loop_ends_total";
+pub const ROUTES_REFUSED: &str = "thinkgate_routes_refused_total";
+pub const CLIENT_REFUSED: &str = "thinkgate_client_refused_total";
+pub const KEYS_RELOADS: &str = "thinkgate_keys_reloads_total";
 
 mod labels;
 pub use labels::{
@@ -89,6 +92,9 @@ pub const ALL: &[&str] = &[
     NOT_ENFORCED,
     THINKING_LOOPS,
     LOOP_ENDS,
+    ROUTES_REFUSED,
+    CLIENT_REFUSED,
+    KEYS_RELOADS,
 ];
 
 /// Latency buckets: 5 ms to 30 minutes (reasoning requests run for minutes).
@@ -188,6 +194,13 @@ fn describe() {
     describe_counter!(FORCED_ANSWERS, Unit::Count, "Answers the gateway forced, by trigger (budget, deadline, loop) and way (native: the engine ended the thinking inside the running stream; continuation: the first leg was aborted and a continuation answered).");
     describe_histogram!(FORCED_THINKING_TOKENS, Unit::Count, "Thinking tokens a forced request had spent when it was cut (the tokens it would have gone on to think are unknowable; see docs/stragglers.md).");
     describe_counter!(FORCED_FALLBACKS, Unit::Count, "Forced answers that could not be continued: the stream was ended with finish_reason length.");
+    describe_counter!(ROUTES_REFUSED, Unit::Count, "Requests refused with 404 by the route policy ([routes]), by route: the engine control endpoint they aimed at, suspicious (a path spelled to reach another route), or other.");
+    describe_counter!(CLIENT_REFUSED, Unit::Count, "Requests refused for their client key ([auth]), by client (unknown without a known key) and reason: unknown_key (401) or limited (429).");
+    describe_counter!(
+        KEYS_RELOADS,
+        Unit::Count,
+        "Reloads of the client keys file by result."
+    );
     describe_counter!(THINKING_LOOPS, Unit::Count, "Streamed responses whose thinking looped: a span repeated over most of a recent window ([loops]; the record's thinking_loop says when and where). Counted whatever straggler.on_loop does.");
     describe_counter!(
         LOOP_ENDS,
@@ -274,6 +287,9 @@ pub struct Labels {
     /// Experiment arm (`default` without an experiment).
     pub arm: SharedString,
     pub api: Api,
+    /// The client key's name (`[auth]`), `none` without keys; on the
+    /// request counter only.
+    pub client: SharedString,
 }
 
 type Pairs<const N: usize> = [(&'static str, SharedString); N];
@@ -322,7 +338,15 @@ impl Labels {
         }
         for outcome in ["completed", "answerless"] {
             let [b, m, a, i, s] = self.plus("status", SharedString::const_str("200"));
-            let labels = [b, m, a, i, s, ("outcome", SharedString::const_str(outcome))];
+            let labels = [
+                b,
+                m,
+                a,
+                i,
+                s,
+                ("outcome", SharedString::const_str(outcome)),
+                ("client", self.client.clone()),
+            ];
             counter!(REQUESTS, &labels).increment(0);
         }
     }
@@ -337,7 +361,15 @@ impl Labels {
 
     pub fn request(&self, status: u16, outcome: &'static str) {
         let [b, m, a, i, s] = self.plus("status", status_label(status));
-        let labels = [b, m, a, i, s, ("outcome", SharedString::const_str(outcome))];
+        let labels = [
+            b,
+            m,
+            a,
+            i,
+            s,
+            ("outcome", SharedString::const_str(outcome)),
+            ("client", self.client.clone()),
+        ];
         counter!(REQUESTS, &labels).increment(1);
     }
 
@@ -462,6 +494,7 @@ pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
                 model: unknown.clone(),
                 arm: a.clone(),
                 api: Api::Chat,
+                client: SharedString::const_str("none"),
             };
             l.zero();
         }
@@ -505,6 +538,7 @@ pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
         }
     }
     counter!(NO_BACKEND).increment(0);
+    counter!(ROUTES_REFUSED, "route" => "other").increment(0);
     counter!(RECORDS_DROPPED).increment(0);
     for r in ReloadResult::ALL {
         counter!(CONFIG_RELOADS, "result" => r.as_str()).increment(0);
@@ -528,6 +562,18 @@ pub fn config_reload(ok: bool) {
         ReloadResult::Error
     };
     counter!(CONFIG_RELOADS, "result" => result.as_str()).increment(1);
+}
+
+pub fn route_refused(route: &'static str) {
+    counter!(ROUTES_REFUSED, "route" => route).increment(1);
+}
+
+pub fn client_refused(client: SharedString, reason: &'static str) {
+    counter!(CLIENT_REFUSED, "client" => client, "reason" => reason).increment(1);
+}
+
+pub fn keys_reload(ok: bool) {
+    counter!(KEYS_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 pub fn no_backend() {

@@ -2,7 +2,8 @@
 //! request through named phases, in order (`docs/lifecycle.md` walks them
 //! with the timestamps, metrics and record fields of each):
 //!
-//! 1. `open`: the request's context and id (`t_recv`);
+//! 1. `open`: the request's context and id (`t_recv`); `guard`: the route
+//!    policy and the client key (404, 401, 429 before anything else);
 //! 2. `admit`: the global in-flight limit, a bounded wait, or a 503;
 //! 3. `read`: an inference body read whole (bounded), its features
 //!    parsed, usage injected; other bodies stream through untouched;
@@ -17,6 +18,7 @@
 //! also settles the request.
 
 mod admit;
+mod guard;
 mod open;
 mod outgoing;
 mod plain;
@@ -68,6 +70,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     let (parts, body) = req.into_parts();
     let (mut ctx, minted) = open::context(&shared, &parts);
     let path = async {
+        guard::check(&shared, &mut ctx, &parts)?;
         admit::slot(&shared, &mut ctx).await?;
         let inbound = read::request(&shared, &mut ctx, parts, body).await?;
         let routed = route::pick(&shared, &mut ctx, &inbound).await?;

@@ -18,6 +18,8 @@ use thinkgate_asu::ObserverConfig;
 /// State shared by all requests of one gateway.
 pub struct Shared {
     pub cfg: Config,
+    /// The route policy and the client keys in force.
+    pub access: Arc<crate::access::Access>,
     pub client: UpstreamClient,
     /// The lean HTTP/1.1 client's idle connections (inference requests).
     pub h1: Arc<h1::Pool>,
@@ -132,7 +134,10 @@ impl Shared {
             strip_usage_only: true,
             ..capture.clone()
         };
+        let access = crate::access::Access::new(cfg.routes.clone(), &cfg.auth)
+            .map_err(crate::error::ConfigError::Invalid)?;
         Ok(Self {
+            access: Arc::new(access),
             markers: cfg.markers()?,
             observer_capture: Arc::new(capture),
             observer_capture_strip: Arc::new(capture_strip),

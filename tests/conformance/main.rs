@@ -14,6 +14,7 @@ mod engines;
 mod exact;
 mod hedge;
 mod reasoning;
+mod routes;
 mod wire;
 
 use bytes::Bytes;
@@ -566,9 +567,11 @@ fn a_thinking_budget_is_exact_in_tokens_and_the_forced_answer_looks_like_the_eng
                 } else {
                     assert_eq!(r["thinking_tokens"], budget, "{kind:?}: record {r}");
                 }
-                let want_way = if kind.is_vllm() { "continuation" } else { "native" };
-                if a.is_object() {
-                    assert_eq!(a["way"], want_way, "{kind:?}: record {r}");
+                // vLLM has no control endpoint; llama.cpp's answers only
+                // while the request runs, and the tiny model may be done
+                // before the call arrives: then the continuation answers
+                if a.is_object() && kind.is_vllm() {
+                    assert_eq!(a["way"], "continuation", "{kind:?}: record {r}");
                 }
             }
         }
@@ -1004,14 +1007,15 @@ fn a_deadline_forces_the_answer_of_a_request_that_would_think_on() {
             let r = &recs[0];
             assert_eq!(r["actions"][0]["action"], "forced_answer", "{r}");
             assert_eq!(r["actions"][0]["trigger"], "deadline", "{r}");
-            assert_eq!(
-                r["actions"][0]["way"],
-                if native { "native" } else { "continuation" },
-                "{r}"
-            );
+            let way = r["actions"][0]["way"].as_str().unwrap();
+            if !native {
+                assert_eq!(way, "continuation", "{r}");
+            }
             assert_eq!(r["actions"][0]["thinking_tokens"], thought as u64, "{r}");
             let completion = usage["completion_tokens"].as_u64().unwrap();
-            if native {
+            // (a control call that finds the thinking gone on past its grace
+            // falls back to the continuation: either way is checked)
+            if way == "native" {
                 // one request: the engine's usage, with the thinking it did
                 // while the control call travelled (kept from the client)
                 let engine_thought = r["thinking_tokens"].as_u64().unwrap();

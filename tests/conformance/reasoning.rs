@@ -166,7 +166,8 @@ fn thinking_loops_are_found_and_ended_natively_or_by_a_continuation() {
 
         // acted on: natively (the engine's control endpoint), and by a
         // continuation when the native way is off
-        let mut cost = Vec::new();
+        // (way, cut to first answer token ms, prompt tokens processed)
+        let mut seen: Vec<(String, f64, f64)> = Vec::new();
         for native in [true, false] {
             let (gw, rec) = gateway_for(&[&e], |cfg| {
                 cfg.straggler.on_loop = thinkgate::straggler::LoopAction::ForceAnswer;
@@ -184,31 +185,42 @@ fn thinking_loops_are_found_and_ended_natively_or_by_a_continuation() {
                 prefill.push(prompt_tokens_total(&c, &e).await - before);
             }
             let recs = stop(gw, &rec).await;
-            let mut to_answer = Vec::new();
-            for r in &recs {
+            for (r, p) in recs.iter().zip(&prefill) {
                 let a = &r["actions"][0];
                 assert_eq!(a["action"], "forced_answer", "{r}");
                 assert_eq!(a["trigger"], "loop");
-                assert_eq!(a["way"], if native { "native" } else { "continuation" }, "{r}");
                 assert_eq!(r["outcome"], "completed");
+                let way = a["way"].as_str().unwrap().to_string();
+                if !native {
+                    assert_eq!(way, "continuation", "{r}");
+                }
                 let t = |k: &str| r[k].as_u64().unwrap() as f64 / 1e6;
-                to_answer.push(t("t_first_visible_ns") - t("t_think_end_ns"));
+                seen.push((way, t("t_first_visible_ns") - t("t_think_end_ns"), *p));
             }
-            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-            eprintln!(
-                "loop forced {}: cut to first answer token {:.2} ms mean ({:?}), prompt tokens the engine processed per request {:?}",
-                if native { "natively" } else { "by continuation" },
-                mean(&to_answer),
-                to_answer.iter().map(|x| (x * 100.0).round() / 100.0).collect::<Vec<_>>(),
-                prefill
-            );
-            cost.push((mean(&to_answer), mean(&prefill)));
         }
-        let (native, cont) = (cost[0], cost[1]);
+        // The tiny model makes 16,000 tokens a second: a control call that
+        // waits for a busy core can find thinking gone on past the grace,
+        // and the continuation answers. Most calls arrive in time.
+        let of = |way: &str| -> Vec<(f64, f64)> {
+            seen.iter().filter(|s| s.0 == way).map(|s| (s.1, s.2)).collect()
+        };
+        let (native, cont) = (of("native"), of("continuation"));
+        for (way, v) in [("natively", &native), ("by continuation", &cont)] {
+            let n = v.len().max(1) as f64;
+            eprintln!(
+                "loop forced {way} ({} requests): cut to first answer token {:.2} ms mean ({:?}), prompt tokens the engine processed per request {:?}",
+                v.len(),
+                v.iter().map(|x| x.0).sum::<f64>() / n,
+                v.iter().map(|x| (x.0 * 100.0).round() / 100.0).collect::<Vec<_>>(),
+                v.iter().map(|x| x.1).collect::<Vec<_>>()
+            );
+        }
+        assert!(native.len() >= 3, "the native way answered {} of 5", native.len());
         assert!(
-            native.1 < cont.1,
-            "the native end prefills nothing again: {native:?} vs {cont:?}"
+            native.iter().all(|n| n.1 <= 2.0),
+            "the native end prefills nothing again: {native:?}"
         );
+        assert!(cont.iter().any(|c| c.1 > 100.0), "a continuation prefills the thinking: {cont:?}");
     });
 }
 

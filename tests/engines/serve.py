@@ -92,6 +92,9 @@ def main():
         VLLM_CPU_KVCACHE_SPACE=child_env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
         VLLM_CPU_OMP_THREADS_BIND=child_env.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
         OMP_NUM_THREADS="1",
+        # vLLM's control routes (/reset_prefix_cache, /sleep, ...) on, as
+        # operators turn them on: the gateway must keep them from clients
+        VLLM_SERVER_DEV_MODE="1",
     )
     for attempt in range(3):
         port = free_port()

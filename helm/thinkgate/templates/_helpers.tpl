@@ -61,6 +61,11 @@ app.kubernetes.io/component: sim
 {{- if $backends -}}
 {{- $_ := set $cfg "backends" $backends -}}
 {{- end -}}
+{{- if .Values.clientKeys.secretName -}}
+{{- $auth := default dict $cfg.auth -}}
+{{- $_ := set $auth "keys_file" (printf "/etc/thinkgate-keys/%s" .Values.clientKeys.key) -}}
+{{- $_ := set $cfg "auth" $auth -}}
+{{- end -}}
 {{- if $b.headless.name -}}
 {{- $_ := set $cfg "discovery" (dict "dns" (printf "%s.%s.svc" $b.headless.name (default $ns $b.headless.namespace)) "port" $b.headless.port "interval_ms" $b.headless.intervalMs "flavor" $b.flavor) -}}
 {{- end -}}
