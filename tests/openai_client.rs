@@ -204,10 +204,6 @@ async fn openai_python_client_with_and_without_a_key() {
         assert_eq!(v[k]["error"], "authentication", "{k}: {v}");
         assert_eq!(v[k]["status"], 401, "{k}: {v}");
     }
-    assert_eq!(v["good"]["ok"], true, "{v}");
-    assert!(
-        v["good"]["content"].as_str().unwrap().contains("\\boxed{"),
-        "{v}"
-    );
+    assert_eq!(v["good"]["ok"], true, "the right key gets an answer: {v}");
     assert_eq!(v["sleep"]["status"], 404, "{v}");
 }

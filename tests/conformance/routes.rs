@@ -42,12 +42,13 @@ fn engine_control_endpoints_are_closed_through_the_gateway() {
             let e = shared(kind);
             let (gw, rec) = gateway_for(&[e], |_| {}).await;
             let via = format!("http://{}", gw.proxy_addr);
+            // the engine serves each route (llama.cpp answers a slot action
+            // 501 without `--slot-save-path`: the route is there all the same)
+            let mut direct = Vec::new();
             for (m, p) in routes {
-                assert_eq!(
-                    status(&c, m, format!("{}{p}", e.url)).await,
-                    200,
-                    "{kind:?} {m} {p} direct"
-                );
+                let d = status(&c, m, format!("{}{p}", e.url)).await;
+                assert_ne!(d, 404, "{kind:?} {m} {p} direct");
+                direct.push(d);
                 assert_eq!(
                     status(&c, m, format!("{via}{p}")).await,
                     404,
@@ -66,10 +67,10 @@ fn engine_control_endpoints_are_closed_through_the_gateway() {
             })
             .await;
             let via = format!("http://{}", gw.proxy_addr);
-            for (m, p) in routes {
+            for ((m, p), d) in routes.iter().zip(&direct) {
                 assert_eq!(
                     status(&c, m, format!("{via}{p}")).await,
-                    200,
+                    *d,
                     "{kind:?} {m} {p} allowed"
                 );
             }
