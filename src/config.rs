@@ -141,8 +141,22 @@ pub struct Config {
     pub health_interval_ms: u64,
     /// Engine `/metrics` scrape period, ms; 0 turns it off.
     pub scrape_interval_ms: u64,
-    /// Consecutive connect failures that eject a backend.
+    /// Consecutive failures (health probes or connects) that take a
+    /// backend out (Envoy's `unhealthy_threshold`, whose default is also 3
+    /// in most deployments).
     pub eject_after_failures: u32,
+    /// Consecutive passing health probes that bring it back (Envoy's
+    /// `healthy_threshold`).
+    pub healthy_after_successes: u32,
+    /// A backend never yet seen up (a probe passed or a response came) is
+    /// starting: its failures do not count for this long after the gateway
+    /// started, and it is routed to only when no other backend of its pool
+    /// is up.
+    pub startup_grace_secs: u64,
+    /// Below this share of healthy backends in a pool, route over all of
+    /// them (Envoy's panic threshold, 50% there too): a probe's blip never
+    /// turns into refusing everything; a pool of one never refuses.
+    pub panic_threshold: f64,
     /// Without active health checks, how long an ejected backend rests.
     pub eject_secs: u64,
     /// Header carrying a session key for affinity (else the `user` field).
@@ -297,6 +311,9 @@ impl Default for Config {
             health_interval_ms: 2_000,
             scrape_interval_ms: 1_000,
             eject_after_failures: 3,
+            healthy_after_successes: 2,
+            startup_grace_secs: 300,
+            panic_threshold: 0.5,
             eject_secs: 10,
             session_header: "x-thinkgate-session".into(),
             prefix_bytes: 64,
@@ -391,6 +408,11 @@ impl Config {
         self.markers()?;
         self.straggler.validate().map_err(ConfigError::Invalid)?;
         self.loops.validate().map_err(ConfigError::Invalid)?;
+        if !(0.0..=1.0).contains(&self.panic_threshold) {
+            return Err(ConfigError::Invalid(
+                "panic_threshold must be in 0..=1".into(),
+            ));
+        }
         if self.records_queue == 0 {
             return Err(ConfigError::Invalid("records_queue must be > 0".into()));
         }

@@ -290,8 +290,23 @@ fn admin_route(
             text(StatusCode::OK, "text/plain", "draining\n")
         }
         "/readyz" => {
+            // With health checks on, a gateway whose engines have never
+            // answered (still loading) is not ready: Kubernetes sends it
+            // no traffic yet. (Without them nothing would ever say so.)
+            let fleet = shared.fleet.load();
+            let loading = shared.cfg.health_interval_ms > 0
+                && !fleet
+                    .backends
+                    .iter()
+                    .any(|b| b.seen_up.load(Ordering::Relaxed));
             if shared.draining.load(Ordering::SeqCst) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else if loading {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no engine has answered yet\n",
+                )
             } else {
                 text(StatusCode::OK, "text/plain", "ready\n")
             }
@@ -324,12 +339,14 @@ fn admin_route(
                     use std::sync::atomic::Ordering::Relaxed;
                     serde_json::json!({
                         "url": b.upstream.name.as_ref(), "pool": b.pool, "healthy": b.healthy.load(Relaxed),
+                        "seen_up": b.seen_up.load(Relaxed),
                         "inflight": b.inflight.load(Relaxed), "inflight_tokens": b.inflight_tokens.load(Relaxed),
                         "inflight_thinking": b.inflight_thinking.load(Relaxed), "kv_usage": b.kv_usage.get(),
                         "running": b.running.get(), "waiting": b.waiting.get(),
                     })
                 })
                 .collect();
+            v["panic_pools"] = serde_json::json!(fleet.panicking_pools());
             let body = v.to_string();
             text(StatusCode::OK, "application/json", body)
         }

@@ -53,7 +53,12 @@ pub struct Backend {
     ewma_tpot: AtomicF64,
     pub flavor: crate::config::Flavor,
     pub healthy: AtomicBool,
+    /// Consecutive failures (probes, connects) and passing probes.
     failures: AtomicU32,
+    successes: AtomicU32,
+    /// The engine answered once (a passing probe, a response head): until
+    /// then it is starting.
+    pub seen_up: AtomicBool,
     /// When passive ejection ends without an active check (ms since start).
     ejected_until_ms: AtomicU64,
     pub kv_usage: AtomicF64,
@@ -98,6 +103,8 @@ impl Backend {
             flavor: cfg.flavor,
             healthy: AtomicBool::new(true),
             failures: AtomicU32::new(0),
+            successes: AtomicU32::new(0),
+            seen_up: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             kv_usage: AtomicF64::unknown(),
             running: AtomicF64::unknown(),
@@ -136,6 +143,7 @@ impl Backend {
     /// A response head arrived: the backend works.
     pub fn on_success(&self) {
         self.failures.store(0, Ordering::Relaxed);
+        self.seen_up.store(true, Ordering::Relaxed);
     }
 
     /// Fold a finished request's TTFT and TPOT into the EWMAs (weight 0.2).
@@ -177,6 +185,11 @@ pub struct Fleet {
     assign_by: AssignBy,
     eject_after: u32,
     eject_ms: u64,
+    healthy_after: u32,
+    grace_ms: u64,
+    panic_below: f64,
+    /// The gateway's start (kept across reloads: the startup grace counts
+    /// from it).
     start: Instant,
 }
 
@@ -270,7 +283,10 @@ impl Fleet {
             assign_by,
             eject_after: cfg.eject_after_failures.max(1),
             eject_ms: cfg.eject_secs.saturating_mul(1000),
-            start: Instant::now(),
+            healthy_after: cfg.healthy_after_successes.max(1),
+            grace_ms: cfg.startup_grace_secs.saturating_mul(1000),
+            panic_below: cfg.panic_threshold,
+            start: previous.map_or_else(Instant::now, |p| p.start),
         })
     }
 
@@ -335,6 +351,23 @@ impl Fleet {
             .filter(|b| b.serves(req.model.as_deref()) && !exclude.contains(&b.index))
             .map(|b| b.candidate())
             .collect();
+        if self.panics(arm.pool.as_deref(), req.model.as_deref()) {
+            // too few healthy: route over all of them (Envoy's panic mode)
+            for c in &mut candidates {
+                c.healthy = true;
+            }
+        } else {
+            // a starting engine only when nothing else of the pool is up
+            let up = |c: &Candidate| {
+                self.backends
+                    .get(c.index)
+                    .is_some_and(|b| b.seen_up.load(Ordering::Relaxed))
+            };
+            let in_pool = |c: &Candidate| arm.pool.as_deref().is_none_or(|p| c.pool == p);
+            if candidates.iter().any(|c| c.healthy && in_pool(c) && up(c)) {
+                candidates.retain(up);
+            }
+        }
         let limit = self.max_inflight_per_backend;
         if limit > 0 {
             candidates.retain(|c| c.inflight < limit);
@@ -381,8 +414,44 @@ impl Fleet {
         }
     }
 
-    /// Connecting to `b` failed: eject it after `eject_after` in a row.
+    /// Whether the backends of `pool` (all, for `None`) that serve `model`
+    /// are too few healthy to route by health: below `panic_threshold` of
+    /// them (a pool of one, when it is out).
+    pub fn panics(&self, pool: Option<&str>, model: Option<&str>) -> bool {
+        let (mut total, mut healthy) = (0usize, 0usize);
+        for b in &self.backends {
+            if pool.is_none_or(|p| b.pool == p) && b.serves(model) {
+                total += 1;
+                healthy += usize::from(b.healthy.load(Ordering::Relaxed));
+            }
+        }
+        // (no healthy backend at all: every backend, whatever the threshold)
+        total > 0 && (healthy == 0 || (healthy as f64) < self.panic_below * total as f64)
+    }
+
+    /// The pools in panic mode now (for `/stats` and the gauge).
+    pub fn panicking_pools(&self) -> Vec<String> {
+        let mut pools: Vec<&str> = self.backends.iter().map(|b| b.pool.as_str()).collect();
+        pools.sort_unstable();
+        pools.dedup();
+        pools
+            .into_iter()
+            .filter(|p| self.panics(Some(p), None))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A failure counts unless the engine is still starting.
+    fn counts(&self, b: &Backend) -> bool {
+        b.seen_up.load(Ordering::Relaxed) || self.now_ms() >= self.grace_ms
+    }
+
+    /// A probe or a connect to `b` failed: out after `eject_after` in a row.
     pub fn on_failure(&self, b: &Backend) {
+        b.successes.store(0, Ordering::Relaxed);
+        if !self.counts(b) {
+            return;
+        }
         let n = b.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= self.eject_after && b.healthy.swap(false, Ordering::Relaxed) {
             b.ejected_until_ms
@@ -405,14 +474,144 @@ impl Fleet {
         }
     }
 
-    /// Set by an active health check.
+    /// An active health check's result: out after `eject_after` failures
+    /// in a row, back after `healthy_after` passes in a row.
     pub fn set_health(&self, b: &Backend, ok: bool) {
-        if ok {
-            b.failures.store(0, Ordering::Relaxed);
+        if !ok {
+            self.on_failure(b);
+            return;
+        }
+        b.failures.store(0, Ordering::Relaxed);
+        b.seen_up.store(true, Ordering::Relaxed);
+        let n = b.successes.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.healthy_after && !b.healthy.swap(true, Ordering::Relaxed) {
             b.ejected_until_ms.store(0, Ordering::Relaxed);
+            tracing::info!(backend = %b.upstream.name, passes = n, "backend healthy again");
         }
-        if b.healthy.swap(ok, Ordering::Relaxed) != ok {
-            tracing::info!(backend = %b.upstream.name, healthy = ok, "backend health changed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(n: usize, tweak: impl FnOnce(&mut Config)) -> Fleet {
+        let mut cfg = Config {
+            upstreams: (0..n)
+                .map(|i| format!("http://127.0.0.1:{}", 9000 + i))
+                .collect(),
+            ..Config::default()
+        };
+        tweak(&mut cfg);
+        Fleet::new(&cfg).unwrap()
+    }
+
+    fn picks(f: &Fleet, n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| {
+                f.pick(0, &mut RequestInfo::default())
+                    .map_or(usize::MAX, |b| b.index)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn out_after_three_failures_back_after_two_passes() {
+        let f = fleet(2, |_| {});
+        let b = &f.backends[0];
+        f.set_health(b, true);
+        for _ in 0..2 {
+            f.set_health(b, false);
+            assert!(
+                b.healthy.load(Ordering::Relaxed),
+                "one blip is not an outage"
+            );
         }
+        f.set_health(b, true);
+        for _ in 0..2 {
+            f.set_health(b, false);
+        }
+        assert!(
+            b.healthy.load(Ordering::Relaxed),
+            "the streak started again"
+        );
+        f.set_health(b, false);
+        assert!(!b.healthy.load(Ordering::Relaxed), "three in a row");
+        f.set_health(b, true);
+        assert!(!b.healthy.load(Ordering::Relaxed));
+        f.set_health(b, true);
+        assert!(b.healthy.load(Ordering::Relaxed), "two passes in a row");
+        // connect failures count the same way
+        for _ in 0..3 {
+            f.on_failure(b);
+        }
+        assert!(!b.healthy.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_starting_engine_is_not_failed_and_not_preferred() {
+        let f = fleet(2, |_| {});
+        let (a, b) = (&f.backends[0], &f.backends[1]);
+        // neither has answered yet: failed probes do not count in the grace
+        for _ in 0..10 {
+            f.set_health(a, false);
+        }
+        assert!(a.healthy.load(Ordering::Relaxed));
+        // b comes up: a, still starting, gets nothing while b is up
+        f.set_health(b, true);
+        assert!(picks(&f, 20).iter().all(|&i| i == 1));
+        f.set_health(a, true);
+        let p = picks(&f, 20);
+        assert!(p.contains(&0) && p.contains(&1), "{p:?}");
+        // past the grace, a starting engine's failures count
+        let g = fleet(1, |c| c.startup_grace_secs = 0);
+        for _ in 0..3 {
+            g.set_health(&g.backends[0], false);
+        }
+        assert!(!g.backends[0].healthy.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn below_half_healthy_routes_over_all_and_one_backend_never_refuses() {
+        let one = fleet(1, |c| c.startup_grace_secs = 0);
+        let b = &one.backends[0];
+        for _ in 0..3 {
+            one.set_health(b, false);
+        }
+        assert!(!b.healthy.load(Ordering::Relaxed));
+        assert!(one.panics(None, None));
+        assert_eq!(picks(&one, 3), [0, 0, 0], "a pool of one is never refused");
+        assert_eq!(one.panicking_pools(), ["default"]);
+
+        let three = fleet(3, |c| c.startup_grace_secs = 0);
+        for b in &three.backends {
+            three.set_health(b, true);
+        }
+        // one of three out: routed by health
+        for _ in 0..3 {
+            three.set_health(&three.backends[0], false);
+        }
+        assert!(!three.panics(None, None));
+        assert!(picks(&three, 30).iter().all(|&i| i != 0));
+        // two of three out: below half, every backend again
+        for _ in 0..3 {
+            three.set_health(&three.backends[1], false);
+        }
+        assert!(three.panics(None, None));
+        let p = picks(&three, 60);
+        assert!((0..3).all(|i| p.contains(&i)), "{p:?}");
+        // with the threshold at 0 a pool still routes while any is healthy
+        let strict = fleet(2, |c| {
+            c.startup_grace_secs = 0;
+            c.panic_threshold = 0.0;
+        });
+        for b in &strict.backends {
+            strict.set_health(b, true);
+        }
+        for _ in 0..3 {
+            strict.set_health(&strict.backends[0], false);
+        }
+        assert!(!strict.panics(None, None));
+        assert!(picks(&strict, 10).iter().all(|&i| i == 1));
     }
 }

@@ -52,7 +52,12 @@ pub fn spawn(
                 for b in &fleet.backends {
                     let ok = matches!(get(&client, b, "/health").await, Some((s, _)) if (200..300).contains(&s));
                     fleet.set_health(b, ok);
-                    crate::metrics::backend_health(&b.upstream.name, ok);
+                    let healthy = b.healthy.load(std::sync::atomic::Ordering::Relaxed);
+                    crate::metrics::backend_health(&b.upstream.name, healthy);
+                }
+                let panicking = fleet.panicking_pools();
+                for p in fleet.backends.iter().map(|b| b.pool.as_str()) {
+                    crate::metrics::panic_routing(p, panicking.iter().any(|x| x == p));
                 }
             }
         }));

@@ -43,6 +43,7 @@ pub const LOOP_ENDS: &str = "thinkgate_loop_ends_total";
 pub const ROUTES_REFUSED: &str = "thinkgate_routes_refused_total";
 pub const CLIENT_REFUSED: &str = "thinkgate_client_refused_total";
 pub const KEYS_RELOADS: &str = "thinkgate_keys_reloads_total";
+pub const PANIC_ROUTING: &str = "thinkgate_panic_routing";
 
 mod labels;
 pub use labels::{
@@ -95,6 +96,7 @@ pub const ALL: &[&str] = &[
     ROUTES_REFUSED,
     CLIENT_REFUSED,
     KEYS_RELOADS,
+    PANIC_ROUTING,
 ];
 
 /// Latency buckets: 5 ms to 30 minutes (reasoning requests run for minutes).
@@ -196,6 +198,7 @@ fn describe() {
     describe_counter!(FORCED_FALLBACKS, Unit::Count, "Forced answers that could not be continued: the stream was ended with finish_reason length.");
     describe_counter!(ROUTES_REFUSED, Unit::Count, "Requests refused with 404 by the route policy ([routes]), by route: the engine control endpoint they aimed at, suspicious (a path spelled to reach another route), or other.");
     describe_counter!(CLIENT_REFUSED, Unit::Count, "Requests refused for their client key ([auth]), by client (unknown without a known key) and reason: unknown_key (401) or limited (429).");
+    describe_gauge!(PANIC_ROUTING, Unit::Count, "Per pool: 1 while fewer than panic_threshold of its backends are healthy and requests are routed over all of them (Envoy's panic mode), else 0.");
     describe_counter!(
         KEYS_RELOADS,
         Unit::Count,
@@ -562,6 +565,10 @@ pub fn config_reload(ok: bool) {
         ReloadResult::Error
     };
     counter!(CONFIG_RELOADS, "result" => result.as_str()).increment(1);
+}
+
+pub fn panic_routing(pool: &str, on: bool) {
+    gauge!(PANIC_ROUTING, "pool" => pool.to_string()).set(if on { 1.0 } else { 0.0 });
 }
 
 pub fn route_refused(route: &'static str) {

@@ -180,4 +180,8 @@ fn zero_series(fleet: &crate::fleet::Fleet) {
         .collect();
     let arms: Vec<_> = fleet.arms.iter().map(|a| a.name.clone()).collect();
     crate::metrics::zero_series(&backends, &arms);
+    let panicking = fleet.panicking_pools();
+    for b in &fleet.backends {
+        crate::metrics::panic_routing(&b.pool, panicking.contains(&b.pool));
+    }
 }
