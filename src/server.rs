@@ -338,7 +338,7 @@ fn admin_route(
                 .map(|b| {
                     use std::sync::atomic::Ordering::Relaxed;
                     serde_json::json!({
-                        "url": b.upstream.name.as_ref(), "pool": b.pool, "healthy": b.healthy.load(Relaxed),
+                        "url": b.upstream.name.as_ref(), "pool": b.pool, "healthy": fleet.reported_healthy(b),
                         "seen_up": b.seen_up.load(Relaxed),
                         "inflight": b.inflight.load(Relaxed), "inflight_tokens": b.inflight_tokens.load(Relaxed),
                         "inflight_thinking": b.inflight_thinking.load(Relaxed), "kv_usage": b.kv_usage.get(),

@@ -92,7 +92,20 @@ async fn too_few_healthy_backends_are_routed_over_all_of_them() {
     let dead = [free_addr(), free_addr()];
     let mut urls: Vec<String> = dead.iter().map(|a| format!("http://{a}")).collect();
     urls.push(format!("http://{live}"));
-    let gw = gateway(urls, |c| {
+    // (a pool of its own: the metrics registry is this test binary's, shared
+    // with the other test's `default` pool)
+    let gw = gateway(vec![], |c| {
+        c.backends = urls
+            .iter()
+            .map(|u| thinkgate::config::BackendConfig {
+                url: u.clone(),
+                weight: 1,
+                pool: "trio".into(),
+                models: vec![],
+                flavor: Default::default(),
+            })
+            .collect();
+        c.pool = Some("trio".into());
         c.health_interval_ms = 100;
         c.startup_grace_secs = 0;
         c.straggler.retries = 2;
@@ -103,14 +116,10 @@ async fn too_few_healthy_backends_are_routed_over_all_of_them() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let stats: serde_json::Value =
         serde_json::from_slice(&send(&c, admin(&gw, "/stats")).await.body).unwrap();
-    assert_eq!(
-        stats["panic_pools"],
-        serde_json::json!(["default"]),
-        "{stats}"
-    );
+    assert_eq!(stats["panic_pools"], serde_json::json!(["trio"]), "{stats}");
     let metrics = common::scrape(&gw).await;
     assert_eq!(
-        common::metric(&metrics, "thinkgate_panic_routing", &[("pool", "default")]),
+        common::metric(&metrics, "thinkgate_panic_routing", &[("pool", "trio")]),
         Some(1.0),
         "{metrics}"
     );

@@ -69,7 +69,7 @@ async fn least_request_avoids_the_backend_holding_a_long_stream() {
 }
 
 #[tokio::test]
-async fn failing_backend_is_ejected_and_none_left_is_503() {
+async fn failing_backend_is_ejected_and_a_pool_of_one_is_still_tried() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", l.local_addr().unwrap());
     drop(l);
@@ -105,8 +105,25 @@ async fn failing_backend_is_ejected_and_none_left_is_503() {
         assert_eq!(got.headers["x-thinkgate-backend"], live.url().as_str());
     }
 
+    // a pool of one is never refused for its health (panic routing): the
+    // dead backend is tried again, and its failure is what the client gets
     let gw = gateway(vec![dead], |c| c.eject_after_failures = 1).await;
     assert_eq!(send(&c, req(&gw, false)).await.status, 502);
+    let got = send(&c, req(&gw, false)).await;
+    assert_eq!(got.status, 502);
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(v["error"]["type"], "upstream_unreachable");
+    // a model no backend serves is still refused at once
+    let gw = gateway(vec![], |c| {
+        c.backends = vec![BackendConfig {
+            url: live.url(),
+            weight: 1,
+            pool: "default".into(),
+            models: vec!["other".into()],
+            flavor: Default::default(),
+        }];
+    })
+    .await;
     let got = send(&c, req(&gw, false)).await;
     assert_eq!(got.status, 503);
     assert_eq!(got.headers["retry-after"], "1");

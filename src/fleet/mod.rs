@@ -188,6 +188,9 @@ pub struct Fleet {
     healthy_after: u32,
     grace_ms: u64,
     panic_below: f64,
+    /// Active health checks run: only then can an engine be known to be
+    /// starting (without them, every backend is taken as up).
+    probing: bool,
     /// The gateway's start (kept across reloads: the startup grace counts
     /// from it).
     start: Instant,
@@ -286,6 +289,7 @@ impl Fleet {
             healthy_after: cfg.healthy_after_successes.max(1),
             grace_ms: cfg.startup_grace_secs.saturating_mul(1000),
             panic_below: cfg.panic_threshold,
+            probing: cfg.health_interval_ms > 0,
             start: previous.map_or_else(Instant::now, |p| p.start),
         })
     }
@@ -356,7 +360,7 @@ impl Fleet {
             for c in &mut candidates {
                 c.healthy = true;
             }
-        } else {
+        } else if self.probing {
             // a starting engine only when nothing else of the pool is up
             let up = |c: &Candidate| {
                 self.backends
@@ -443,7 +447,13 @@ impl Fleet {
 
     /// A failure counts unless the engine is still starting.
     fn counts(&self, b: &Backend) -> bool {
-        b.seen_up.load(Ordering::Relaxed) || self.now_ms() >= self.grace_ms
+        !self.probing || b.seen_up.load(Ordering::Relaxed) || self.now_ms() >= self.grace_ms
+    }
+
+    /// Health as reported (gauge, `/stats`): a starting engine, never seen
+    /// up by the probes, is not reported healthy, though it is not out.
+    pub fn reported_healthy(&self, b: &Backend) -> bool {
+        b.healthy.load(Ordering::Relaxed) && (!self.probing || b.seen_up.load(Ordering::Relaxed))
     }
 
     /// A probe or a connect to `b` failed: out after `eject_after` in a row.

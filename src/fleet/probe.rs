@@ -52,8 +52,7 @@ pub fn spawn(
                 for b in &fleet.backends {
                     let ok = matches!(get(&client, b, "/health").await, Some((s, _)) if (200..300).contains(&s));
                     fleet.set_health(b, ok);
-                    let healthy = b.healthy.load(std::sync::atomic::Ordering::Relaxed);
-                    crate::metrics::backend_health(&b.upstream.name, healthy);
+                    crate::metrics::backend_health(&b.upstream.name, fleet.reported_healthy(b));
                 }
                 let panicking = fleet.panicking_pools();
                 for p in fleet.backends.iter().map(|b| b.pool.as_str()) {

@@ -170,8 +170,7 @@ impl Shared {
 /// otherwise).
 fn zero_series(fleet: &crate::fleet::Fleet) {
     for b in &fleet.backends {
-        let healthy = b.healthy.load(std::sync::atomic::Ordering::Relaxed);
-        crate::metrics::backend_health(&b.upstream.name, healthy);
+        crate::metrics::backend_health(&b.upstream.name, fleet.reported_healthy(b));
     }
     let backends: Vec<_> = fleet
         .backends
