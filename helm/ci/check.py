@@ -79,7 +79,8 @@ for name, values in sets:
                 mounts = [m for m in spec["containers"][0].get("volumeMounts", []) if vols and m["name"] == vols[0]["name"]]
                 if not mounts or mounts[0]["mountPath"] != "/etc/thinkgate-keys":
                     fail(f"{name}: the client keys Secret is not mounted at /etc/thinkgate-keys")
-            if keys and kind == "ConfigMap" and "/etc/thinkgate-keys/keys.toml" not in doc.get("data", {}).get("thinkgate.toml", ""):
+            gw_toml = doc.get("data", {}).get("thinkgate.toml") if kind == "ConfigMap" else None
+            if keys and gw_toml is not None and "/etc/thinkgate-keys/keys.toml" not in gw_toml:
                 fail(f"{name}: the config does not read the mounted client keys")
             if token and kind in ("ServiceMonitor", "PodMonitor"):
                 eps = doc["spec"].get("endpoints") or doc["spec"].get("podMetricsEndpoints")
