@@ -4,7 +4,11 @@
 # to the simulated engine at real time (time scale 1: with N sequences
 # running, a decode step takes 6 + 0.08*N ms, so at N=9000 each stream gets
 # a token every ~0.73 s and lives ~1.5 minutes for 120 tokens).
-#   scripts/bench-streams.sh [streams=9000] [max_tokens=120]
+#   scripts/bench-streams.sh [streams=9000] [max_tokens=120] [time_scale=1]
+# A time scale above 1 runs the engine faster (for reasoning-length streams:
+# `scripts/bench-streams.sh 1000 16000 40` keeps 1,000 streams of 16k tokens
+# open for about a minute). THINK=16000 makes every request think that many
+# tokens (the simulator's default mix thinks 400 to 5,000).
 # Samples the gateway's RSS and in-flight gauge every second; prints the
 # baseline and peak RSS, RSS per open stream, the gateway's CPU while the
 # streams were open, and whether every stream completed.
@@ -13,12 +17,18 @@
 # Loopback only; bounded by the request count and a 600 s per-request timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-9000}; T=${2:-120}
+N=${1:-9000}; T=${2:-120}; S=${3:-1}
 ulimit -n 20000
 cargo build --release --quiet
 bin=./target/release/thinkgate
 out=$(mktemp -d)
-$bin sim --listen 127.0.0.1:0 --time-scale 1 --max-num-seqs "$N" --num-blocks 4000000 \
+sim_cfg=()
+if [ -n "${THINK:-}" ]; then
+  printf '[workload]\nthink_median = [%s.0, %s.0, %s.0]\nthink_sigma = [0.01, 0.01, 0.01]\nthink_max = %s\n' \
+    "$THINK" "$THINK" "$THINK" "$((THINK * 2))" > "$out/sim.toml"
+  sim_cfg=(--config "$out/sim.toml")
+fi
+$bin sim "${sim_cfg[@]}" --listen 127.0.0.1:0 --time-scale "$S" --max-num-seqs "$N" --num-blocks 4000000 \
   --max-num-batched-tokens 4000000 > "$out/sim.out" 2>&1 &
 sim_pid=$!
 trap 'kill $sim_pid $gw_pid 2>/dev/null || true' EXIT
@@ -53,7 +63,7 @@ while kill -0 $load_pid 2>/dev/null; do
 done
 wait $load_pid || true
 head -6 "$out/load.out"
-echo "streams requested: $N (max_tokens $T)"
+echo "streams requested: $N (max_tokens $T, time scale $S, thinking ${THINK:-as the simulator draws it} tokens)"
 echo "peak open streams at the gateway: $peak_open"
 echo "gateway RSS: baseline $((base / 1024)) MiB, peak $((peak / 1024)) MiB with $open_at_peak open"
 if [ "$open_at_peak" -gt 0 ]; then
