@@ -168,7 +168,9 @@ impl SseFramer {
         if self.line.len() + bytes.len() > self.max_event_bytes {
             self.oversized = true;
             self.skipping_line = true;
-            self.line.clear();
+            // the line is dropped: so is its buffer (up to the cap), not
+            // kept for the rest of the stream
+            self.line = Vec::new();
             return;
         }
         self.line.extend_from_slice(bytes);
