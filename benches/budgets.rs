@@ -118,13 +118,13 @@ async fn ab(duration: f64, rate: f64, time_scale: f64, budget: u64, out: PathBuf
     println!("\n`thinkgate load compare {} --by-arm`:", out.display());
     let cmp = LoadArgs {
         command: Some(LoadCommand::Compare(CompareArgs {
-            a: out,
-            b: None,
+            runs: vec![out],
             by_arm: true,
             fail_if: Vec::new(),
             resamples: 2000,
             seed: 1,
             json: None,
+            html: None,
         })),
         ..LoadArgs::new(String::new())
     };

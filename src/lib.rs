@@ -19,6 +19,7 @@
 //! - [`fleet`]: backends' live state, routing through `thinkgate-policies`,
 //!   health checks and engine scraping;
 //! - [`record`], [`metrics`]: where each settled request goes;
+//! - [`feedback`]: grades of answers, posted later, written with the records;
 //! - [`config`], [`access`] (the route policy and client keys),
 //!   [`straggler`] (what to enforce), [`upstream`] (base URLs,
 //!   clients), [`error`].
@@ -29,6 +30,7 @@ pub mod body;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod feedback;
 pub mod fleet;
 pub mod managed;
 pub mod metrics;

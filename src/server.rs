@@ -205,7 +205,15 @@ async fn serve_admin(
         let handle = Arc::clone(&handle);
         let token = Arc::clone(&token);
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let resp = if authorized(&req, token.as_deref()) {
+            let shared = Arc::clone(&shared);
+            let allowed = authorized(&req, token.as_deref());
+            let resp = if allowed && req.uri().path() == "/feedback" {
+                // the one route with a body: read it, bounded
+                return Box::pin(async move {
+                    Ok::<_, std::convert::Infallible>(feedback(req, &shared).await)
+                })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>;
+            } else if allowed {
                 admin_route(&req, &shared, handle.as_ref().as_ref())
             } else {
                 let mut r = error_response(
@@ -219,7 +227,7 @@ async fn serve_admin(
                 );
                 r
             };
-            async move { Ok::<_, std::convert::Infallible>(resp) }
+            Box::pin(async move { Ok::<_, std::convert::Infallible>(resp) })
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
@@ -353,9 +361,78 @@ fn admin_route(
         _ => error_response(
             StatusCode::NOT_FOUND,
             "not_found",
-            "admin routes: /metrics /healthz /readyz /stats, POST /prestop",
+            "admin routes: /metrics /healthz /readyz /stats, POST /prestop, POST /feedback",
         ),
     }
+}
+
+/// `POST /feedback`: grades of earlier requests, queued for the records
+/// file (`crate::feedback`). 202 when queued, 400 for a body that is not
+/// grades, 404 without a records file, 503 when the writer is behind.
+async fn feedback(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    if req.method() != http::Method::POST {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "POST grades to /feedback",
+        );
+    }
+    if !shared.recorder.takes_feedback() {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "feedback is written with the records: start the gateway with --records FILE",
+        );
+    }
+    const MAX: usize = 1 << 20;
+    let body = http_body_util::Limited::new(req.into_body(), MAX);
+    let bytes = match tokio::time::timeout(Duration::from_secs(10), body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => {
+            crate::metrics::feedback("invalid", 1);
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "the body could not be read (at most 1 MiB, within 10 s)",
+            );
+        }
+    };
+    let grades = match crate::feedback::parse_body(&bytes) {
+        Ok(g) => g,
+        Err(e) => {
+            crate::metrics::feedback("invalid", 1);
+            return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", &e);
+        }
+    };
+    let now = crate::feedback::now_ms();
+    let n = grades.len();
+    let mut queued = 0;
+    for mut g in grades {
+        g.unix_ms = now;
+        if shared.recorder.send_feedback(g) {
+            queued += 1;
+        }
+    }
+    if queued < n {
+        let mut r = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            &format!(
+                "{queued} of {n} grades queued: the records writer is behind; send the rest again"
+            ),
+        );
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        return r;
+    }
+    text(
+        StatusCode::ACCEPTED,
+        "application/json",
+        serde_json::json!({ "accepted": n }).to_string(),
+    )
 }
 
 /// The Kubernetes preStop hook's work: `POST /prestop` on the admin listener

@@ -44,6 +44,19 @@ async fn sim_on(addr: std::net::SocketAddr) -> String {
     model
 }
 
+/// Backends at `urls`, all in `pool`.
+fn pooled(urls: &[String], pool: &str) -> Vec<thinkgate::config::BackendConfig> {
+    urls.iter()
+        .map(|u| thinkgate::config::BackendConfig {
+            url: u.clone(),
+            weight: 1,
+            pool: pool.into(),
+            models: vec![],
+            flavor: Default::default(),
+        })
+        .collect()
+}
+
 fn free_addr() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
@@ -95,16 +108,7 @@ async fn too_few_healthy_backends_are_routed_over_all_of_them() {
     // (a pool of its own: the metrics registry is this test binary's, shared
     // with the other test's `default` pool)
     let gw = gateway(vec![], |c| {
-        c.backends = urls
-            .iter()
-            .map(|u| thinkgate::config::BackendConfig {
-                url: u.clone(),
-                weight: 1,
-                pool: "trio".into(),
-                models: vec![],
-                flavor: Default::default(),
-            })
-            .collect();
+        c.backends = pooled(&urls, "trio");
         c.pool = Some("trio".into());
         c.health_interval_ms = 100;
         c.startup_grace_secs = 0;
@@ -137,4 +141,58 @@ async fn too_few_healthy_backends_are_routed_over_all_of_them() {
         ) > Some(0.0),
         "the dead backends were tried: {metrics}"
     );
+}
+
+/// An engine that accepts connections and never answers (a stopped
+/// process: the kernel still completes the handshake) costs its own probe
+/// the probe timeout, not the other backends': they are probed, taken out
+/// and brought back on their own schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_answers_does_not_hold_back_the_others_probes() {
+    // accepts, holds every connection, never writes
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck_addr = stuck.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stuck.accept().await {
+            held.push(s);
+        }
+    });
+    // the other engine comes up only after the gateway started
+    let late = free_addr();
+    let urls = [format!("http://{stuck_addr}"), format!("http://{late}")];
+    let gw = gateway(vec![], |c| {
+        c.backends = pooled(&urls, "pair");
+        c.pool = Some("pair".into());
+        c.health_interval_ms = 100;
+        c.startup_grace_secs = 0;
+    })
+    .await;
+    let c = client();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let up = Instant::now();
+    let model = sim_on(late).await;
+    // seen up at its next probe, although the stuck engine's probe waits for
+    // its 2 s timeout all the while
+    let healthy = |stats: &serde_json::Value| stats["backends"][1]["healthy"] == true;
+    let mut stats = serde_json::Value::Null;
+    while up.elapsed() < Duration::from_millis(1500) {
+        stats = serde_json::from_slice(&send(&c, admin(&gw, "/stats")).await.body).unwrap();
+        if healthy(&stats) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        healthy(&stats),
+        "the live engine still not healthy after {:?}: {stats}",
+        up.elapsed()
+    );
+    // and every request goes to it, none waits on the stuck one
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let got = send(&c, chat(&gw, &model)).await;
+        assert_eq!(got.status, 200);
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
 }

@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "state",
     "fleet",
     "record",
+    "feedback",
     "config",
     "access",
     "straggler",

@@ -127,7 +127,9 @@ async fn client_and_gateway_agree_on_ttfvt() {
 }
 
 /// A load run through a two-arm experiment: the client sees each request's
-/// arm, and `compare --by-arm` splits the run by it.
+/// arm (and, on the `difficulty_aware` arm, the gateway's prediction),
+/// `compare --by-arm` splits the run by it, and `--html` draws both arms'
+/// reports side by side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_by_arm_on_an_experiment_run() {
     use thinkgate::config::{ArmConfig, AssignBy, ExperimentConfig};
@@ -139,7 +141,11 @@ async fn compare_by_arm_on_an_experiment_run() {
     };
     sim_cfg.workload.think_median = [60.0, 120.0, 240.0];
     let (sim_addr, _sim, _t) = thinkgate_sim::server::spawn(sim_cfg).await.unwrap();
+    let rec_dir = common::tempdir("arms-records");
+    let rec = rec_dir.join("records.jsonl");
+    let r = rec.clone();
     let gw = common::gateway(vec![format!("http://{sim_addr}")], |c| {
+        c.records = Some(r);
         c.experiment = Some(ExperimentConfig {
             assign_by: AssignBy::Random,
             arms: vec![
@@ -156,7 +162,7 @@ async fn compare_by_arm_on_an_experiment_run() {
                     deadline_ms: None,
                     name: "b".into(),
                     weight: 1,
-                    routing: PolicyConfig::LeastTokens,
+                    routing: PolicyConfig::DifficultyAware(Default::default()),
                     pool: None,
                 },
             ],
@@ -179,6 +185,202 @@ async fn compare_by_arm_on_an_experiment_run() {
     let deltas = thinkgate_loadgen::compare::compare(&runs["a"], &runs["b"], 200, 1);
     assert!(deltas.iter().any(|d| d.name == "ttfvt.p50"));
     assert!(deltas.iter().any(|d| d.name == "accuracy"));
+
+    // arm b predicted thinking once it had learned; arm a never does
+    let (results, summary) = thinkgate_loadgen::compare::load_full(&out).unwrap();
+    assert!(summary.is_some());
+    let predicted = |arm: &str| {
+        results
+            .iter()
+            .filter(|r| r.arm.as_deref() == Some(arm) && r.predicted_thinking.is_some())
+            .count()
+    };
+    assert_eq!(predicted("a"), 0);
+    assert!(predicted("b") > 0, "no prediction reached the client");
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for chart in [
+        "The straggler tail",
+        "Thinking tokens against the gateway's prediction",
+        "Accuracy per domain",
+    ] {
+        assert!(report.contains(chart), "{chart} missing from report.html");
+    }
+
+    let page = out.join("compare.html");
+    let cmp = LoadArgs {
+        command: Some(thinkgate_loadgen::cli::LoadCommand::Compare(
+            thinkgate_loadgen::cli::CompareArgs {
+                runs: vec![out.clone()],
+                by_arm: true,
+                fail_if: Vec::new(),
+                resamples: 200,
+                seed: 1,
+                json: None,
+                html: Some(page.clone()),
+            },
+        )),
+        ..LoadArgs::new(String::new())
+    };
+    thinkgate_loadgen::cli::run(cmp).await.unwrap();
+    let page = std::fs::read_to_string(page).unwrap();
+    assert!(
+        page.contains("ttfvt.p50"),
+        "the comparison table is on the page"
+    );
+    // every chart twice (A beside B), the prediction only on b's side
+    let figures = |title: &str| {
+        page.matches(&format!("<figcaption>{title}</figcaption>"))
+            .count()
+    };
+    assert_eq!(figures("The straggler tail"), 2);
+    assert_eq!(figures("Accuracy per domain"), 2);
+    assert_eq!(
+        figures("Thinking tokens against the gateway's prediction"),
+        1
+    );
+    assert_eq!(
+        figures("Thinking length by difficulty label or application"),
+        1
+    );
+    let _ = std::fs::remove_dir_all(&out);
+
+    // Feedback: the client's grades, posted to the gateway by request id
+    // (as a grader would), in batches.
+    let c = common::client();
+    let grades: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| serde_json::json!({"request_id": r.request_id, "value": r.correct}))
+        .collect();
+    for batch in grades.chunks(25) {
+        let got = common::send(
+            &c,
+            common::post(
+                format!("http://{}/feedback", gw.admin_addr),
+                &serde_json::to_string(batch).unwrap(),
+            ),
+        )
+        .await;
+        assert_eq!(got.status, 202, "{}", String::from_utf8_lossy(&got.body));
+    }
+
+    // The live view in /stats: per arm since the start, the grades joined
+    // by request id, and the sequential tests of b against a.
+    let mut live = serde_json::Value::Null;
+    for _ in 0..50 {
+        let got = common::send(
+            &c,
+            http::Request::get(format!("http://{}/stats", gw.admin_addr))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        live =
+            serde_json::from_slice::<serde_json::Value>(&got.body).unwrap()["experiment"].clone();
+        let graded = |arm: &str| live["arms"][arm]["graded"].as_u64().unwrap_or(0);
+        if graded("a") + graded("b") == 60 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (live["a"].as_str(), live["b"].as_str()),
+        (Some("a"), Some("b")),
+        "{live}"
+    );
+    for arm in ["a", "b"] {
+        let n = runs[arm].len();
+        assert_eq!(live["arms"][arm]["requests"], n, "{live}");
+        assert_eq!(live["arms"][arm]["graded"], n, "{live}");
+        let right = runs[arm].iter().filter(|s| s.correct == Some(true)).count();
+        let acc = live["arms"][arm]["accuracy"].as_f64().unwrap();
+        assert!(
+            (acc - right as f64 / n as f64).abs() < 1e-9,
+            "{arm}: {live}"
+        );
+        assert!(live["arms"][arm]["ttfvt_mean_seconds"].as_f64().unwrap() > 0.0);
+    }
+    for t in ["ttfvt.mean", "e2e.mean", "errors", "accuracy"] {
+        assert!(live["sequential"][t]["decision"].is_string(), "{t}: {live}");
+    }
+
+    // The same experiment from the gateway's own records, as on production
+    // traffic: split over two files as two replicas write them.
+    gw.shutdown();
+    gw.wait().await;
+    let lines: Vec<String> = std::fs::read_to_string(&rec)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    // (and the load generator's GET /v1/models, not an inference, and the
+    // 60 grades)
+    assert_eq!(lines.len(), 121);
+    std::fs::remove_file(&rec).unwrap();
+    std::fs::write(
+        rec_dir.join("replica-0.jsonl"),
+        lines[..25].join("\n") + "\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rec_dir.join("replica-1.jsonl"),
+        lines[25..].join("\n") + "\n",
+    )
+    .unwrap();
+    let from_records =
+        thinkgate_loadgen::compare::by_arm(thinkgate_loadgen::compare::load_run(&rec_dir).unwrap());
+    assert_eq!(from_records["a"].len(), runs["a"].len());
+    assert_eq!(from_records["b"].len(), runs["b"].len());
+    let d = thinkgate_loadgen::compare::compare(&from_records["a"], &from_records["b"], 200, 1);
+    let get = |n: &str| d.iter().find(|x| x.name == n).cloned();
+    // the gateway's TTFVT of each arm is the client's, within a few ms
+    let client_side = |n: &str| deltas.iter().find(|x| x.name == n).cloned().unwrap();
+    let (g, c) = (get("ttfvt.p50").unwrap(), client_side("ttfvt.p50"));
+    assert!(
+        (g.a - c.a).abs() < 0.05 && (g.b - c.b).abs() < 0.05,
+        "{g:?} {c:?}"
+    );
+    assert!(g.a > 0.0 && g.b > 0.0, "not a table of zeros: {g:?}");
+    assert!(get("thinking_tokens.mean").is_some_and(|x| x.a > 0.0 && x.b > 0.0));
+    assert_eq!(get("errors").map(|x| (x.a, x.b)), Some((0.0, 0.0)));
+    assert!(get("forced").is_some() && get("loops").is_some());
+    // accuracy from the feedback, as the client graded it
+    let (acc, client_acc) = (get("accuracy").unwrap(), client_side("accuracy"));
+    assert!(
+        (acc.a - client_acc.a).abs() < 1e-9 && (acc.b - client_acc.b).abs() < 1e-9,
+        "{acc:?} {client_acc:?}"
+    );
+    // without the feedback lines, no accuracy: records carry no grade
+    let plain: Vec<String> = lines
+        .iter()
+        .filter(|l| !l.starts_with("{\"feedback\""))
+        .cloned()
+        .collect();
+    let only = rec_dir.join("no-feedback");
+    std::fs::create_dir_all(&only).unwrap();
+    std::fs::write(only.join("r.jsonl"), plain.join("\n") + "\n").unwrap();
+    let ungraded =
+        thinkgate_loadgen::compare::by_arm(thinkgate_loadgen::compare::load_run(&only).unwrap());
+    let d2 = thinkgate_loadgen::compare::compare(&ungraded["a"], &ungraded["b"], 200, 1);
+    assert!(
+        d2.iter().all(|x| x.name != "accuracy"),
+        "records carry no grade"
+    );
+
+    // input it cannot read is an error that says so, never zeros
+    let junk = rec_dir.join("junk.jsonl");
+    std::fs::write(&junk, "{\"hello\": 1}\n").unwrap();
+    let err = thinkgate_loadgen::compare::load_run(&junk)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("neither a load generator result"), "{err}");
+    std::fs::write(&junk, "not json\n").unwrap();
+    assert!(thinkgate_loadgen::compare::load_run(&junk).is_err());
+    std::fs::write(&junk, "").unwrap();
+    let err = thinkgate_loadgen::compare::load_run(&junk)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no requests"), "{err}");
+    let _ = std::fs::remove_dir_all(&rec_dir);
 }
 
 /// `thinkgate load` typed with `vllm bench serve`'s flags and the `openai`
@@ -188,7 +390,9 @@ async fn compare_by_arm_on_an_experiment_run() {
 async fn vllm_bench_serve_flags_work_as_typed() {
     let mut sim_cfg = thinkgate_sim::SimConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        time_scale: 20.0,
+        // slow enough that a request lasts longer than the 50 ms of
+        // lateness that counts as having waited for a slot below
+        time_scale: 5.0,
         ..Default::default()
     };
     sim_cfg.workload.think_median = [100.0, 200.0, 400.0];

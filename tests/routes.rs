@@ -94,6 +94,17 @@ async fn control_endpoints_are_closed_by_default_and_open_when_allowed() {
         let got = send(&c, req(m, format!("{base}{p}"), None)).await;
         assert_eq!(got.status, 200, "{m} {p}");
     }
+    // every route the gateway names on its counter is closed, by name (a
+    // route added to the list is tested here without a new line)
+    for route in thinkgate::access::CONTROL_ROUTES {
+        let got = send(&c, req("POST", format!("{base}{route}"), None)).await;
+        assert_eq!(got.status, 404, "{route}");
+    }
+    assert_eq!(
+        up.seen.lock().unwrap().len(),
+        4,
+        "only the client API passed"
+    );
     let metrics = common::scrape(&gw).await;
     let refused = |route: &str| {
         common::metric(
@@ -103,8 +114,9 @@ async fn control_endpoints_are_closed_by_default_and_open_when_allowed() {
         )
         .unwrap_or(0.0)
     };
-    assert_eq!(refused("/sleep"), 1.0);
-    assert_eq!(refused("/slots"), 2.0);
+    assert_eq!(refused("/sleep"), 2.0);
+    assert_eq!(refused("/slots"), 3.0);
+    assert_eq!(refused("/is_sleeping"), 1.0);
     assert!(refused("suspicious") >= 4.0, "{metrics}");
     gw.shutdown();
     gw.wait().await;

@@ -8,6 +8,8 @@
 //! - [`wire`]: the response fields that measurement reads, borrowed;
 //! - [`engine`]: engine state (KV use, queues) from Prometheus text;
 //! - [`repeat`]: thinking-loop detection in reasoning text;
+//! - [`rank`]: rank correlation of a prediction against what happened;
+//! - [`sequential`]: the always-valid test of two arms' means (mSPRT);
 //! - [`observe`]: the per-request observer that turns a body into a
 //!   [`Summary`] of timestamps and counts.
 #![forbid(unsafe_code)]
@@ -15,7 +17,9 @@
 pub mod engine;
 pub mod fast;
 pub mod observe;
+pub mod rank;
 pub mod repeat;
+pub mod sequential;
 pub mod sse;
 pub mod think;
 pub mod wire;

@@ -78,7 +78,7 @@ impl Default for ObserverConfig {
 }
 
 /// Where token counts came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenSource {
     /// The engine's usage gave completion and reasoning tokens.

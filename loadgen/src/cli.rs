@@ -19,6 +19,9 @@ use thinkgate_asu::{ObserverConfig, ThinkTags};
 pub enum DatasetName {
     /// The built-in math set (no file).
     Builtin,
+    /// The built-in mixed traffic of five applications (own system prompts,
+    /// prompt lengths, reasoning settings and multi-turn sessions; no file).
+    Mixed,
     /// thinkgate's JSONL (question, answer, difficulty, domain, choices).
     Jsonl,
     /// GSM8K's JSONL (question, answer ending "#### N").
@@ -51,6 +54,8 @@ pub struct LoadArgs {
     pub command: Option<LoadCommand>,
     /// Server base URL (gateway or engine), e.g. http://127.0.0.1:8080; written
     /// as the openai client's base_url (http://127.0.0.1:8080/v1) it is the same.
+    /// Several URLs, comma-separated, spread the requests at random over them
+    /// (clients of several gateway replicas).
     #[arg(long, visible_alias = "base-url", required = true)]
     pub url: Option<String>,
     /// API to call.
@@ -104,6 +109,11 @@ pub struct LoadArgs {
     /// provide with --dataset, or a BurstGPT trace.
     #[arg(long, value_enum)]
     pub dataset_name: Option<DatasetName>,
+    /// Oracle mode, to show a ceiling: send each item's difficulty label as
+    /// the client hint `x-thinkgate-difficulty`. Production traffic carries
+    /// no such label; never use it for a claim about a policy.
+    #[arg(long)]
+    pub oracle: bool,
     /// Prompt template with {question}, {difficulty}, {choices}.
     #[arg(long, default_value = dataset::DEFAULT_TEMPLATE)]
     pub prompt_template: String,
@@ -166,11 +176,14 @@ pub enum LoadCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
-    /// Run A: a --out directory, its summary.json, or a requests.jsonl.
-    pub a: PathBuf,
-    /// Run B (omit with --by-arm).
-    pub b: Option<PathBuf>,
-    /// Compare the gateway's experiment arms within run A (x-thinkgate-arm).
+    /// Runs A and B, each a load run (its --out directory, summary.json or
+    /// requests.jsonl) or gateway records (a --records file, or a directory
+    /// of them). With --by-arm: one or more, taken together (the records of
+    /// several replicas, rotated files).
+    #[arg(required = true, num_args = 1..)]
+    pub runs: Vec<PathBuf>,
+    /// Compare the gateway's experiment arms (x-thinkgate-arm, the records'
+    /// `arm`) within the runs given, overall and per model.
     #[arg(long)]
     pub by_arm: bool,
     /// Exit non-zero when the whole 95% interval passes a threshold, e.g.
@@ -186,6 +199,10 @@ pub struct CompareArgs {
     /// Also write the comparison as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write an HTML page here: the comparison, then each report chart
+    /// of A beside the same chart of B.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 }
 
 fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
@@ -196,11 +213,7 @@ fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
         .map(|g| compare::FailIf::parse(g).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (a_name, a, b_name, b) = if args.by_arm {
-        anyhow::ensure!(
-            args.b.is_none(),
-            "--by-arm compares the arms of one run: give one run"
-        );
-        let arms = compare::by_arm(compare::load_run(&args.a)?);
+        let arms = compare::by_arm(compare::load_runs(&args.runs)?);
         anyhow::ensure!(
             arms.len() == 2,
             "--by-arm needs exactly two arms, found {:?}",
@@ -212,20 +225,39 @@ fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
         };
         (an, a, bn, b)
     } else {
-        let Some(bp) = &args.b else {
-            anyhow::bail!("give two runs, or one with --by-arm");
+        let [pa, pb] = args.runs.as_slice() else {
+            anyhow::bail!("give two runs, or any number with --by-arm");
         };
         (
-            args.a.display().to_string(),
-            compare::load_run(&args.a)?,
-            bp.display().to_string(),
-            compare::load_run(bp)?,
+            pa.display().to_string(),
+            compare::load_run(pa)?,
+            pb.display().to_string(),
+            compare::load_run(pb)?,
         )
     };
     let deltas = compare::compare(&a, &b, args.resamples.max(100), args.seed);
-    print!("{}", compare::table(&a_name, &b_name, &deltas));
+    let mut table = compare::table(&a_name, &b_name, &deltas);
+    // per model, when the runs hold several (records name them)
+    let (ma, mb) = (compare::by_model(&a), compare::by_model(&b));
+    if ma.len() > 1 || mb.len() > 1 {
+        for (model, sa) in &ma {
+            let Some(sb) = mb.get(model) else { continue };
+            let d = compare::compare(sa, sb, args.resamples.max(100), args.seed);
+            table.push_str(&format!("\nmodel {model}:\n"));
+            table.push_str(&compare::table(&a_name, &b_name, &d));
+        }
+    }
+    table.push('\n');
+    table.push_str(&crate::sequential::table(
+        &crate::sequential::watch(&a, &b, 0.05),
+        0.05,
+    ));
+    print!("{table}");
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&deltas)?)?;
+    }
+    if let Some(p) = &args.html {
+        write_compare_html(args, p, &table, &a_name, &b_name)?;
     }
     let mut tripped = Vec::new();
     for g in &gates {
@@ -240,6 +272,72 @@ fn run_compare(args: &CompareArgs) -> anyhow::Result<()> {
         "regression: {} beyond threshold",
         tripped.join(", ")
     );
+    Ok(())
+}
+
+/// `load compare --html`: each side's report, drawn again from its
+/// requests (for `--by-arm`, the run's requests of that arm), side by side.
+fn write_compare_html(
+    args: &CompareArgs,
+    out: &std::path::Path,
+    table: &str,
+    a_name: &str,
+    b_name: &str,
+) -> anyhow::Result<()> {
+    use crate::{compare, plots};
+    let side = |name: &str,
+                results: Vec<crate::client::RequestResult>,
+                run: &Option<RunSummary>|
+     -> anyhow::Result<(String, Vec<plots::Chart>)> {
+        let mut s = report::summarize(
+            name,
+            run.as_ref().map(|r| r.run.clone()).unwrap_or_default(),
+            &results,
+            run.as_ref().map(|r| r.slo).unwrap_or_default(),
+        );
+        s.engine_kv = run
+            .as_ref()
+            .map(|r| r.engine_kv.clone())
+            .unwrap_or_default();
+        Ok((report::table(&s), plots::charts(&s, &results)?))
+    };
+    let first = args
+        .runs
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no run given"))?;
+    let (a, b) = if args.by_arm {
+        let (results, run) = compare::load_full(first)?;
+        let arm = |n: &str| -> Vec<crate::client::RequestResult> {
+            results
+                .iter()
+                .filter(|r| r.arm.as_deref().unwrap_or("none") == n)
+                .cloned()
+                .collect()
+        };
+        (
+            side(a_name, arm(a_name), &run)?,
+            side(b_name, arm(b_name), &run)?,
+        )
+    } else {
+        let (ra, sa) = compare::load_full(first)?;
+        let (rb, sb) = compare::load_full(args.runs.get(1).unwrap_or(first))?;
+        (side(a_name, ra, &sa)?, side(b_name, rb, &sb)?)
+    };
+    let page = plots::html_compare(
+        &format!("{b_name} against {a_name}"),
+        table,
+        &plots::Side {
+            name: a_name,
+            table: a.0,
+            charts: a.1,
+        },
+        &plots::Side {
+            name: b_name,
+            table: b.0,
+            charts: b.1,
+        },
+    );
+    std::fs::write(out, page)?;
     Ok(())
 }
 
@@ -266,6 +364,7 @@ impl LoadArgs {
             seed: 1,
             dataset: None,
             dataset_name: None,
+            oracle: false,
             prompt_template: dataset::DEFAULT_TEMPLATE.into(),
             max_tokens: None,
             extra_body: None,
@@ -311,6 +410,7 @@ fn items_of(args: &LoadArgs) -> anyhow::Result<Vec<Item>> {
         DatasetName::Builtin | DatasetName::Burstgpt => {
             return Ok(dataset::builtin_math(100, args.seed))
         }
+        DatasetName::Mixed => return Ok(dataset::mixed(args.num_requests, args.seed)),
         DatasetName::Jsonl => Named::Jsonl,
         DatasetName::Gsm8k => Named::Gsm8k,
         DatasetName::Math500 => Named::Math500,
@@ -372,7 +472,14 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
     let Some(url) = &args.url else {
         anyhow::bail!("--url is required");
     };
-    let url = base_url(url);
+    let urls: Vec<String> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(base_url)
+        .collect();
+    anyhow::ensure!(!urls.is_empty(), "--url is empty");
+    let url = urls[0].clone();
     let client = http_client();
     let model = match &args.model {
         Some(m) => m.clone(),
@@ -416,7 +523,7 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
     anyhow::ensure!(args.num_requests > 0, "--num-requests must be > 0");
     let target = Arc::new(Target {
         client,
-        url: url.clone(),
+        urls,
         chat: args.endpoint == EndpointArg::Chat,
         model: model.clone(),
         template: args.prompt_template.clone(),
@@ -432,6 +539,7 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
         }),
         timeout: Duration::from_secs_f64(args.timeout.max(0.001)),
         id_prefix: format!("lg-{:08x}", rand::random::<u32>()),
+        oracle: args.oracle,
     });
     let plan = Plan {
         mode: mode.clone(),
@@ -440,6 +548,7 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
         duration: args.duration.map(Duration::from_secs_f64),
         seed: args.seed,
         progress: !args.quiet,
+        ordered: args.dataset_name == Some(DatasetName::Mixed),
     };
     let scrape_urls: Vec<String> = args
         .scrape
@@ -504,31 +613,13 @@ pub fn write_plots(
     s: &RunSummary,
     results: &[crate::client::RequestResult],
 ) -> anyhow::Result<()> {
-    use crate::plots;
-    let plots = [
-        (
-            "Latency CDFs: TTFT, TTFVT, E2E",
-            "latency_cdf.svg",
-            plots::latency_cdf(results)?,
-        ),
-        (
-            "In flight, output tokens/s and engine KV use over the run",
-            "timeline.svg",
-            plots::timeline(s, &s.engine_kv)?,
-        ),
-        (
-            "Accuracy per difficulty",
-            "accuracy.svg",
-            plots::accuracy(s)?,
-        ),
-    ];
-    for (_, file, svg) in &plots {
-        std::fs::write(dir.join(file), svg)?;
+    let charts = crate::plots::charts(s, results)?;
+    for c in &charts {
+        std::fs::write(dir.join(c.file), &c.svg)?;
     }
-    let inline: Vec<(&str, String)> = plots.iter().map(|(t, _, svg)| (*t, svg.clone())).collect();
     std::fs::write(
         dir.join("report.html"),
-        plots::html(s, &report::table(s), &inline),
+        crate::plots::html(s, &report::table(s), &charts),
     )?;
     Ok(())
 }

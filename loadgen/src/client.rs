@@ -27,8 +27,10 @@ pub fn http_client() -> HttpClient {
         .build(conn)
 }
 
-/// What one request became.
-#[derive(Debug, Clone, Serialize)]
+/// What one request became (a line of `requests.jsonl`, read back by
+/// `load compare`).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RequestResult {
     pub index: usize,
     /// Planned send time, seconds since the run started.
@@ -40,6 +42,9 @@ pub struct RequestResult {
     pub error: Option<String>,
     pub difficulty: Option<String>,
     pub domain: Option<String>,
+    /// The application of a mixed-traffic item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     pub reference: String,
     pub extracted: Option<String>,
     pub correct: bool,
@@ -47,6 +52,10 @@ pub struct RequestResult {
     pub backend: Option<String>,
     pub arm: Option<String>,
     pub request_id: Option<String>,
+    /// `x-thinkgate-predicted-thinking`: the gateway's prediction of this
+    /// request's thinking tokens, made before it ran (`difficulty_aware`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_thinking: Option<f64>,
     /// Seconds since the run started when the response ended.
     pub done_at_s: f64,
     pub ttft_s: Option<f64>,
@@ -73,7 +82,9 @@ impl RequestResult {
 /// Everything a request needs, shared by all of them.
 pub struct Target {
     pub client: HttpClient,
-    pub url: String,
+    /// Base URLs; request `i` goes to one drawn from a hash of `i` (one URL:
+    /// all to it).
+    pub urls: Vec<String>,
     pub chat: bool,
     pub model: String,
     pub template: String,
@@ -89,6 +100,10 @@ pub struct Target {
     /// `--header` sets one), so gateway records and engine logs match
     /// the load generator's `requests.jsonl`.
     pub id_prefix: String,
+    /// Oracle mode: send each item's difficulty label as the client hint
+    /// `x-thinkgate-difficulty`, which production traffic does not carry;
+    /// it shows the ceiling of difficulty-aware routing.
+    pub oracle: bool,
 }
 
 impl Target {
@@ -97,13 +112,21 @@ impl Target {
         let prompt = crate::dataset::render_prompt(&self.template, item);
         let mut m = serde_json::Map::new();
         m.insert("model".into(), self.model.clone().into());
+        let earlier = item.system.iter().map(|s| ("system", s.as_str())).chain(
+            item.history
+                .iter()
+                .map(|t| (t.role.as_str(), t.content.as_str())),
+        );
         if self.chat {
-            m.insert(
-                "messages".into(),
-                serde_json::json!([{"role": "user", "content": prompt}]),
-            );
+            let mut messages: Vec<serde_json::Value> = earlier
+                .map(|(role, content)| serde_json::json!({"role": role, "content": content}))
+                .collect();
+            messages.push(serde_json::json!({"role": "user", "content": prompt}));
+            m.insert("messages".into(), messages.into());
         } else {
-            m.insert("prompt".into(), prompt.into());
+            let mut text: String = earlier.map(|(_, c)| format!("{c}\n\n")).collect();
+            text.push_str(&prompt);
+            m.insert("prompt".into(), text.into());
         }
         if let Some(t) = self.max_tokens {
             m.insert("max_tokens".into(), t.into());
@@ -115,7 +138,7 @@ impl Target {
                 serde_json::json!({"include_usage": true}),
             );
         }
-        for (k, v) in &self.extra {
+        for (k, v) in self.extra.iter().chain(item.body.iter().flatten()) {
             m.insert(k.clone(), v.clone());
         }
         Bytes::from(serde_json::Value::Object(m).to_string())
@@ -158,12 +181,14 @@ pub async fn send(
         error: None,
         difficulty: item.difficulty.clone(),
         domain: item.domain.clone(),
+        app: item.app.clone(),
         reference: item.answer.clone(),
         extracted: None,
         correct: false,
         backend: None,
         arm: None,
         request_id: None,
+        predicted_thinking: None,
         done_at_s: 0.0,
         ttft_s: None,
         ttfvt_s: None,
@@ -178,10 +203,29 @@ pub async fn send(
         finish_reason: None,
         summary: None,
     };
-    let mut req = Request::post(format!("{}{}", t.url, t.path()))
+    let url = match t.urls.len() {
+        0 | 1 => t.urls.first().map(String::as_str).unwrap_or_default(),
+        n => {
+            // splitmix64 of the index: a fixed, even spread
+            let mut z = (index as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            &t.urls[((z ^ (z >> 31)) % n as u64) as usize]
+        }
+    };
+    let mut req = Request::post(format!("{url}{}", t.path()))
         .header(header::CONTENT_TYPE, "application/json");
     if let Some(h) = req.headers_mut() {
         h.extend(t.headers.clone());
+        if t.oracle {
+            if let Some(v) = item
+                .difficulty
+                .as_deref()
+                .and_then(|d| http::HeaderValue::from_str(d).ok())
+            {
+                h.insert("x-thinkgate-difficulty", v);
+            }
+        }
         if !h.contains_key("x-request-id") {
             let id = format!("{}-{index}", t.id_prefix);
             if let Ok(v) = http::HeaderValue::from_str(&id) {
@@ -206,11 +250,13 @@ pub async fn send(
             .map_err(|e| format!("request failed: {e}"))?;
         let status = resp.status();
         let h = resp.headers();
-        let (backend, arm, rid) = (
-            header_str(h, "x-thinkgate-backend"),
-            header_str(h, "x-thinkgate-arm"),
-            header_str(h, "x-thinkgate-request-id"),
-        );
+        let gw = GatewayHeaders {
+            backend: header_str(h, "x-thinkgate-backend"),
+            arm: header_str(h, "x-thinkgate-arm"),
+            request_id: header_str(h, "x-thinkgate-request-id"),
+            predicted_thinking: header_str(h, "x-thinkgate-predicted-thinking")
+                .and_then(|v| v.parse().ok()),
+        };
         let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         let mut obs = Observer::new(Arc::clone(&t.observer), BodyKind::from_content_type(ct));
         let mut body = resp.into_body();
@@ -233,27 +279,20 @@ pub async fn send(
             }
         }
         let summary = obs.finish(sent.elapsed().as_nanos() as u64);
-        Ok::<_, String>((
-            status.as_u16(),
-            backend,
-            arm,
-            rid,
-            summary,
-            broken,
-            err_text,
-        ))
+        Ok::<_, String>((status.as_u16(), gw, summary, broken, err_text))
     })
     .await;
     r.done_at_s = run_start.elapsed().as_secs_f64();
     match outcome {
         Err(_) => r.error = Some(format!("timed out after {} s", t.timeout.as_secs())),
         Ok(Err(e)) => r.error = Some(e),
-        Ok(Ok((status, backend, arm, rid, s, broken, err_text))) => {
+        Ok(Ok((status, gw, s, broken, err_text))) => {
             r.status = status;
-            r.backend = backend;
-            r.arm = arm;
-            if rid.is_some() {
-                r.request_id = rid;
+            r.backend = gw.backend;
+            r.arm = gw.arm;
+            r.predicted_thinking = gw.predicted_thinking;
+            if gw.request_id.is_some() {
+                r.request_id = gw.request_id;
             }
             if !(200..300).contains(&status) {
                 r.error = Some(
@@ -273,6 +312,14 @@ pub async fn send(
         }
     }
     r
+}
+
+/// The `x-thinkgate-*` response headers a gateway sent.
+struct GatewayHeaders {
+    backend: Option<String>,
+    arm: Option<String>,
+    request_id: Option<String>,
+    predicted_thinking: Option<f64>,
 }
 
 fn fill(r: &mut RequestResult, item: &Item, s: Summary) {

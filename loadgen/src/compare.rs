@@ -13,32 +13,56 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The per-request numbers compare needs (a subset of `requests.jsonl`).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// The per-request numbers compare needs, from either source: a load
+/// generator's `requests.jsonl` line or a gateway's `--records` line.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
-    #[serde(default)]
+    /// When the request was sent or arrived, in seconds (the order of the
+    /// sequential test).
+    pub at: f64,
     pub status: u16,
-    #[serde(default)]
     pub error: Option<String>,
-    #[serde(default)]
-    pub correct: bool,
-    #[serde(default)]
+    /// Whether the answer was right, when it was graded (the load
+    /// generator knows the answers; production traffic has none).
+    pub correct: Option<bool>,
     pub arm: Option<String>,
-    #[serde(default)]
+    pub model: Option<String>,
     pub ttft_s: Option<f64>,
-    #[serde(default)]
     pub ttfvt_s: Option<f64>,
-    #[serde(default)]
     pub thinking_s: Option<f64>,
-    #[serde(default)]
     pub e2e_s: f64,
-    #[serde(default)]
     pub tpot_s: Option<f64>,
+    pub thinking_tokens: Option<f64>,
+    pub visible_tokens: Option<f64>,
+    /// The gateway's outcome (records only).
+    pub outcome: Option<String>,
+    /// The gateway forced the answer (budget, deadline, loop).
+    pub forced: bool,
+    /// The gateway found the thinking looping.
+    pub looped: bool,
+    /// The gateway's request id (records only), which feedback names.
+    pub id: Option<String>,
+    /// Feedback grades by metric (`true` is 1, `false` 0), joined from
+    /// `{"feedback": ...}` lines; `correct` also sets `correct`.
+    pub feedback: BTreeMap<String, f64>,
 }
 
 impl Sample {
-    fn ok(&self) -> bool {
-        self.error.is_none() && (200..300).contains(&self.status)
+    /// Ended as the protocol says a response ends: its latencies mean
+    /// something.
+    pub(crate) fn ok(&self) -> bool {
+        self.error.is_none()
+            && (200..300).contains(&self.status)
+            && self
+                .outcome
+                .as_deref()
+                .is_none_or(|o| o == "completed" || o == "answerless")
+    }
+
+    /// Failed for a reason of the serving side (a client that left is not
+    /// a failure of the arm).
+    pub(crate) fn failed(&self) -> bool {
+        !self.ok() && self.outcome.as_deref() != Some("client_gone")
     }
 
     fn get(&self, metric: &str) -> Option<f64> {
@@ -48,47 +72,258 @@ impl Sample {
             "thinking" => self.thinking_s,
             "e2e" => Some(self.e2e_s),
             "tpot" => self.tpot_s,
+            "thinking_tokens" => self.thinking_tokens,
+            "visible_tokens" => self.visible_tokens,
             _ => None,
         }
     }
+
+    /// A load generator line (`scheduled_s`, times in seconds).
+    fn from_result(v: &serde_json::Value) -> Self {
+        let f = |k: &str| v[k].as_f64();
+        let ok = v["error"].is_null();
+        Self {
+            at: f("scheduled_s").unwrap_or(0.0),
+            status: v["status"].as_u64().unwrap_or(0) as u16,
+            error: v["error"].as_str().map(String::from),
+            correct: Some(v["correct"].as_bool().unwrap_or(false) && ok),
+            arm: v["arm"].as_str().map(String::from),
+            model: None,
+            ttft_s: f("ttft_s"),
+            ttfvt_s: f("ttfvt_s"),
+            thinking_s: f("thinking_s"),
+            e2e_s: f("e2e_s").unwrap_or(0.0),
+            tpot_s: f("tpot_s"),
+            thinking_tokens: f("thinking_tokens"),
+            visible_tokens: f("visible_tokens"),
+            outcome: None,
+            forced: false,
+            looped: false,
+            id: None,
+            feedback: BTreeMap::new(),
+        }
+    }
+
+    /// A gateway record (`outcome`, times in ns since the request arrived).
+    fn from_record(v: &serde_json::Value) -> Self {
+        let ns = |k: &str| v[k].as_u64().map(|n| n as f64 / 1e9);
+        let (first, done) = (ns("t_first_token_ns"), ns("t_done_ns"));
+        let completion = v["completion_tokens"].as_f64().unwrap_or(0.0);
+        let tpot = match (first, done) {
+            (Some(a), Some(b)) if completion > 1.0 => Some((b - a) / (completion - 1.0)),
+            _ => None,
+        };
+        let thinking_s = match (ns("t_think_start_ns"), ns("t_think_end_ns")) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ if v["streamed"] == true => Some(0.0),
+            _ => None,
+        };
+        let forced = v["actions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["action"] == "forced_answer"));
+        Self {
+            at: v["start_unix_ms"].as_f64().unwrap_or(0.0) / 1e3,
+            status: v["status"].as_u64().unwrap_or(0) as u16,
+            error: v["error"].as_str().map(String::from),
+            correct: None,
+            arm: v["arm"].as_str().map(String::from),
+            model: v["model"].as_str().map(String::from),
+            ttft_s: first,
+            ttfvt_s: ns("t_first_visible_ns"),
+            thinking_s,
+            e2e_s: done.unwrap_or(0.0),
+            tpot_s: tpot,
+            thinking_tokens: v["thinking_tokens"].as_f64(),
+            visible_tokens: v["visible_tokens"].as_f64(),
+            outcome: v["outcome"].as_str().map(String::from),
+            forced,
+            looped: !v["thinking_loop"].is_null(),
+            id: v["id"].as_str().map(String::from),
+            feedback: BTreeMap::new(),
+        }
+    }
+
+    /// One line of any kind a run holds; anything else is an error naming
+    /// what was expected (never a sample of zeros).
+    fn from_line(v: &serde_json::Value) -> Result<Line, String> {
+        if let Some(f) = v.get("feedback") {
+            let id = f["request_id"]
+                .as_str()
+                .ok_or("feedback without a request_id")?;
+            let metric = f["metric"].as_str().unwrap_or("correct");
+            let value = match &f["value"] {
+                serde_json::Value::Bool(b) => f64::from(u8::from(*b)),
+                x => x
+                    .as_f64()
+                    .ok_or("feedback value is neither a boolean nor a number")?,
+            };
+            Ok(Line::Grade(id.to_string(), metric.to_string(), value))
+        } else if v.get("outcome").is_some() && v.get("id").is_some() {
+            // a request that is not an inference (`GET /v1/models`) is left out
+            Ok(if v["api"] == "other" {
+                Line::Skip
+            } else {
+                Line::Request(Box::new(Self::from_record(v)))
+            })
+        } else if v.get("scheduled_s").is_some() && v.get("e2e_s").is_some() {
+            Ok(Line::Request(Box::new(Self::from_result(v))))
+        } else {
+            Err("neither a load generator result (requests.jsonl), a gateway record (--records) nor feedback".into())
+        }
+    }
+}
+
+/// What one line of a run is.
+enum Line {
+    Request(Box<Sample>),
+    /// Feedback: request id, metric, value.
+    Grade(String, String, f64),
+    Skip,
 }
 
 impl From<&RequestResult> for Sample {
     fn from(r: &RequestResult) -> Self {
         Self {
+            at: r.scheduled_s,
             status: r.status,
             error: r.error.clone(),
-            correct: r.correct,
+            correct: Some(r.correct),
             arm: r.arm.clone(),
+            model: None,
             ttft_s: r.ttft_s,
             ttfvt_s: r.ttfvt_s,
             thinking_s: r.thinking_s,
             e2e_s: r.e2e_s,
             tpot_s: r.tpot_s,
+            thinking_tokens: Some(r.thinking_tokens as f64),
+            visible_tokens: Some(r.visible_tokens as f64),
+            outcome: None,
+            forced: false,
+            looped: false,
+            id: None,
+            feedback: BTreeMap::new(),
         }
     }
 }
 
-/// Read `requests.jsonl` from a run directory, or from beside a
-/// `summary.json` path.
-pub fn load_run(path: &Path) -> anyhow::Result<Vec<Sample>> {
-    let file = if path.is_dir() {
+/// `requests.jsonl` of a run directory, or beside a `summary.json` path,
+/// or the path itself.
+fn requests_path(path: &Path) -> std::path::PathBuf {
+    if path.is_dir() {
         path.join("requests.jsonl")
     } else if path.file_name().is_some_and(|n| n == "summary.json") {
         path.with_file_name("requests.jsonl")
     } else {
         path.to_path_buf()
-    };
-    let text = std::fs::read_to_string(&file)
+    }
+}
+
+/// Every line of a JSONL file, as `T`.
+fn read_lines<T: serde::de::DeserializeOwned>(file: &Path) -> anyhow::Result<Vec<T>> {
+    let text = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     text.lines()
-        .filter(|l| !l.trim().is_empty())
         .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l)
                 .map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), i + 1))
         })
         .collect()
+}
+
+/// The files a path names: a load run's `requests.jsonl` (its directory or
+/// its `summary.json`), a JSONL file, or a directory of gateway records
+/// (every `*.jsonl` in it: several replicas, rotated files).
+fn files_of(path: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let req = requests_path(path);
+    if !path.is_dir() || req.exists() {
+        return Ok(vec![req]);
+    }
+    let mut files: Vec<_> = std::fs::read_dir(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    anyhow::ensure!(
+        !files.is_empty(),
+        "{}: no requests.jsonl and no *.jsonl records in it",
+        path.display()
+    );
+    Ok(files)
+}
+
+/// The requests of a run: a load generator's results or a gateway's
+/// records (one file, a directory of them), with the feedback among them
+/// joined. Input it cannot read is an error, never a table of zeros.
+pub fn load_run(path: &Path) -> anyhow::Result<Vec<Sample>> {
+    load_runs(&[path.to_path_buf()])
+}
+
+/// Several runs (or records files) as one: the replicas of one experiment.
+/// Feedback joins its request in whichever file either is (a grade may reach
+/// another replica than its request did); the last grade of a metric wins.
+pub fn load_runs(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    let mut grades = Vec::new();
+    for path in paths {
+        let before = out.len();
+        for file in files_of(path)? {
+            let lines: Vec<serde_json::Value> = read_lines(&file)?;
+            for (i, v) in lines.iter().enumerate() {
+                match Sample::from_line(v)
+                    .map_err(|e| anyhow::anyhow!("{} (line {}): {e}", file.display(), i + 1))?
+                {
+                    Line::Request(s) => out.push(*s),
+                    Line::Grade(id, metric, value) => grades.push((id, metric, value)),
+                    Line::Skip => {}
+                }
+            }
+        }
+        anyhow::ensure!(out.len() > before, "{}: no requests in it", path.display());
+    }
+    let index: std::collections::HashMap<String, usize> = out
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((s.id.clone()?, i)))
+        .collect();
+    for (id, metric, value) in grades {
+        if let Some(s) = index.get(&id).and_then(|&i| out.get_mut(i)) {
+            if metric == "correct" {
+                s.correct = Some(value >= 0.5);
+            }
+            s.feedback.insert(metric, value);
+        }
+    }
+    Ok(out)
+}
+
+/// A run's requests whole, and its `summary.json` when there is one (for
+/// the SLO and the engine KV samples), to draw its report again.
+pub fn load_full(
+    path: &Path,
+) -> anyhow::Result<(Vec<RequestResult>, Option<crate::report::RunSummary>)> {
+    let file = requests_path(path);
+    let lines: Vec<serde_json::Value> = read_lines(&file)?;
+    let results = lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            anyhow::ensure!(
+                v.get("scheduled_s").is_some(),
+                "{} (request {}): not a load generator result; reports are drawn from load runs",
+                file.display(),
+                i + 1
+            );
+            Ok(serde_json::from_value(v)?)
+        })
+        .collect::<anyhow::Result<Vec<RequestResult>>>()?;
+    let summary = file.with_file_name("summary.json");
+    let summary = std::fs::read_to_string(summary)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    Ok((results, summary))
 }
 
 /// One compared quantity.
@@ -181,12 +416,25 @@ const STATS: &[Stat] = &[
     ("mean", mean),
 ];
 
-/// Compare two sets of requests.
+/// What a metric reads from a request (None: the request does not count).
+pub type Pick<'a, T> = dyn Fn(&Sample) -> Option<T> + 'a;
+
+/// Compare two sets of requests: latencies and tokens of the requests that
+/// ended normally; the shares of failed, answerless, forced and looping
+/// requests over all of them; accuracy where answers were graded.
 pub fn compare(a: &[Sample], b: &[Sample], resamples: usize, seed: u64) -> Vec<Delta> {
     let mut out = Vec::new();
     let ok_a: Vec<&Sample> = a.iter().filter(|s| s.ok()).collect();
     let ok_b: Vec<&Sample> = b.iter().filter(|s| s.ok()).collect();
-    for metric in ["ttft", "ttfvt", "thinking", "e2e", "tpot"] {
+    for metric in [
+        "ttft",
+        "ttfvt",
+        "thinking",
+        "e2e",
+        "tpot",
+        "thinking_tokens",
+        "visible_tokens",
+    ] {
         let va: Vec<f64> = ok_a.iter().filter_map(|s| s.get(metric)).collect();
         let vb: Vec<f64> = ok_b.iter().filter_map(|s| s.get(metric)).collect();
         if va.len() < 2 || vb.len() < 2 {
@@ -197,17 +445,64 @@ pub fn compare(a: &[Sample], b: &[Sample], resamples: usize, seed: u64) -> Vec<D
             out.push(d);
         }
     }
-    // Accuracy over all requests sent (an error is not a correct answer).
-    let acc = |s: &[Sample]| {
+    let share = |s: &[Sample], f: &Pick<'_, bool>| -> Vec<f64> {
         s.iter()
-            .map(|x| if x.correct { 1.0 } else { 0.0 })
-            .collect::<Vec<f64>>()
+            .filter_map(f)
+            .map(|x| if x { 1.0 } else { 0.0 })
+            .collect()
     };
-    let (va, vb) = (acc(a), acc(b));
-    if !va.is_empty() && !vb.is_empty() {
-        out.extend(bootstrap(&va, &vb, &[("accuracy", mean)], resamples, seed));
+    let records = a.iter().chain(b).any(|s| s.outcome.is_some());
+    let shares: [(&'static str, &Pick<'_, bool>); 5] = [
+        ("errors", &|s| Some(s.failed())),
+        ("answerless", &|s| {
+            s.outcome.as_ref().map(|o| o == "answerless")
+        }),
+        ("forced", &|s| records.then_some(s.forced)),
+        ("loops", &|s| records.then_some(s.looped)),
+        // accuracy over all requests graded (an error is not a correct
+        // answer); production records carry no grade
+        ("accuracy", &|s| s.correct),
+    ];
+    for (name, f) in shares {
+        let (va, vb) = (share(a, f), share(b, f));
+        if !va.is_empty() && !vb.is_empty() {
+            out.extend(bootstrap(&va, &vb, &[(name, mean)], resamples, seed));
+        }
+    }
+    // scores from feedback, over the requests graded
+    let metrics: std::collections::BTreeSet<&String> = a
+        .iter()
+        .chain(b)
+        .flat_map(|s| s.feedback.keys())
+        .filter(|m| *m != "correct")
+        .collect();
+    for m in metrics {
+        let pick = |s: &[Sample]| -> Vec<f64> {
+            s.iter()
+                .filter_map(|x| x.feedback.get(m).copied())
+                .collect()
+        };
+        let (va, vb) = (pick(a), pick(b));
+        if !va.is_empty() && !vb.is_empty() {
+            for mut d in bootstrap(&va, &vb, &[("mean", mean)], resamples, seed) {
+                d.name = format!("feedback.{m}");
+                out.push(d);
+            }
+        }
     }
     out
+}
+
+/// Split one run's requests by model (records name it; load runs do not:
+/// one group, `all`).
+pub fn by_model(samples: &[Sample]) -> BTreeMap<String, Vec<Sample>> {
+    let mut m: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    for s in samples {
+        m.entry(s.model.clone().unwrap_or_else(|| "all".into()))
+            .or_default()
+            .push(s.clone());
+    }
+    m
 }
 
 /// Split one run's requests by the gateway's `x-thinkgate-arm`.
@@ -332,7 +627,7 @@ mod tests {
                 let v = d.sample(&mut rng);
                 Sample {
                     status: 200,
-                    correct: rng.random::<f64>() < acc,
+                    correct: Some(rng.random::<f64>() < acc),
                     ttft_s: Some(v / 10.0),
                     ttfvt_s: Some(v),
                     e2e_s: v * 1.2,

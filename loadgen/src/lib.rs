@@ -8,7 +8,9 @@
 //! - [`grade`]: answer extraction and comparison;
 //! - [`run`]: open and closed loops;
 //! - [`report`]: `summary.json` and the text table;
-//! - [`compare`]: B vs A with bootstrap intervals and regression gates;
+//! - [`compare`]: B vs A with bootstrap intervals and regression gates,
+//!   from load runs or the gateway's records;
+//! - [`sequential`]: the always-valid test for watching a live experiment;
 //! - [`plots`], [`scrape`]: SVG plots, `report.html`, engine KV over time.
 #![forbid(unsafe_code)]
 
@@ -22,4 +24,5 @@ pub mod plots;
 pub mod report;
 pub mod run;
 pub mod scrape;
+pub mod sequential;
 pub mod trace;

@@ -1,5 +1,8 @@
 //! Plots of a run, as SVG: CDFs of TTFVT and E2E, the in-flight / TPS / KV
-//! timeline, accuracy per difficulty. `report.html` embeds them.
+//! timeline, the straggler tail, thinking length against difficulty (or the
+//! gateway's prediction), accuracy per difficulty and per domain.
+//! `report.html` embeds them; `load compare --html` puts two runs' side by
+//! side.
 
 use crate::client::RequestResult;
 use crate::report::RunSummary;
@@ -154,43 +157,206 @@ pub fn timeline(s: &RunSummary, kv: &[(f64, f64)]) -> anyhow::Result<String> {
     Ok(svg)
 }
 
-/// Accuracy per difficulty, as bars.
-pub fn accuracy(s: &RunSummary) -> anyhow::Result<String> {
-    let rows: Vec<(&String, f64)> = s
-        .accuracy_by_difficulty
-        .iter()
-        .map(|(k, a)| (k, a.rate))
-        .collect();
-    let n = rows.len().max(1);
+/// Bars with one label under each (a segmented axis, so every bar gets
+/// its name at its centre).
+fn bars(title: &str, y_desc: &str, y_max: f64, rows: &[(String, f64)]) -> anyhow::Result<String> {
+    let n = rows.len().max(1) as u32;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut c = ChartBuilder::on(&root)
-            .caption("Accuracy per difficulty", ("sans-serif", 18))
+            .caption(title, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(35)
-            .y_label_area_size(45)
-            .build_cartesian_2d(0.0..n as f64, 0.0..1.0)
+            .y_label_area_size(55)
+            .build_cartesian_2d((0..n).into_segmented(), 0.0..y_max)
             .map_err(err)?;
-        let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
         c.configure_mesh()
             .disable_x_mesh()
-            .x_labels(n)
-            .x_label_formatter(&|x| names.get(x.floor() as usize).cloned().unwrap_or_default())
-            .y_desc("fraction correct")
+            .x_labels(n as usize + 1)
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => rows
+                    .get(*i as usize)
+                    .map(|r| r.0.clone())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            })
+            .y_desc(y_desc)
             .draw()
             .map_err(err)?;
         c.draw_series(rows.iter().enumerate().map(|(i, (_, v))| {
-            Rectangle::new(
-                [(i as f64 + 0.2, 0.0), (i as f64 + 0.8, *v)],
+            let mut bar = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i as u32), 0.0),
+                    (SegmentValue::Exact(i as u32 + 1), *v),
+                ],
                 BLUE.mix(0.6).filled(),
-            )
+            );
+            bar.set_margin(0, 0, 12, 12);
+            bar
         }))
         .map_err(err)?;
         root.present().map_err(err)?;
     }
     Ok(svg)
+}
+
+/// Accuracy per difficulty label.
+pub fn accuracy(s: &RunSummary) -> anyhow::Result<String> {
+    let rows: Vec<(String, f64)> = s
+        .accuracy_by_difficulty
+        .iter()
+        .map(|(k, a)| (format!("{k} ({})", a.graded), a.rate))
+        .collect();
+    bars("Accuracy per difficulty", "fraction correct", 1.0, &rows)
+}
+
+/// Accuracy per domain.
+pub fn accuracy_by_domain(s: &RunSummary) -> anyhow::Result<String> {
+    let rows: Vec<(String, f64)> = s
+        .accuracy_by_domain
+        .iter()
+        .map(|(k, a)| (format!("{k} ({})", a.graded), a.rate))
+        .collect();
+    bars("Accuracy per domain", "fraction correct", 1.0, &rows)
+}
+
+/// Median thinking tokens per group (difficulty label, or application
+/// for mixed traffic): runtime follows difficulty.
+pub fn thinking_by(results: &[RequestResult]) -> anyhow::Result<String> {
+    let mut groups: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for r in results.iter().filter(|r| r.ok()) {
+        let key = r
+            .app
+            .clone()
+            .or_else(|| r.difficulty.clone())
+            .unwrap_or_else(|| "all".into());
+        groups
+            .entry(key)
+            .or_default()
+            .push(r.thinking_tokens as f64);
+    }
+    let rows: Vec<(String, f64)> = groups
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(f64::total_cmp);
+            (format!("{k} ({})", v.len()), v[v.len() / 2])
+        })
+        .collect();
+    let top = rows.iter().map(|r| r.1).fold(1.0, f64::max) * 1.1;
+    bars(
+        "Median thinking tokens by difficulty label (or application)",
+        "thinking tokens",
+        top,
+        &rows,
+    )
+}
+
+/// The straggler tail: the share of requests whose E2E exceeds x, on a
+/// log scale down to the slowest request (a few hard requests set it).
+pub fn straggler_tail(results: &[RequestResult]) -> anyhow::Result<String> {
+    let mut e2e: Vec<f64> = results
+        .iter()
+        .filter(|r| r.ok() && r.e2e_s.is_finite())
+        .map(|r| r.e2e_s)
+        .collect();
+    e2e.sort_by(f64::total_cmp);
+    let n = e2e.len() as f64;
+    let pts: Vec<(f64, f64)> = e2e
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (*x, (n - i as f64) / n))
+        .collect();
+    let xmax = e2e.last().copied().unwrap_or(1.0).max(1e-3);
+    let ymin = (1.0 / n.max(1.0)).min(0.1);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut c = ChartBuilder::on(&root)
+            .caption(
+                "Straggler tail: share of requests slower than x",
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..xmax * 1.02, (ymin..1.0).log_scale())
+            .map_err(err)?;
+        c.configure_mesh()
+            .x_desc("E2E seconds")
+            .y_desc("fraction slower (log)")
+            .draw()
+            .map_err(err)?;
+        c.draw_series(LineSeries::new(pts, BLACK.stroke_width(2)))
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// Thinking tokens against the gateway's prediction made before the
+/// request ran (`x-thinkgate-predicted-thinking`), log-log, one dot per
+/// request: how well label-free traffic's length was foreseen.
+pub fn predicted_thinking(results: &[RequestResult]) -> anyhow::Result<String> {
+    let pts: Vec<(f64, f64)> = results
+        .iter()
+        .filter(|r| r.ok())
+        .filter_map(|r| Some((r.predicted_thinking? + 1.0, r.thinking_tokens as f64 + 1.0)))
+        .filter(|(p, _)| p.is_finite())
+        .collect();
+    let top = pts.iter().map(|(p, a)| p.max(*a)).fold(10.0, f64::max) * 1.2;
+    let rho = thinkgate_asu::rank::spearman(&pts);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let title = match rho {
+            Some(r) => format!("Thinking tokens against the prediction (Spearman {r:.2})"),
+            None => "Thinking tokens against the prediction".into(),
+        };
+        let mut c = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d((1.0..top).log_scale(), (1.0..top).log_scale())
+            .map_err(err)?;
+        c.configure_mesh()
+            .x_desc("predicted thinking tokens + 1")
+            .y_desc("thinking tokens + 1")
+            .draw()
+            .map_err(err)?;
+        c.draw_series(LineSeries::new(
+            [(1.0, 1.0), (top, top)],
+            RGBColor(150, 150, 150).stroke_width(1),
+        ))
+        .map_err(err)?;
+        c.draw_series(
+            pts.iter()
+                .map(|p| Circle::new(*p, 2, BLUE.mix(0.4).filled())),
+        )
+        .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// Thinking length against difficulty: the prediction when the gateway
+/// sent one, else the median per difficulty label (or application).
+pub fn thinking(results: &[RequestResult]) -> anyhow::Result<(&'static str, String)> {
+    if results.iter().any(|r| r.predicted_thinking.is_some()) {
+        Ok((
+            "Thinking tokens against the gateway's prediction",
+            predicted_thinking(results)?,
+        ))
+    } else {
+        Ok((
+            "Thinking length by difficulty label or application",
+            thinking_by(results)?,
+        ))
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -199,27 +365,85 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// One self-contained HTML page: the table and every plot inline.
-pub fn html(s: &RunSummary, table: &str, plots: &[(&str, String)]) -> String {
-    let mut o = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>thinkgate ASU report</title>\
-         <style>body{font-family:sans-serif;max-width:780px;margin:2em auto;color:#222}\
-         pre{background:#f6f6f6;padding:1em;overflow-x:auto}figure{margin:1.5em 0}</style></head><body>",
-    );
-    o.push_str(&format!(
-        "<h1>{}</h1>",
-        esc(if s.label.is_empty() {
-            "ASU report"
-        } else {
-            &s.label
-        })
-    ));
-    o.push_str("<p>A = accuracy, S = service (tokens/s), U = user (TTFT: first token of any kind; TTFVT: first visible token; E2E). Definitions: thinkgate README.</p>");
+/// One chart of the report.
+pub struct Chart {
+    pub title: &'static str,
+    pub file: &'static str,
+    pub svg: String,
+}
+
+/// The report's charts for one run: the study's four behaviours on the
+/// user's own traffic (KV use over time, the straggler tail, thinking
+/// length against difficulty, accuracy by difficulty and domain) and the
+/// latency CDFs.
+pub fn charts(s: &RunSummary, results: &[RequestResult]) -> anyhow::Result<Vec<Chart>> {
+    let (thinking_title, thinking_svg) = thinking(results)?;
+    Ok(vec![
+        Chart {
+            title: "Latency CDFs: TTFT, TTFVT, E2E",
+            file: "latency_cdf.svg",
+            svg: latency_cdf(results)?,
+        },
+        Chart {
+            title: "In flight, output tokens/s and engine KV use over the run",
+            file: "timeline.svg",
+            svg: timeline(s, &s.engine_kv)?,
+        },
+        Chart {
+            title: "The straggler tail",
+            file: "tail.svg",
+            svg: straggler_tail(results)?,
+        },
+        Chart {
+            title: thinking_title,
+            file: "thinking.svg",
+            svg: thinking_svg,
+        },
+        Chart {
+            title: "Accuracy per difficulty",
+            file: "accuracy.svg",
+            svg: accuracy(s)?,
+        },
+        Chart {
+            title: "Accuracy per domain",
+            file: "accuracy_by_domain.svg",
+            svg: accuracy_by_domain(s)?,
+        },
+    ])
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;color:#222}\
+     pre{background:#f6f6f6;padding:1em;overflow-x:auto}figure{margin:1.5em 0}\
+     svg{max-width:100%;height:auto}";
+
+fn head(title: &str, max_width: u32) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title>\
+         <style>{STYLE}body{{max-width:{max_width}px}}</style></head><body><h1>{}</h1>\
+         <p>A = accuracy, S = service (tokens/s), U = user (TTFT: first token of any kind; \
+         TTFVT: first visible token; E2E). Definitions: thinkgate README.</p>",
+        esc(title),
+        esc(title)
+    )
+}
+
+fn label(s: &RunSummary) -> &str {
+    if s.label.is_empty() {
+        "ASU report"
+    } else {
+        &s.label
+    }
+}
+
+/// The self-contained report of one run.
+pub fn html(s: &RunSummary, table: &str, charts: &[Chart]) -> String {
+    let mut o = head(label(s), 780);
     o.push_str(&format!("<pre>{}</pre>", esc(table)));
-    for (title, svg) in plots {
+    for c in charts {
         o.push_str(&format!(
-            "<figure><figcaption>{}</figcaption>{svg}</figure>",
-            esc(title)
+            "<figure><figcaption>{}</figcaption>{}</figure>",
+            esc(c.title),
+            c.svg
         ));
     }
     o.push_str(&format!(
@@ -227,6 +451,45 @@ pub fn html(s: &RunSummary, table: &str, plots: &[(&str, String)]) -> String {
         esc(&serde_json::to_string_pretty(&s.run).unwrap_or_default())
     ));
     o.push_str("</body></html>\n");
+    o
+}
+
+/// One side of a comparison: its name, summary table and charts.
+pub struct Side<'a> {
+    pub name: &'a str,
+    pub table: String,
+    pub charts: Vec<Chart>,
+}
+
+/// Two runs (or two arms) side by side: the comparison with intervals
+/// first, then each chart of A next to the same chart of B.
+pub fn html_compare(title: &str, comparison: &str, a: &Side<'_>, b: &Side<'_>) -> String {
+    let mut o = head(title, 1500);
+    o.push_str(&format!("<pre>{}</pre>", esc(comparison)));
+    o.push_str("<table style=\"width:100%;table-layout:fixed\"><tr>");
+    for side in [a, b] {
+        o.push_str(&format!("<th>{}</th>", esc(side.name)));
+    }
+    o.push_str("</tr><tr>");
+    for side in [a, b] {
+        o.push_str(&format!(
+            "<td style=\"vertical-align:top\"><pre>{}</pre></td>",
+            esc(&side.table)
+        ));
+    }
+    o.push_str("</tr>");
+    for (ca, cb) in a.charts.iter().zip(&b.charts) {
+        o.push_str("<tr>");
+        for c in [ca, cb] {
+            o.push_str(&format!(
+                "<td style=\"vertical-align:top\"><figure><figcaption>{}</figcaption>{}</figure></td>",
+                esc(c.title),
+                c.svg
+            ));
+        }
+        o.push_str("</tr>");
+    }
+    o.push_str("</table></body></html>\n");
     o
 }
 

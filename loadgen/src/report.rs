@@ -514,12 +514,14 @@ mod schema_tests {
             error: (!ok).then(|| "http".into()),
             difficulty: Some(diff.into()),
             domain: Some("arithmetic".into()),
+            app: None,
             reference: "4".into(),
             extracted: Some("4".into()),
             correct,
             backend: Some("b0".into()),
             arm: None,
             request_id: None,
+            predicted_thinking: None,
             done_at_s: i as f64 * 0.1 + ttfvt + 0.5,
             ttft_s: Some(ttfvt / 4.0),
             ttfvt_s: Some(ttfvt),
@@ -549,6 +551,24 @@ mod schema_tests {
             .unwrap_err()
             .contains("ttft, ttfvt"));
         assert!(percentiles(&rs, "ttft", "101").is_err());
+    }
+
+    /// Every bar of the report's bar charts has its own label (the
+    /// accuracy chart once labelled two of three).
+    #[test]
+    fn every_bar_is_labelled() {
+        let rs: Vec<RequestResult> = (0..30)
+            .map(|i| result(i, true, 1.0, i % 2 == 0, ["easy", "medium", "hard"][i % 3]))
+            .collect();
+        let s = summarize("t", serde_json::json!({}), &rs, Slo::default());
+        let svg = crate::plots::accuracy(&s).unwrap();
+        for label in ["easy (10)", "medium (10)", "hard (10)"] {
+            assert!(svg.contains(label), "{label} missing");
+        }
+        let svg = crate::plots::thinking_by(&rs).unwrap();
+        for label in ["easy (10)", "medium (10)", "hard (10)"] {
+            assert!(svg.contains(label), "{label} missing");
+        }
     }
 
     /// `summary.json` keeps this shape (docs/loadgen.md): tools reading it

@@ -32,10 +32,16 @@ pub struct Plan {
     pub duration: Option<Duration>,
     pub seed: u64,
     pub progress: bool,
+    /// Send the items in their order (a workload whose sessions' turns
+    /// must come in sequence) instead of a seeded shuffle.
+    pub ordered: bool,
 }
 
 /// The dataset order of a run: a seeded shuffle, cycled.
-fn order(len: usize, n: usize, seed: u64) -> Vec<usize> {
+fn order(len: usize, n: usize, seed: u64, shuffle: bool) -> Vec<usize> {
+    if !shuffle {
+        return (0..n).map(|i| i % len.max(1)).collect();
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut idx: Vec<usize> = (0..len).collect();
     let mut out = Vec::with_capacity(n);
@@ -71,7 +77,7 @@ pub async fn run(
 ) -> anyhow::Result<Vec<RequestResult>> {
     anyhow::ensure!(!items.is_empty(), "the dataset is empty");
     let n = plan.num_requests;
-    let picks = Arc::new(order(items.len(), n, plan.seed));
+    let picks = Arc::new(order(items.len(), n, plan.seed, !plan.ordered));
     let (tx, mut rx) = mpsc::unbounded_channel::<RequestResult>();
     let start = Instant::now() + Duration::from_millis(20);
     let deadline = plan.duration.map(|d| start + d);

@@ -4,24 +4,22 @@
 //!
 //! The study found that runtime follows problem difficulty and that a few
 //! hard requests become stragglers holding KV cache and batch slots; load
-//! signals see a long thinker only after it has started. The predictor
-//! learns from this gateway's own finished requests: the mean log thinking
-//! tokens per (model, prompt prefix) — templates and task types share
-//! prefixes — falling back to (model, prompt length bucket), then to all
-//! requests. A client hint (`x-thinkgate-difficulty`) overrides it.
-//! Its accuracy (Spearman rank correlation of predicted and actual thinking
-//! tokens over the last 1,000 requests) is reported in `/stats`.
+//! signals see a long thinker only after it has started. The prediction
+//! comes from [`crate::predict`]: what the gateway sees of the request
+//! (application, conversation, lengths, effort, tools, `max_tokens`, a
+//! client hint), learned from this gateway's finished requests. Its accuracy
+//! over the last 1,000 requests (rank correlation, error by class, precision
+//! and recall of "long") is reported in `/stats`.
 //!
 //! Placement: predicted-long requests go to the candidate with the fewest
 //! long thinkers in flight (then fewest in-flight tokens); others to the
 //! fewest in-flight tokens. Each replica counts its own long thinkers, so
 //! with several replicas the spread is per replica.
 
+use crate::predict::Predictor;
 use crate::{argmin_by, Candidate, Completion, Policy, RequestInfo};
 use serde::Deserialize;
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +33,24 @@ pub struct DifficultyConfig {
     /// Samples a prefix needs before its mean is trusted.
     #[serde(default = "default_min_samples")]
     pub min_samples: u32,
+    /// How predictions place requests.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// How `difficulty_aware` uses its predictions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Predicted-long requests to the backend with the fewest long thinkers
+    /// in flight, then the fewest in-flight tokens; the others to the
+    /// fewest in-flight tokens.
+    #[default]
+    SpreadLong,
+    /// Every request to the backend whose projected KV use is lowest: the
+    /// larger of its live in-flight tokens and the sum of its in-flight
+    /// requests' predicted sizes (prompt, thinking and answer).
+    ProjectedTokens,
 }
 
 fn default_threshold() -> f64 {
@@ -50,82 +66,39 @@ impl Default for DifficultyConfig {
             long_threshold_tokens: default_threshold(),
             long_pool: None,
             min_samples: default_min_samples(),
+            placement: Placement::default(),
         }
     }
 }
-
-/// Running mean of log thinking tokens.
-#[derive(Debug, Clone, Copy, Default)]
-struct Mean {
-    n: u32,
-    sum: f64,
-}
-
-impl Mean {
-    fn add(&mut self, x: f64) {
-        // Forget slowly so the estimate follows a changing workload.
-        if self.n >= 200 {
-            self.sum *= 199.0 / 200.0;
-            self.n = 199;
-        }
-        self.n += 1;
-        self.sum += x;
-    }
-    fn mean(&self) -> Option<f64> {
-        (self.n > 0).then(|| self.sum / f64::from(self.n))
-    }
-}
-
-#[derive(Debug, Default)]
-struct Table {
-    by_prefix: HashMap<(String, u64), Mean>,
-    by_length: HashMap<(String, u32), Mean>,
-    global: Mean,
-}
-
-const MAX_KEYS: usize = 100_000;
 
 #[derive(Debug)]
 pub struct DifficultyAware {
     cfg: DifficultyConfig,
-    table: RwLock<Table>,
+    predictor: Predictor,
     /// Long thinkers in flight per configured backend (this replica's).
     long_inflight: Vec<AtomicI64>,
-    recent: Mutex<VecDeque<(f64, f64)>>,
+    /// Predicted tokens of the requests in flight per backend.
+    projected: Vec<AtomicI64>,
     ties: AtomicUsize,
 }
 
-fn length_bucket(tokens: u64) -> u32 {
-    64 - tokens.max(1).leading_zeros()
-}
+/// Answer tokens assumed on top of the predicted thinking.
+const ANSWER_TOKENS: f64 = 100.0;
 
 impl DifficultyAware {
     pub fn new(cfg: DifficultyConfig, backends: usize) -> Self {
         Self {
+            predictor: Predictor::new(cfg.min_samples),
             cfg,
-            table: RwLock::new(Table::default()),
             long_inflight: (0..backends).map(|_| AtomicI64::new(0)).collect(),
-            recent: Mutex::new(VecDeque::new()),
+            projected: (0..backends).map(|_| AtomicI64::new(0)).collect(),
             ties: AtomicUsize::new(0),
         }
     }
 
     /// Predicted thinking tokens of `req` (None: nothing learned yet).
     pub fn predict(&self, req: &RequestInfo) -> Option<f64> {
-        if let Some(h) = req.difficulty_hint {
-            return Some(h);
-        }
-        if !req.thinking {
-            return Some(0.0);
-        }
-        let model = req.model.clone().unwrap_or_default();
-        let t = self.table.read().ok()?;
-        let min = self.cfg.min_samples;
-        let trusted = |m: Option<&Mean>| m.filter(|m| m.n >= min).and_then(Mean::mean);
-        trusted(t.by_prefix.get(&(model.clone(), req.prefix_hash)))
-            .or_else(|| trusted(t.by_length.get(&(model, length_bucket(req.prompt_tokens)))))
-            .or_else(|| t.global.mean())
-            .map(f64::exp)
+        self.predictor.predict(req)
     }
 
     /// Long by the prediction made in `prepare` (or now, if it was not).
@@ -135,36 +108,16 @@ impl DifficultyAware {
             .is_some_and(|p| p >= self.cfg.long_threshold_tokens)
     }
 
+    /// The request's predicted size in KV tokens.
+    fn size(req: &RequestInfo) -> i64 {
+        (req.prompt_tokens as f64 + req.predicted_thinking.unwrap_or(0.0) + ANSWER_TOKENS) as i64
+    }
+
     /// Spearman rank correlation of predicted vs actual over recent requests.
     pub fn rank_correlation(&self) -> Option<(f64, usize)> {
-        let r = self.recent.lock().ok()?;
-        if r.len() < 10 {
-            return None;
-        }
-        let ranks = |f: &dyn Fn(&(f64, f64)) -> f64| {
-            let mut idx: Vec<usize> = (0..r.len()).collect();
-            idx.sort_by(|a, b| f(&r[*a]).total_cmp(&f(&r[*b])));
-            let mut rank = vec![0.0; r.len()];
-            let mut i = 0;
-            while i < idx.len() {
-                let mut j = i;
-                while j + 1 < idx.len() && f(&r[idx[j + 1]]) == f(&r[idx[i]]) {
-                    j += 1;
-                }
-                for k in i..=j {
-                    rank[idx[k]] = (i + j) as f64 / 2.0;
-                }
-                i = j + 1;
-            }
-            rank
-        };
-        let (a, b) = (ranks(&|x| x.0), ranks(&|x| x.1));
-        let n = a.len() as f64;
-        let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-        let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - mb)).sum();
-        let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
-        let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
-        (va > 0.0 && vb > 0.0).then(|| (cov / (va * vb).sqrt(), r.len()))
+        self.predictor
+            .report(self.cfg.long_threshold_tokens)
+            .map(|r| (r.spearman, r.samples))
     }
 }
 
@@ -193,7 +146,16 @@ impl Policy for DifficultyAware {
             pool
         };
         let sub: Vec<Candidate> = set.iter().map(|&i| c[i].clone()).collect();
-        let pos = if long {
+        let load = |x: &Vec<AtomicI64>, b: &Candidate| {
+            x.get(b.index)
+                .map(|x| x.load(Ordering::Relaxed))
+                .unwrap_or(0)
+        };
+        let pos = if self.cfg.placement == Placement::ProjectedTokens {
+            argmin_by(&sub, start, |b| {
+                (b.inflight_tokens as i64).max(load(&self.projected, b))
+            })
+        } else if long {
             argmin_by(&sub, start, |b| {
                 let l = self
                     .long_inflight
@@ -210,7 +172,25 @@ impl Policy for DifficultyAware {
                 x.fetch_add(1, Ordering::Relaxed);
             }
         }
+        if let Some(x) = self.projected.get(sub[pos].index) {
+            x.fetch_add(Self::size(req), Ordering::Relaxed);
+        }
         set[pos]
+    }
+
+    fn moved(&self, req: &RequestInfo, from: usize, to: usize) {
+        let shift = |x: &Vec<AtomicI64>, n: i64| {
+            if let (Some(a), Some(b)) = (x.get(from), x.get(to)) {
+                let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some((v - n).max(0))
+                });
+                b.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        if self.is_long(req) {
+            shift(&self.long_inflight, 1);
+        }
+        shift(&self.projected, Self::size(req));
     }
 
     fn observe(&self, req: &RequestInfo, backend: usize, done: &Completion) {
@@ -223,44 +203,25 @@ impl Policy for DifficultyAware {
                 });
             }
         }
-        if !done.ok || !req.thinking || req.difficulty_hint.is_some() {
-            return;
+        if let Some(x) = self.projected.get(backend) {
+            let size = Self::size(req);
+            let _ = x.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some((v - size).max(0))
+            });
         }
-        let actual = done.thinking_tokens as f64;
-        if let Some(p) = predicted {
-            if let Ok(mut r) = self.recent.lock() {
-                if r.len() >= 1000 {
-                    r.pop_front();
-                }
-                r.push_back((p, actual));
-            }
-        }
-        let x = (actual + 1.0).ln();
-        let model = req.model.clone().unwrap_or_default();
-        if let Ok(mut t) = self.table.write() {
-            if t.by_prefix.len() < MAX_KEYS {
-                t.by_prefix
-                    .entry((model.clone(), req.prefix_hash))
-                    .or_default()
-                    .add(x);
-            } else if let Some(m) = t.by_prefix.get_mut(&(model.clone(), req.prefix_hash)) {
-                m.add(x);
-            }
-            if t.by_length.len() < MAX_KEYS {
-                t.by_length
-                    .entry((model, length_bucket(req.prompt_tokens)))
-                    .or_default()
-                    .add(x);
-            }
-            t.global.add(x);
+        if done.ok {
+            self.predictor.learn(req, predicted, done.thinking_tokens);
         }
     }
 
     fn stats(&self) -> Option<String> {
-        let (rho, n) = self.rank_correlation()?;
-        Some(format!(
-            "{{\"predictor_spearman\":{rho:.4},\"predictor_samples\":{n}}}"
-        ))
+        let r = self.predictor.report(self.cfg.long_threshold_tokens)?;
+        let v = serde_json::json!({
+            "predictor_spearman": (r.spearman * 1e4).round() / 1e4,
+            "predictor_samples": r.samples,
+            "predictor": r,
+        });
+        Some(v.to_string())
     }
 }
 
@@ -285,6 +246,30 @@ mod tests {
             thinking_tokens: t,
             ..Completion::default()
         }
+    }
+
+    /// A request moved by a retry or a hedge is settled where it ended: the
+    /// counts of long thinkers and projected tokens come back to zero.
+    #[test]
+    fn moved_requests_settle_where_they_end() {
+        let p = DifficultyAware::new(DifficultyConfig::default(), 3);
+        let b = backends(3);
+        let mut long = req(1);
+        long.difficulty_hint = Some(9000.0);
+        p.prepare(&mut long);
+        assert!(p.is_long(&long));
+        let first = b[p.pick(&long, &b)].index;
+        let to = (first + 1) % 3;
+        p.moved(&long, first, to);
+        p.observe(&long, to, &done(9000));
+        for i in 0..3 {
+            assert_eq!(p.long_inflight[i].load(Ordering::Relaxed), 0, "backend {i}");
+            assert_eq!(p.projected[i].load(Ordering::Relaxed), 0, "backend {i}");
+        }
+        // and the other backend was never counted by choosing it
+        let others: Vec<Candidate> = b.iter().filter(|c| c.index != first).cloned().collect();
+        let _ = p.pick_other(&long, &others);
+        assert!(p.projected.iter().all(|x| x.load(Ordering::Relaxed) == 0));
     }
 
     #[test]
@@ -351,7 +336,7 @@ mod tests {
         let b = backends(1);
         for round in 0..4 {
             for k in 0..10u64 {
-                let mut r = req(k);
+                let mut r = req(k + 1);
                 p.prepare(&mut r);
                 p.pick(&r, &b);
                 p.observe(&r, 0, &done(100 * (k + 1) + round));

@@ -13,6 +13,7 @@ pub mod consistent_hash;
 pub mod difficulty;
 pub mod least;
 pub mod p2c;
+pub mod predict;
 pub mod random;
 pub mod registry;
 pub mod round_robin;
@@ -109,6 +110,17 @@ pub struct RequestInfo {
     pub session: Option<String>,
     /// Hash of the first N bytes of the prompt.
     pub prefix_hash: u64,
+    /// Hash of the system prompt: the application (0: none).
+    pub app: u64,
+    /// Hash of the system prompt and first user message: one conversation's
+    /// turns share it.
+    pub conversation: u64,
+    /// User turns in the request (1: a first turn).
+    pub turns: u32,
+    /// Length estimate of the last user message (bytes / 4).
+    pub question_tokens: u64,
+    /// The request offers tools.
+    pub tools: bool,
     /// `x-thinkgate-difficulty`: easy | medium | hard, or a number of
     /// expected thinking tokens.
     pub difficulty_hint: Option<f64>,
@@ -144,6 +156,21 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     /// returns a position in `candidates`.
     fn pick(&self, req: &RequestInfo, candidates: &[Candidate]) -> usize;
 
+    /// A backend for a retry or a hedge of a request this policy already
+    /// placed (the backends it was tried on are not offered): the best other
+    /// one, *without* counting as a pick, so that round robin's cursor,
+    /// weights and placement counts stay what the ordinary picks made them.
+    /// Default: the fewest requests in flight, then the fewest in-flight
+    /// tokens.
+    fn pick_other(&self, _req: &RequestInfo, candidates: &[Candidate]) -> usize {
+        argmin_by(candidates, 0, |c| (c.inflight, c.inflight_tokens))
+    }
+
+    /// The request placed on `from` runs on `to` now (a retry went there, or
+    /// a hedge there won the race): move what the policy counted for it, so
+    /// that `observe` on `to` settles it.
+    fn moved(&self, _req: &RequestInfo, _from: usize, _to: usize) {}
+
     /// A request that this policy routed has finished on `backend` (the
     /// configuration index).
     fn observe(&self, _req: &RequestInfo, _backend: usize, _done: &Completion) {}
@@ -169,6 +196,28 @@ pub fn select(
     all: &[Candidate],
     pool: Option<&str>,
 ) -> Result<usize, NoBackend> {
+    select_by(req, all, pool, |req, offered| policy.pick(req, offered))
+}
+
+/// As [`select`], for a retry or a hedge: [`Policy::pick_other`], which
+/// does not count as a pick.
+pub fn select_other(
+    policy: &dyn Policy,
+    req: &RequestInfo,
+    all: &[Candidate],
+    pool: Option<&str>,
+) -> Result<usize, NoBackend> {
+    select_by(req, all, pool, |req, offered| {
+        policy.pick_other(req, offered)
+    })
+}
+
+fn select_by(
+    req: &RequestInfo,
+    all: &[Candidate],
+    pool: Option<&str>,
+    pick: impl Fn(&RequestInfo, &[Candidate]) -> usize,
+) -> Result<usize, NoBackend> {
     let eligible = |c: &Candidate| c.healthy && pool.is_none_or(|p| c.pool == p);
     // The usual case (every backend eligible) offers the slice as it is;
     // only a fleet with unhealthy or out-of-pool backends pays for a copy.
@@ -184,7 +233,7 @@ pub fn select(
             pool: pool.map(String::from),
         });
     }
-    let i = policy.pick(req, offered).min(offered.len() - 1);
+    let i = pick(req, offered).min(offered.len() - 1);
     Ok(offered[i].index)
 }
 

@@ -34,4 +34,24 @@ mod tests {
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }
+
+    /// A retry's or a hedge's choice does not move the rotation.
+    #[test]
+    fn another_backend_for_a_hedge_is_not_a_pick() {
+        let p = RoundRobin::default();
+        let b = backends(2);
+        let r = RequestInfo::default();
+        let mut picks = Vec::new();
+        for _ in 0..4 {
+            let first = p.pick(&r, &b);
+            let others: Vec<_> = b
+                .iter()
+                .filter(|c| c.index != b[first].index)
+                .cloned()
+                .collect();
+            let _ = p.pick_other(&r, &others);
+            picks.push(first);
+        }
+        assert_eq!(picks, [0, 1, 0, 1]);
+    }
 }

@@ -82,23 +82,28 @@ impl Default for EngineConfig {
 
 /// What the simulated model does with a prompt.
 ///
-/// Thinking lengths are log-normal per difficulty (heavy right tail, as the
-/// study's runtime distributions); medians follow its finding that easy
-/// problems need hundreds of thinking tokens, hard ones thousands.
+/// Thinking lengths are log-normal around a median that follows the
+/// problem's own features (operations, size of the numbers, length of the
+/// statement, domain; see `workload::difficulty_of`), scaled by the
+/// request's reasoning effort and system prompt, with a heavy right tail as
+/// the study's runtime distributions. The medians at the three anchor shapes
+/// follow its finding that easy problems need hundreds of thinking tokens,
+/// hard ones thousands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkloadConfig {
-    /// Median thinking tokens for easy / medium / hard prompts.
+    /// Median thinking tokens at the easy / medium / hard anchor shapes
+    /// ("a + b", "(a * b) + c", "(a * b - c) * d - e"); equal values give
+    /// every prompt the same median.
     pub think_median: [f64; 3],
-    /// Log-normal sigma of thinking tokens per difficulty.
+    /// Log-normal sigma of thinking tokens per class: the part of a
+    /// problem's length no feature of its text explains.
     pub think_sigma: [f64; 3],
     /// Median visible answer tokens, and its sigma.
     pub answer_median: f64,
     pub answer_sigma: f64,
     /// Longest thinking drawn.
     pub think_max: u64,
-    /// Share of prompts without a marker that are easy / medium (rest hard).
-    pub difficulty_mix: [f64; 2],
     /// Accuracy with enough thinking, per difficulty.
     pub accuracy: [f64; 3],
     /// Thinking tokens past which accuracy starts to dip (overthinking).
@@ -121,7 +126,6 @@ impl Default for WorkloadConfig {
             answer_median: 60.0,
             answer_sigma: 0.4,
             think_max: 32_768,
-            difficulty_mix: [0.4, 0.4],
             accuracy: [0.95, 0.8, 0.55],
             overthink_tokens: 8_000.0,
             overthink_dip: 0.25,

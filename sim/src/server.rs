@@ -198,6 +198,10 @@ impl ChoiceGen {
 /// The parsed request.
 struct Parsed {
     prompt: String,
+    /// The question: the last user message (the prompt on completions).
+    problem: String,
+    system: String,
+    effort: Option<String>,
     prompt_tokens: u64,
     n: u32,
     max_tokens: Option<u64>,
@@ -249,6 +253,7 @@ fn parse(
         }
     }
     let mut prompt = String::new();
+    let (mut problem, mut system) = (String::new(), String::new());
     let mut messages = 0u64;
     let (mut already_thought, mut closed, mut continuing) = (0, false, false);
     match api {
@@ -286,9 +291,18 @@ fn parse(
                 msgs.len()
             };
             for m in &msgs[..take] {
-                prompt.push_str(&text_of(m.get("content").unwrap_or(&Value::Null)));
+                let text = text_of(m.get("content").unwrap_or(&Value::Null));
+                match m.get("role").and_then(Value::as_str) {
+                    Some("system" | "developer") => system.push_str(&text),
+                    Some("user") => problem.clone_from(&text),
+                    _ => {}
+                }
+                prompt.push_str(&text);
                 prompt.push('\n');
                 messages += 1;
+            }
+            if problem.is_empty() {
+                problem.clone_from(&prompt);
             }
             if continuing {
                 let partial = text_of(msgs[msgs.len() - 1].get("content").unwrap_or(&Value::Null));
@@ -327,6 +341,7 @@ fn parse(
                 continuing = true;
                 prompt.truncate(prompt[..i].rfind("<think>").unwrap_or(i));
             }
+            problem.clone_from(&prompt);
         }
     }
     let n = v.get("n").and_then(Value::as_u64).unwrap_or(1);
@@ -367,11 +382,15 @@ fn parse(
             .collect(),
         _ => Vec::new(),
     };
+    let effort = v
+        .get("reasoning_effort")
+        .and_then(Value::as_str)
+        .map(String::from);
     let thinking_enabled = v
         .get("chat_template_kwargs")
         .and_then(|k| k.get("enable_thinking"))
         .and_then(Value::as_bool)
-        .unwrap_or(true)
+        .unwrap_or(effort.as_deref() != Some("none"))
         && sim.cfg.reasoning != ReasoningMode::None;
     let salt = v.get("seed").and_then(Value::as_u64).unwrap_or(0)
         ^ v.get("temperature")
@@ -380,6 +399,9 @@ fn parse(
             .unwrap_or(0);
     Ok(Parsed {
         prompt,
+        problem,
+        system,
+        effort,
         prompt_tokens,
         n: n as u32,
         max_tokens,
@@ -411,13 +433,18 @@ fn choice_gen(sim: &Sim, p: &Parsed, api: Api, choice: u32) -> ChoiceGen {
     let plan = workload::plan(
         &sim.cfg.workload,
         sim.cfg.seed,
-        &p.prompt,
-        choice,
-        p.salt,
-        p.thinking_enabled,
-        p.already_thought,
-        p.closed,
-        p.thinking_budget,
+        &workload::Ask {
+            prompt: &p.prompt,
+            problem: &p.problem,
+            system: &p.system,
+            effort: p.effort.as_deref(),
+            choice,
+            salt: p.salt,
+            thinking_enabled: p.thinking_enabled,
+            already_thought: p.already_thought,
+            closed: p.closed,
+            budget: p.thinking_budget,
+        },
     );
     let mode = sim.cfg.reasoning;
     let inline =

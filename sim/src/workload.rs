@@ -36,27 +36,144 @@ pub fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
     h
 }
 
-/// Difficulty from a `difficulty: easy|medium|hard` marker (or a dataset tag
-/// `[hard]`), else from a stable hash of the prompt.
-pub fn difficulty(prompt: &str, cfg: &WorkloadConfig) -> Difficulty {
+/// A `difficulty: easy|medium|hard` marker (or a dataset tag `[hard]`) in
+/// the prompt: a test's way to force a class. Benchmarks send no marker.
+fn marker(prompt: &str) -> Option<Difficulty> {
     let lower = prompt.to_ascii_lowercase();
-    for (word, d) in [
+    [
         ("hard", Difficulty::Hard),
         ("medium", Difficulty::Medium),
         ("easy", Difficulty::Easy),
-    ] {
-        if lower.contains(&format!("difficulty: {word}")) || lower.contains(&format!("[{word}]")) {
-            return d;
+    ]
+    .into_iter()
+    .find(|(word, _)| {
+        lower.contains(&format!("difficulty: {word}")) || lower.contains(&format!("[{word}]"))
+    })
+    .map(|(_, d)| d)
+}
+
+/// What a real model's thinking length responds to, read from the problem
+/// text alone: how many operations, how large the numbers, how long the
+/// statement, and the domain.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProblemFeatures {
+    pub operations: u32,
+    pub largest_digits: u32,
+    pub words: u32,
+    pub hard_domain: bool,
+}
+
+/// Words of domains that make models think longer than the arithmetic
+/// alone suggests (proofs, counting, probability, geometry).
+const HARD_DOMAINS: &[&str] = &[
+    "prove",
+    "probability",
+    "how many ways",
+    "triangle",
+    "remainder",
+    "integer solutions",
+];
+
+impl ProblemFeatures {
+    pub fn of(problem: &str) -> Self {
+        let b = problem.as_bytes();
+        let (mut operations, mut largest, mut run) = (0u32, 0u32, 0u32);
+        let mut prev = b' ';
+        for &c in b {
+            if c.is_ascii_digit() {
+                run += 1;
+                largest = largest.max(run);
+            } else {
+                run = 0;
+            }
+            // an operator after an operand (so "-3" and hyphens in words do not count)
+            if matches!(c, b'+' | b'-' | b'*' | b'/' | b'^')
+                && (prev.is_ascii_digit() || prev == b')')
+            {
+                operations += 1;
+            }
+            if c != b' ' {
+                prev = c;
+            }
+        }
+        let lower = problem.to_ascii_lowercase();
+        Self {
+            operations,
+            largest_digits: largest,
+            words: problem.split_whitespace().count() as u32,
+            hard_domain: HARD_DOMAINS.iter().any(|w| lower.contains(w)),
         }
     }
-    let u = (fnv1a(prompt.as_bytes(), 7) >> 11) as f64 / (1u64 << 53) as f64;
-    if u < cfg.difficulty_mix[0] {
+
+    /// The problem's load: about 1.1 for "a + b" with two-digit numbers, 1.9
+    /// for "(a * b) + c", 3.4 for "(a * b - c) * d - e" (the built-in
+    /// classes' typical shapes, with the default template's instruction).
+    pub fn load(&self) -> f64 {
+        0.6 * f64::from(self.operations.min(8))
+            + 0.25 * f64::from(self.largest_digits.clamp(1, 12) - 1)
+            + 0.2 * (1.0 + f64::from(self.words) / 8.0).ln()
+            + if self.hard_domain { 0.4 } else { 0.0 }
+    }
+}
+
+/// Loads of the three anchor shapes (see [`ProblemFeatures::load`]).
+const ANCHORS: [f64; 3] = [1.08, 1.94, 3.40];
+
+/// The problem's class (for accuracy) and the log of its median thinking
+/// length: the configured medians at the anchor loads, interpolated in log
+/// space between them and extended (boundedly) beyond. Equal medians give
+/// every prompt the same length, as tests want.
+pub fn difficulty_of(problem: &str, cfg: &WorkloadConfig) -> (Difficulty, f64) {
+    let ln = |i: usize| cfg.think_median[i].max(1.0).ln();
+    if let Some(d) = marker(problem) {
+        return (d, ln(d.index()));
+    }
+    let r = ProblemFeatures::of(problem)
+        .load()
+        .clamp(ANCHORS[0] - 1.0, ANCHORS[2] + 1.5);
+    let (i, j) = if r < ANCHORS[1] { (0, 1) } else { (1, 2) };
+    let slope = (ln(j) - ln(i)) / (ANCHORS[j] - ANCHORS[i]);
+    let mu = ln(i) + (r - ANCHORS[i]) * slope;
+    let class = if r < (ANCHORS[0] + ANCHORS[1]) / 2.0 {
         Difficulty::Easy
-    } else if u < cfg.difficulty_mix[0] + cfg.difficulty_mix[1] {
+    } else if r < (ANCHORS[1] + ANCHORS[2]) / 2.0 {
         Difficulty::Medium
     } else {
         Difficulty::Hard
-    }
+    };
+    (class, mu)
+}
+
+/// The problem's class (see [`difficulty_of`]).
+pub fn difficulty(problem: &str, cfg: &WorkloadConfig) -> Difficulty {
+    difficulty_of(problem, cfg).0
+}
+
+/// How a request's settings scale thinking: `reasoning_effort` (gpt-oss's
+/// low / medium / high differ by several times) and a system prompt that
+/// asks for brevity or for thoroughness.
+pub fn effort_scale(system: &str, effort: Option<&str>) -> f64 {
+    let by_effort = match effort {
+        Some("minimal") => 0.15,
+        Some("low") => 0.3,
+        Some("high") => 2.0,
+        _ => 1.0,
+    };
+    let lower = system.to_ascii_lowercase();
+    let by_system = if ["concise", "brief", "number only"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        0.5
+    } else if ["thorough", "as long as you need"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        1.5
+    } else {
+        1.0
+    };
+    by_effort * by_system
 }
 
 /// The reference answer of a prompt: the value of the first integer
@@ -211,32 +328,45 @@ pub fn accuracy(cfg: &WorkloadConfig, d: Difficulty, natural: u64, spent: u64) -
     cfg.accuracy[d.index()] * found * (1.0 - cfg.overthink_dip * over)
 }
 
-/// Draw the plan of choice `choice` of a request whose prompt is `prompt`.
-/// `already_thought`: thinking tokens in a continued assistant message, with
-/// `closed` when that message already ended thinking. `budget`: an
-/// engine-enforced thinking budget (vLLM `thinking_token_budget`), which
-/// ends thinking early as the sampler would.
-#[expect(clippy::too_many_arguments)]
-pub fn plan(
-    cfg: &WorkloadConfig,
-    seed: u64,
-    prompt: &str,
-    choice: u32,
-    sample_salt: u64,
-    thinking_enabled: bool,
-    already_thought: u64,
-    closed: bool,
-    budget: Option<u64>,
-) -> Plan {
-    let d = difficulty(prompt, cfg);
-    let base =
-        fnv1a(prompt.as_bytes(), seed) ^ u64::from(choice).wrapping_mul(0x9E37_79B9) ^ sample_salt;
+/// One request as the model sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask<'a> {
+    /// The whole prompt (every message): seeds the draws, so the same
+    /// question in another context is another sample.
+    pub prompt: &'a str,
+    /// The question being answered: the last user message (the whole prompt
+    /// on `/v1/completions`).
+    pub problem: &'a str,
+    /// The system prompt, if any.
+    pub system: &'a str,
+    /// `reasoning_effort` as sent.
+    pub effort: Option<&'a str>,
+    pub choice: u32,
+    /// Sampling salt (seed, temperature).
+    pub salt: u64,
+    pub thinking_enabled: bool,
+    /// Thinking tokens in a continued assistant message, with `closed` when
+    /// that message already ended thinking.
+    pub already_thought: u64,
+    pub closed: bool,
+    /// An engine-enforced thinking budget (vLLM `thinking_token_budget`),
+    /// which ends thinking early as the sampler would.
+    pub budget: Option<u64>,
+}
+
+/// Draw the plan of one choice of a request.
+pub fn plan(cfg: &WorkloadConfig, seed: u64, ask: &Ask<'_>) -> Plan {
+    let (d, mu) = difficulty_of(ask.problem, cfg);
+    let base = fnv1a(ask.prompt.as_bytes(), seed)
+        ^ u64::from(ask.choice).wrapping_mul(0x9E37_79B9)
+        ^ ask.salt;
     let mut rng = rand::rngs::StdRng::seed_from_u64(base);
     let i = d.index();
+    let median = mu.exp() * effort_scale(ask.system, ask.effort);
     let ln = |median: f64, sigma: f64| LogNormal::new(median.max(1.0).ln(), sigma.max(1e-6)).ok();
-    let natural = ln(cfg.think_median[i], cfg.think_sigma[i])
+    let natural = ln(median, cfg.think_sigma[i])
         .map(|dist| dist.sample(&mut rng))
-        .unwrap_or(cfg.think_median[i])
+        .unwrap_or(median)
         .clamp(16.0, cfg.think_max as f64) as u64;
     // (a hash of its own, so a loop rate leaves every other draw as it was)
     let looping = (cfg.loop_rate > 0.0
@@ -253,25 +383,25 @@ pub fn plan(
         .unwrap_or(cfg.answer_median)
         .clamp(6.0, 4096.0) as u64;
     let u: f64 = rng.random();
-    let (spent, think) = if !thinking_enabled {
+    let (spent, think) = if !ask.thinking_enabled {
         (0, 0)
-    } else if closed {
-        (already_thought, 0)
+    } else if ask.closed {
+        (ask.already_thought, 0)
     } else {
-        let reach = natural.min(budget.unwrap_or(u64::MAX));
+        let reach = natural.min(ask.budget.unwrap_or(u64::MAX));
         (
-            reach.max(already_thought),
-            reach.saturating_sub(already_thought),
+            reach.max(ask.already_thought),
+            reach.saturating_sub(ask.already_thought),
         )
     };
-    let p = if thinking_enabled {
+    let p = if ask.thinking_enabled {
         accuracy(cfg, d, natural, spent)
     } else {
         // Without thinking a reasoning model still answers easy items.
         accuracy(cfg, d, natural, natural / 8)
     };
     let correct = u < p;
-    let truth = reference_answer(prompt);
+    let truth = reference_answer(ask.problem);
     let stated = if correct {
         truth
     } else {
@@ -406,8 +536,14 @@ mod tests {
             Difficulty::Hard
         );
         assert_eq!(difficulty("[easy] Compute 1+1", &c), Difficulty::Easy);
-        let a = plan(&c, 1, "Compute 2+2", 0, 0, true, 0, false, None);
-        let b = plan(&c, 1, "Compute 2+2", 0, 0, true, 0, false, None);
+        let ask = Ask {
+            prompt: "Compute 2+2",
+            problem: "Compute 2+2",
+            thinking_enabled: true,
+            ..Ask::default()
+        };
+        let a = plan(&c, 1, &ask);
+        let b = plan(&c, 1, &ask);
         assert_eq!(
             (a.natural_think, a.answer, a.correct, a.stated),
             (b.natural_think, b.answer, b.correct, b.stated)

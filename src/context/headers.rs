@@ -11,6 +11,10 @@ pub const TG_REQUEST_ID: &str = "x-thinkgate-request-id";
 pub const TG_BACKEND: &str = "x-thinkgate-backend";
 /// Only when an experiment is configured.
 pub const TG_ARM: &str = "x-thinkgate-arm";
+/// Only when the routing policy predicted the request's thinking tokens
+/// (`difficulty_aware`): what the load generator's report plots against the
+/// tokens spent.
+pub const TG_PREDICTED_THINKING: &str = "x-thinkgate-predicted-thinking";
 
 /// RFC 9110 7.6.1 hop-by-hop headers, plus the legacy ones proxies drop.
 const HOP_BY_HOP: &[&str] = &[
@@ -67,6 +71,9 @@ fn add_gateway_headers(
         if let Ok(v) = HeaderValue::from_str(ctx.arm_name()) {
             h.insert(TG_ARM, v);
         }
+    }
+    if let Some(p) = ctx.route.predicted_thinking.filter(|p| p.is_finite()) {
+        h.insert(TG_PREDICTED_THINKING, HeaderValue::from(p.round() as u64));
     }
 }
 

@@ -164,6 +164,11 @@ impl RequestCtx {
     pub fn switch_backend(&mut self, backend: Arc<Backend>) {
         let thinking = self.thinking;
         self.set_thinking(false);
+        // what the routing policy counted moves too (`observe` settles it
+        // on the new backend)
+        if let (Some(f), Some(old)) = (&self.fleet, &self.backend) {
+            f.moved(self.arm, &self.route, old.index, backend.index);
+        }
         if let Some(old) = self.backend.take() {
             old.inflight.fetch_sub(1, Ordering::Relaxed);
             old.inflight_tokens

@@ -93,6 +93,19 @@ pub struct Features {
     pub include_reasoning: Option<bool>,
     /// The OpenAI `user` field.
     pub user: Option<String>,
+    /// Hash of the system (or developer) prompt, or of the Responses
+    /// `instructions`: which application sent the request (0: none).
+    pub system_hash: u64,
+    /// Hash of the system prompt and the first user message: every turn of
+    /// one conversation resends them, so it keys the session's history
+    /// without any header.
+    pub conversation_hash: u64,
+    /// User messages in the request (1 for a first turn).
+    pub turns: u32,
+    /// Bytes of the last user message: the question being asked now.
+    pub question_bytes: usize,
+    /// The request offers tools.
+    pub tools: bool,
 }
 
 #[derive(Deserialize)]
@@ -130,10 +143,14 @@ struct Head<'a> {
     user: Option<Cow<'a, str>>,
     #[serde(default)]
     chat_template_kwargs: Option<TemplateKwargs>,
+    #[serde(borrow, default)]
+    tools: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct MessageHead<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     content: Option<&'a RawValue>,
 }
@@ -168,11 +185,8 @@ impl PrefixHasher {
         }
     }
 
-    /// Feed a JSON value: a string's text, or the raw JSON of anything else
-    /// (content parts).
-    fn feed(&mut self, raw: &RawValue) {
-        let text: Cow<'_, str> =
-            serde_json::from_str::<Cow<'_, str>>(raw.get()).unwrap_or(Cow::Borrowed(raw.get()));
+    /// Feed a message's text.
+    fn feed(&mut self, text: &str) {
         self.bytes += text.len();
         for b in text.as_bytes().iter().take(self.left) {
             self.h ^= u64::from(*b);
@@ -181,6 +195,16 @@ impl PrefixHasher {
         self.left = self.left.saturating_sub(text.len());
     }
 }
+
+/// A JSON value's text: a string's, or the raw JSON of anything else
+/// (content parts). Borrowed unless the string has escapes.
+fn text_of(raw: &RawValue) -> Cow<'_, str> {
+    serde_json::from_str::<Cow<'_, str>>(raw.get()).unwrap_or(Cow::Borrowed(raw.get()))
+}
+
+/// Bytes of a message hashed to tell applications and conversations apart:
+/// enough to separate system prompts, little enough to stay cheap.
+const KEY_BYTES: usize = 256;
 
 #[derive(Deserialize, Default)]
 struct StreamOptions<'a> {
@@ -210,17 +234,43 @@ impl Features {
             return Self::default();
         };
         let mut prefix = PrefixHasher::new(prefix_bytes);
+        let mut system = PrefixHasher::new(KEY_BYTES);
+        let mut conversation = PrefixHasher::new(KEY_BYTES);
+        let (mut turns, mut question_bytes) = (0u32, 0usize);
         for m in h.messages.iter().flatten() {
-            if let Some(c) = m.content {
-                prefix.feed(c);
+            let Some(c) = m.content else { continue };
+            let text = text_of(c);
+            prefix.feed(&text);
+            match m.role.as_deref() {
+                Some("system" | "developer") => system.feed(&text),
+                Some("user") => {
+                    if turns == 0 {
+                        conversation.feed(&text);
+                    }
+                    turns += 1;
+                    question_bytes = text.len();
+                }
+                _ => {}
             }
         }
         if let Some(p) = h.prompt {
-            prefix.feed(p);
+            let text = text_of(p);
+            prefix.feed(&text);
+            conversation.feed(&text);
+            (turns, question_bytes) = (1, text.len());
         }
-        for p in [h.instructions, h.input].into_iter().flatten() {
-            prefix.feed(p);
+        if let Some(p) = h.instructions {
+            let text = text_of(p);
+            prefix.feed(&text);
+            system.feed(&text);
         }
+        if let Some(p) = h.input {
+            let text = text_of(p);
+            prefix.feed(&text);
+            conversation.feed(&text);
+            (turns, question_bytes) = (turns.max(1), text.len());
+        }
+        let system_hash = if system.bytes == 0 { 0 } else { system.h };
         let effort = h
             .reasoning_effort
             .as_deref()
@@ -249,6 +299,13 @@ impl Features {
             reasoning_effort: effort,
             include_reasoning: h.include_reasoning,
             user: h.user.map(|u| u.chars().take(256).collect()),
+            system_hash,
+            conversation_hash: conversation.h ^ system_hash.rotate_left(17),
+            turns,
+            question_bytes,
+            tools: h
+                .tools
+                .is_some_and(|t| !matches!(t.get().trim(), "null" | "[]")),
         }
     }
 
@@ -290,6 +347,11 @@ pub fn route_info(
             .map(|s| s.chars().take(256).collect())
             .or_else(|| f.user.clone()),
         prefix_hash: f.prefix_hash,
+        app: f.system_hash,
+        conversation: f.conversation_hash,
+        turns: f.turns,
+        question_tokens: (f.question_bytes / 4) as u64,
+        tools: f.tools,
         difficulty_hint: h("x-thinkgate-difficulty").and_then(difficulty_hint),
         priority: h("x-thinkgate-priority").and_then(|p| p.trim().parse().ok()),
         predicted_thinking: None,
@@ -360,6 +422,45 @@ pub fn inject_include_usage(body: &Bytes) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What routing learns from: the application, the conversation across
+    /// its turns, the question's size, tools.
+    #[test]
+    fn applications_conversations_and_turns() {
+        let turn = |system: &str, first: &str, extra: &str| {
+            let body = format!(
+                r#"{{"model":"m","messages":[{{"role":"system","content":"{system}"}},{{"role":"user","content":"{first}"}}{extra}]}}"#
+            );
+            Features::parse(body.as_bytes())
+        };
+        let one = turn("You are a tutor.", "Compute 2 + 3.", "");
+        let two = turn(
+            "You are a tutor.",
+            "Compute 2 + 3.",
+            r#",{"role":"assistant","content":"5"},{"role":"user","content":"Now 7 * 8, please."}"#,
+        );
+        let other = turn("You are a tutor.", "Compute 9 + 9.", "");
+        let app = turn("You are a calculator.", "Compute 2 + 3.", "");
+        assert_eq!((one.turns, two.turns), (1, 2));
+        assert_eq!(one.conversation_hash, two.conversation_hash);
+        assert_ne!(one.conversation_hash, other.conversation_hash);
+        assert_ne!(one.conversation_hash, app.conversation_hash);
+        assert_eq!(one.system_hash, other.system_hash);
+        assert_ne!(one.system_hash, app.system_hash);
+        assert_ne!(one.system_hash, 0);
+        assert_eq!(two.question_bytes, "Now 7 * 8, please.".len());
+        assert!(!one.tools);
+        let none = Features::parse(br#"{"messages":[{"role":"user","content":"hi"}],"tools":[]}"#);
+        assert_eq!((none.system_hash, none.tools), (0, false));
+        let tools = Features::parse(
+            br#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}]}"#,
+        );
+        assert!(tools.tools);
+        let responses =
+            Features::parse(br#"{"instructions":"Be brief.","input":"Compute 2 + 3."}"#);
+        assert_ne!(responses.system_hash, 0);
+        assert_eq!((responses.turns, responses.question_bytes), (1, 14));
+    }
 
     fn inject(s: &str) -> Option<String> {
         inject_include_usage(&Bytes::from(s.to_string()))

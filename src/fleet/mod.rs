@@ -386,8 +386,14 @@ impl Fleet {
                 candidates.retain(|c| c.inflight_thinking < cap);
             }
         }
-        let i =
-            thinkgate_policies::select(arm.policy.as_ref(), req, &candidates, arm.pool.as_deref())?;
+        // a retry or a hedge asks for the best other backend without
+        // counting as a pick (issue: hedging bent round robin's split)
+        let select = if exclude.is_empty() {
+            thinkgate_policies::select
+        } else {
+            thinkgate_policies::select_other
+        };
+        let i = select(arm.policy.as_ref(), req, &candidates, arm.pool.as_deref())?;
         self.backends
             .get(i)
             .cloned()
@@ -409,6 +415,14 @@ impl Fleet {
                 .iter()
                 .all(|b| b.inflight.load(Ordering::Relaxed) >= limit as i64))
         .then_some(limit)
+    }
+
+    /// The request routed by arm `arm` to `from` runs on `to` now (a retry,
+    /// or a hedge that won): the policy moves what it counted.
+    pub fn moved(&self, arm: usize, req: &RequestInfo, from: usize, to: usize) {
+        if let Some(a) = self.arms.get(arm) {
+            a.policy.moved(req, from, to);
+        }
     }
 
     /// The request on `b`, routed by arm `arm`, finished.

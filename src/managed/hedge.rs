@@ -1,18 +1,26 @@
-//! The hedge race: hold the first leg until its first token; past the hedge
-//! delay, race a duplicate on another backend. The first to produce a token
-//! goes on and the other is dropped (its engine aborts it). How many hedges
-//! may go out is bounded by the gateway-wide [`HedgeBudget`].
+//! The hedge race, timed from when the request was sent. Before the
+//! response head ([`send_racing`]): an engine that sends no head while the
+//! request waits (llama.cpp's slot queue, a stuck or overloaded engine, a
+//! connect left pending) is raced by a duplicate on another backend past
+//! the hedge delay; the first usable head goes on. After the head
+//! ([`race`]): the leg is held until its first token and, if the delay
+//! passes first, raced the same way; the first token goes on. The loser is
+//! dropped in either state (its engine aborts it). At most one hedge per
+//! request; how many go out overall is bounded by the gateway-wide
+//! [`HedgeBudget`].
 //!
 //! [`HedgeBudget`]: crate::straggler::hedge_budget::HedgeBudget
 
 use super::clock::{at, sleep_opt};
 use super::leg::{step_opt, Leg, Step};
 use super::Managed;
+use crate::error::GatewayError;
 use crate::fleet::{Backend, LegLoad};
 use crate::straggler::action::Action;
 use crate::upstream::send;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long to wait for a first token before hedging `b`.
 fn hedge_delay(cfg: &crate::straggler::HedgeConfig, b: &Backend) -> Option<Duration> {
@@ -23,13 +31,102 @@ fn hedge_delay(cfg: &crate::straggler::HedgeConfig, b: &Backend) -> Option<Durat
     pct.or(cfg.after_ms).map(Duration::from_millis)
 }
 
-/// Hold `a` until its first token; past the hedge delay race a duplicate.
-/// Returns the leg that goes on; the other is dropped, which aborts it
-/// upstream.
-pub(super) async fn race(m: &mut Managed, mut a: Leg) -> Leg {
+/// What a first leg's send came to.
+pub(super) type Sent =
+    Result<(Arc<Backend>, http::Response<crate::upstream::UpBody>), GatewayError>;
+
+/// Send the first leg (with its retries); if no response head has come by
+/// the hedge delay, send a duplicate to the best other backend and take the
+/// first usable head (a 2xx event stream); the other leg is dropped.
+/// Returns the answer and whether a hedge went out (the token race then
+/// sends no second one).
+pub(super) async fn send_racing(
+    m: &mut Managed,
+    backend: Arc<Backend>,
+    t_sent: Instant,
+) -> (Sent, bool) {
+    let (shared, fleet) = (Arc::clone(&m.shared), Arc::clone(&m.fleet));
+    let delay = hedge_delay(&fleet.straggler.hedge, &backend);
+    let arm = m.ctx.arm_index();
+    let mut info = m.ctx.route().clone();
+    let spare = m.out.again();
+    let tried = send::Tried::default();
+    let mut a = Box::pin(send::send_tracked(
+        &shared, &fleet, &mut m.ctx, backend, &mut m.out, &tried,
+    ));
+    let Some(delay) = delay else {
+        return (a.await, false);
+    };
+    tokio::select! {
+        r = &mut a => return (r, false),
+        _ = tokio::time::sleep_until(t_sent + delay) => {}
+    }
+    // Due, and no head yet.
+    let Some(mut spare) = spare else {
+        return (a.await, false);
+    };
+    if !shared.hedge_budget.try_spend() {
+        return (a.await, false);
+    }
+    // not where the original is, nor where its retries went
+    let Ok(other) = fleet.pick_excluding(arm, &mut info, &tried.list()) else {
+        return (a.await, false);
+    };
+    tried.add(other.index);
+    let load = LegLoad::new(Arc::clone(&other));
+    let after_ms = delay.as_millis() as u64;
+    let name = other.upstream.name.to_string();
+    let mut b = Box::pin(send::once(&shared, &other, &mut spare));
+    let won = tokio::select! {
+        r = &mut a => {
+            drop(b);
+            drop(a);
+            drop(load);
+            m.ctx.act(Action::HedgeSent { backend: name.clone(), after_ms });
+            m.ctx.act(Action::HedgeWasted { backend: name });
+            return (r, true);
+        }
+        r = &mut b => r,
+    };
+    match won {
+        Ok(resp) if resp.status().is_success() && crate::upstream::is_event_stream(&resp) => {
+            // the hedge's head came first: the original is dropped (its
+            // engine aborts it) and the request moves
+            drop(a);
+            drop(b);
+            drop(load);
+            other.on_success();
+            m.ctx.act(Action::HedgeSent {
+                backend: name.clone(),
+                after_ms,
+            });
+            m.ctx.act(Action::HedgeWon { backend: name });
+            m.ctx.switch_backend(Arc::clone(&other));
+            (Ok((other, resp)), true)
+        }
+        // the hedge failed or answered an error: the original goes on
+        _ => {
+            drop(b);
+            drop(load);
+            let r = a.await;
+            m.ctx.act(Action::HedgeSent {
+                backend: name.clone(),
+                after_ms,
+            });
+            m.ctx.act(Action::HedgeWasted { backend: name });
+            (r, true)
+        }
+    }
+}
+
+/// Hold `a` until its first token; past the hedge delay (counted from
+/// `t_sent`, when the request went out) race a duplicate, unless one went
+/// before the head already. Returns the leg that goes on; the other is
+/// dropped, which aborts it upstream.
+pub(super) async fn race(m: &mut Managed, mut a: Leg, t_sent: Instant, hedged_before: bool) -> Leg {
     let fleet = Arc::clone(&m.fleet);
-    let delay = hedge_delay(&fleet.straggler.hedge, &a.backend);
-    let t_hedge = delay.map(|d| tokio::time::Instant::now() + d);
+    let delay = hedge_delay(&fleet.straggler.hedge, &a.backend).filter(|_| !hedged_before);
+    let t_hedge = delay.map(|d| t_sent + d);
     let deadline = at(m.ctx.t_recv, m.ctx.plan.deadline);
     let mut b: Option<Leg> = None;
     let mut hedged = false;

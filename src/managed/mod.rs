@@ -111,7 +111,15 @@ pub async fn respond(mut m: Managed) -> Response<ResponseBody> {
             .on_request(fleet.straggler.hedge.max_ratio);
     }
     let backend = Arc::clone(&m.backend);
-    let sent = send::send(&m.shared, &fleet, &mut m.ctx, backend, &mut m.out).await;
+    let t_sent = tokio::time::Instant::now();
+    let (sent, hedged) = if m.ctx.plan.hedge {
+        hedge::send_racing(&mut m, backend, t_sent).await
+    } else {
+        (
+            send::send(&m.shared, &fleet, &mut m.ctx, backend, &mut m.out).await,
+            false,
+        )
+    };
     let (backend, resp) = match sent {
         Ok(x) => x,
         Err(e) => return error_response(&mut m.ctx, e),
@@ -125,7 +133,7 @@ pub async fn respond(mut m: Managed) -> Response<ResponseBody> {
     }
     let mut leg = Leg::new(&m, backend, resp, None);
     if m.ctx.plan.hedge {
-        leg = hedge::race(&mut m, leg).await;
+        leg = hedge::race(&mut m, leg, t_sent, hedged).await;
     }
     // (A deadline that passed while the leg was held ends it in `run`.)
     let mut head = leg.head.take().unwrap_or_else(empty_parts);

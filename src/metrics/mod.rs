@@ -26,6 +26,7 @@ pub const CLIENT_DISCONNECTS: &str = "thinkgate_client_disconnects_total";
 pub const INFLIGHT: &str = "thinkgate_inflight_requests";
 pub const INFLIGHT_THINKING: &str = "thinkgate_inflight_thinking_requests";
 pub const RECORDS_DROPPED: &str = "thinkgate_records_dropped_total";
+pub const FEEDBACK: &str = "thinkgate_feedback_total";
 pub const USAGE_INJECTED: &str = "thinkgate_usage_injected_total";
 pub const BACKEND_HEALTHY: &str = "thinkgate_backend_healthy";
 pub const BACKEND_KV: &str = "thinkgate_backend_kv_usage";
@@ -79,6 +80,7 @@ pub const ALL: &[&str] = &[
     INFLIGHT,
     INFLIGHT_THINKING,
     RECORDS_DROPPED,
+    FEEDBACK,
     USAGE_INJECTED,
     BACKEND_HEALTHY,
     BACKEND_KV,
@@ -188,6 +190,7 @@ fn describe() {
         Unit::Count,
         "Per-request records dropped because the writer fell behind."
     );
+    describe_counter!(FEEDBACK, Unit::Count, "Feedback grades by result: accepted (queued for the records file), dropped (the writer fell behind, or no --records), invalid (refused with 400).");
     describe_counter!(
         USAGE_INJECTED,
         Unit::Count,
@@ -543,6 +546,9 @@ pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
     counter!(NO_BACKEND).increment(0);
     counter!(ROUTES_REFUSED, "route" => "other").increment(0);
     counter!(RECORDS_DROPPED).increment(0);
+    for r in FEEDBACK_RESULTS {
+        counter!(FEEDBACK, "result" => *r).increment(0);
+    }
     for r in ReloadResult::ALL {
         counter!(CONFIG_RELOADS, "result" => r.as_str()).increment(0);
     }
@@ -589,6 +595,13 @@ pub fn no_backend() {
 
 pub fn records_dropped() {
     counter!(RECORDS_DROPPED).increment(1);
+}
+
+/// The `result` values of `thinkgate_feedback_total`.
+pub const FEEDBACK_RESULTS: &[&str] = &["accepted", "dropped", "invalid"];
+
+pub fn feedback(result: &'static str, n: u64) {
+    counter!(FEEDBACK, "result" => result).increment(n);
 }
 
 pub(crate) fn status_label(status: u16) -> SharedString {

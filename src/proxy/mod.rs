@@ -71,6 +71,10 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
     let (mut ctx, minted) = open::context(&shared, &parts);
     let path = async {
         guard::check(&shared, &mut ctx, &parts)?;
+        // grades of earlier requests, sent inline (the request goes on as is)
+        for f in crate::feedback::from_headers(&parts.headers) {
+            shared.recorder.send_feedback(f);
+        }
         admit::slot(&shared, &mut ctx).await?;
         let inbound = read::request(&shared, &mut ctx, parts, body).await?;
         let routed = route::pick(&shared, &mut ctx, &inbound).await?;

@@ -112,6 +112,7 @@ impl Shared {
         let cfg = self.effective();
         let next = crate::fleet::Fleet::reloaded(&cfg, Some(&self.fleet.load()))?;
         zero_series(&next);
+        set_arms(&self.recorder, &next);
         self.fleet.store(Arc::new(next));
         self.restart_probes();
         Ok(())
@@ -121,6 +122,7 @@ impl Shared {
         cfg.validate()?;
         let fleet = crate::fleet::Fleet::new(&cfg)?;
         zero_series(&fleet);
+        set_arms(&recorder, &fleet);
         let obs = cfg.observer_config()?;
         let strip = ObserverConfig {
             strip_usage_only: true,
@@ -162,6 +164,14 @@ impl Shared {
             discovered: std::sync::Mutex::new(Vec::new()),
             cfg,
         })
+    }
+}
+
+/// The live experiment view follows the fleet's arms.
+fn set_arms(recorder: &Recorder, fleet: &crate::fleet::Fleet) {
+    let names: Vec<String> = fleet.arms.iter().map(|a| a.name.to_string()).collect();
+    if let Ok(mut s) = recorder.stats.lock() {
+        s.set_arms(&names);
     }
 }
 

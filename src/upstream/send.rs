@@ -78,18 +78,54 @@ pub fn bytes_body(b: Bytes) -> Option<UpstreamBody> {
     Some(Either::Left(Full::new(b)))
 }
 
+/// The backends one request was sent to, shared by its retries and its
+/// hedge: neither goes where the other already is. Touched once per
+/// attempt, never per chunk.
+#[derive(Debug, Default)]
+pub struct Tried(std::sync::Mutex<Vec<usize>>);
+
+impl Tried {
+    pub fn add(&self, backend: usize) {
+        if let Ok(mut t) = self.0.lock() {
+            if !t.contains(&backend) {
+                t.push(backend);
+            }
+        }
+    }
+
+    pub fn list(&self) -> Vec<usize> {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
 /// Send `out` to `backend`, retrying elsewhere per `[straggler]`. On
 /// success the request's context is on the backend that answered.
 pub async fn send(
     shared: &Shared,
     fleet: &Fleet,
     ctx: &mut RequestCtx,
+    backend: Arc<Backend>,
+    out: &mut Outgoing,
+) -> Result<(Arc<Backend>, Response<UpBody>), GatewayError> {
+    send_tracked(shared, fleet, ctx, backend, out, &Tried::default()).await
+}
+
+/// As [`send`], with the backends tried shared with a hedge of the same
+/// request (retries avoid the hedge's backend, the hedge avoids every
+/// backend the retries went to). The retries allowed count this request's
+/// own attempts.
+pub async fn send_tracked(
+    shared: &Shared,
+    fleet: &Fleet,
+    ctx: &mut RequestCtx,
     mut backend: Arc<Backend>,
     out: &mut Outgoing,
+    tried_by_all: &Tried,
 ) -> Result<(Arc<Backend>, Response<UpBody>), GatewayError> {
     let cfg = &fleet.straggler;
     let secs = shared.cfg.upstream_header_timeout_secs;
     let mut tried = vec![backend.index];
+    tried_by_all.add(backend.index);
     loop {
         let res =
             tokio::time::timeout(Duration::from_secs(secs), once(shared, &backend, out)).await;
@@ -129,8 +165,10 @@ pub async fn send(
         };
         let next = if can_retry {
             let mut info = ctx.route().clone();
+            let mut exclude = tried_by_all.list();
+            exclude.extend(&tried);
             fleet
-                .pick_excluding(ctx.arm_index(), &mut info, &tried)
+                .pick_excluding(ctx.arm_index(), &mut info, &exclude)
                 .ok()
         } else {
             None
@@ -151,6 +189,7 @@ pub async fn send(
             reason,
         });
         tried.push(next.index);
+        tried_by_all.add(next.index);
         ctx.switch_backend(Arc::clone(&next));
         backend = next;
     }

@@ -123,6 +123,26 @@ pub async fn upstream(
 
 type ScriptBody = StreamBody<tokio_stream_shim::Rx>;
 
+/// Marks the client gone when dropped armed (the request's future was
+/// dropped before the response head: the client closed the connection).
+struct GoneIfDropped(Option<Arc<Mutex<Option<Instant>>>>);
+
+impl GoneIfDropped {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GoneIfDropped {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            if let Ok(mut g) = g.lock() {
+                *g = Some(Instant::now());
+            }
+        }
+    }
+}
+
 async fn serve_script(
     req: Request<Incoming>,
     handler: Handler,
@@ -147,7 +167,10 @@ async fn serve_script(
         sent_at: Arc::clone(&sent_at),
         client_gone: Arc::clone(&client_gone),
     });
+    // A client that leaves before the head drops this future: seen too.
+    let guard = GoneIfDropped(Some(Arc::clone(&client_gone)));
     tokio::time::sleep(script.head_delay).await;
+    guard.disarm();
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
     tokio::spawn(async move {
         for (delay, bytes) in script.chunks {

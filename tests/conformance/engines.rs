@@ -3,7 +3,7 @@
 //! shared by every test that needs it.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 /// The engine configurations the suite runs against.
@@ -67,43 +67,100 @@ pub struct Engine {
 impl Engine {
     /// Start a fresh engine owned by the caller (killed when dropped).
     pub fn start(kind: Kind, extra: &[&str]) -> Engine {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/engines/serve.py");
-        let mut args = kind.args();
+        let (engine, mut out) = launch(kind, extra);
+        engine.expect_line(&mut out, "READY")
+    }
+
+    /// Start a fresh engine and return as soon as its process exists, before
+    /// it answers (`Starting::ready` waits for that).
+    pub fn start_announced(kind: Kind, extra: &[&str]) -> Starting {
+        let mut args = vec!["--announce"];
         args.extend_from_slice(extra);
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs tests/engines/serve.py");
+        let (engine, mut out) = launch(kind, &args);
+        let engine = engine.expect_line(&mut out, "STARTED");
+        Starting { engine, out }
+    }
+
+    /// Read the launcher's next line, `WORD url pid`, into this engine.
+    fn expect_line(mut self, out: &mut BufReader<ChildStdout>, word: &str) -> Engine {
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout is piped"))
-            .read_line(&mut line)
-            .expect("the launcher prints one line");
+        out.read_line(&mut line)
+            .expect("the launcher prints a line");
         let mut it = line.split_whitespace();
         assert_eq!(
             it.next(),
-            Some("READY"),
-            "engine {kind:?} did not start (is scripts/engines/install.sh done? \
+            Some(word),
+            "engine {:?} did not start (is scripts/engines/install.sh done? \
              THINKGATE_ENGINES_DIR={:?}); the launcher said: {line:?}",
+            self.kind,
             std::env::var("THINKGATE_ENGINES_DIR").ok()
         );
-        let url = it.next().expect("url").to_string();
-        let pid = it.next().and_then(|p| p.parse().ok()).expect("pid");
-        Engine {
-            kind,
-            url,
-            pid,
-            child,
-        }
+        self.url = it.next().expect("url").to_string();
+        self.pid = it.next().and_then(|p| p.parse().ok()).expect("pid");
+        self
+    }
+
+    /// The port the engine listens on.
+    pub fn port(&self) -> &str {
+        self.url.rsplit(':').next().unwrap_or_default()
+    }
+
+    /// Whether a process of the engine's group is still alive (vLLM runs
+    /// its engine core and workers as children of the API server).
+    pub fn group_alive(&self) -> bool {
+        Command::new("pgrep")
+            .args(["-g", &self.pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// SIGKILL the engine's whole process group (a crash, as the OS sees it).
     pub fn kill9(&self) {
+        // pid 0 would name the caller's own group: an engine not started yet
+        if self.pid == 0 {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-9", "--", &format!("-{}", self.pid)])
             .status();
+    }
+}
+
+/// Spawn the launcher for `kind`; its lines are read from the returned
+/// reader.
+fn launch(kind: Kind, extra: &[&str]) -> (Engine, BufReader<ChildStdout>) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/engines/serve.py");
+    let mut args = kind.args();
+    args.extend_from_slice(extra);
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs tests/engines/serve.py");
+    let out = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let engine = Engine {
+        kind,
+        url: String::new(),
+        pid: 0,
+        child,
+    };
+    (engine, out)
+}
+
+/// An engine whose process runs but may not answer yet.
+pub struct Starting {
+    pub engine: Engine,
+    out: BufReader<ChildStdout>,
+}
+
+impl Starting {
+    /// Wait until the engine answers `/health` (the launcher's `READY`).
+    pub fn ready(mut self) -> Engine {
+        let engine = self.engine;
+        engine.expect_line(&mut self.out, "READY")
     }
 }
 
@@ -136,6 +193,43 @@ pub fn shared(kind: Kind) -> &'static Engine {
         .find(|e| e.kind == kind)
         .copied()
         .expect("every kind is started")
+}
+
+/// vLLM's engine core: the child of the API server named `VLLM::EngineCore`.
+pub fn engine_core(api_server: u32) -> u32 {
+    let out = Command::new("ps")
+        .args(["-o", "pid=,comm=", "--ppid", &api_server.to_string()])
+        .output()
+        .expect("ps runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains("VLLM::Engin"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("vLLM runs its engine core in a child process")
+}
+
+/// A process stopped with SIGSTOP until dropped (then SIGCONT), so a failing
+/// test leaves the shared engine running.
+pub struct Stopped(u32);
+
+impl Stopped {
+    pub fn new(pid: u32) -> Self {
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "SIGSTOP {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
 }
 
 /// What the tiny model says (`chain.json`, written by `make_models.py`).

@@ -5,43 +5,6 @@
 
 use super::*;
 
-/// vLLM's engine core: the child of the API server named `VLLM::EngineCore`.
-fn engine_core(api_server: u32) -> u32 {
-    let out = std::process::Command::new("ps")
-        .args(["-o", "pid=,comm=", "--ppid", &api_server.to_string()])
-        .output()
-        .expect("ps runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.contains("VLLM::Engin"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .expect("vLLM runs its engine core in a child process")
-}
-
-/// A process stopped with SIGSTOP until dropped (then SIGCONT), so a failing
-/// test leaves the shared engine running.
-struct Stopped(u32);
-
-impl Stopped {
-    fn new(pid: u32) -> Self {
-        let ok = std::process::Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "SIGSTOP {pid}");
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", &self.0.to_string()])
-            .status();
-    }
-}
-
 #[test]
 #[ignore = "needs real engines: scripts/engines/install.sh"]
 fn a_request_stuck_after_its_head_is_hedged_to_the_other_engine() {
@@ -115,5 +78,59 @@ fn a_request_stuck_after_its_head_is_hedged_to_the_other_engine() {
         for r in &recs {
             assert_eq!(r["outcome"], "completed", "{r}");
         }
+    });
+}
+
+/// The same before the response head: vLLM's API server stopped (it
+/// accepts connections into its backlog and answers nothing, as an engine
+/// that queues without a head, or hangs, does). The hedge timer runs from
+/// the send, so these requests are hedged too.
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn a_request_without_a_response_head_is_hedged_to_the_other_engine() {
+    let (a, b) = (shared(Kind::VllmParser), shared(Kind::LlamaParser));
+    rt().block_on(async {
+        let c = client();
+        let (gw, rec) = gateway_for(&[a, b], |cfg| {
+            cfg.routing = serde_json::from_value(json!({"type": "round_robin"})).unwrap();
+            cfg.straggler.hedge.after_ms = Some(300);
+            cfg.straggler.hedge.max_ratio = 1.0;
+        })
+        .await;
+        let via = format!("http://{}", gw.proxy_addr);
+        let stopped = Stopped::new(a.pid);
+        for i in 0..4 {
+            let t0 = Instant::now();
+            let body = chat(true, false);
+            let req = call(&c, &via, "/v1/chat/completions", &body, &[]);
+            let s = tokio::time::timeout(Duration::from_secs(20), req)
+                .await
+                .unwrap_or_else(|_| panic!("request {i} was never answered: not hedged"));
+            let took = t0.elapsed();
+            assert_eq!(s.status, 200, "request {i}");
+            assert_eq!(s.headers["x-thinkgate-backend"].to_str().unwrap(), b.url);
+            assert!(
+                wire::texts(&wire::canonical_stream(&s.body))
+                    .1
+                    .ends_with(" ansal"),
+                "request {i}"
+            );
+            assert!(took < Duration::from_secs(5), "request {i} took {took:?}");
+        }
+        drop(stopped);
+        let recs = stop(gw, &rec).await;
+        let won = recs
+            .iter()
+            .filter(|r| {
+                r["actions"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["action"] == "hedge_won"))
+            })
+            .count();
+        // round robin's originals alternate: two went to the stopped engine
+        assert_eq!(won, 2, "{recs:?}");
+        // and it serves again once resumed
+        let s = call(&c, &a.url, "/v1/chat/completions", &chat(true, false), &[]).await;
+        assert_eq!(s.status, 200);
     });
 }

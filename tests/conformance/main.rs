@@ -8,6 +8,7 @@
 //! missing engine fails the run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod chaos;
 #[path = "../common/mod.rs"]
 mod common;
 mod engines;
@@ -19,7 +20,7 @@ mod wire;
 
 use bytes::Bytes;
 use common::{client, gateway, records, tempdir, HttpClient};
-use engines::{chain, shared, Engine, Kind};
+use engines::{chain, engine_core, shared, Engine, Kind, Stopped};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};

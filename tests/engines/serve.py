@@ -11,6 +11,13 @@ prints `READY http://127.0.0.1:PORT PID` and then waits for its standard input
 to close: when the test process that started it ends, however it ends, the
 pipe closes and the engine's whole process group is killed. The engine's log
 goes to THINKGATE_ENGINES_DIR/logs/.
+
+Two options of the launcher itself (not passed to the engine):
+    --port PORT   listen there (a restart at the same address, as systemd or a
+                  kubelet restarts an engine); no retry on another port
+    --announce    also print `STARTED http://127.0.0.1:PORT PID` as soon as the
+                  engine process exists, before it answers (a caller that starts
+                  a gateway at the same moment, as a pod does)
 """
 
 import os
@@ -80,6 +87,13 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     kind, args = sys.argv[1], sys.argv[2:]
+    fixed_port = None
+    if "--port" in args:
+        i = args.index("--port")
+        fixed_port = int(args[i + 1])
+        args = args[:i] + args[i + 2 :]
+    announce = "--announce" in args
+    args = [a for a in args if a != "--announce"]
     d, env = env_file()
     logs = d / "logs"
     logs.mkdir(exist_ok=True)
@@ -96,8 +110,9 @@ def main():
         # operators turn them on: the gateway must keep them from clients
         VLLM_SERVER_DEV_MODE="1",
     )
-    for attempt in range(3):
-        port = free_port()
+    attempts = 1 if fixed_port or announce else 3
+    for attempt in range(attempts):
+        port = fixed_port or free_port()
         url = f"http://127.0.0.1:{port}"
         log = open(logs / f"{kind}-{port}.log", "wb")
         p = subprocess.Popen(
@@ -111,6 +126,8 @@ def main():
             except ProcessLookupError:
                 pass
 
+        if announce:
+            print(f"STARTED {url} {p.pid}", flush=True)
         deadline = time.time() + 300
         while time.time() < deadline and p.poll() is None and not healthy(url):
             time.sleep(0.5)
