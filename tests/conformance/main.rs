@@ -16,6 +16,7 @@ mod exact;
 mod hedge;
 mod reasoning;
 mod routes;
+mod soak;
 mod wire;
 
 use bytes::Bytes;
@@ -380,22 +381,24 @@ fn ttfvt_and_token_counts_agree_with_the_client_and_the_engine() {
                     "{kind:?}: visible tokens"
                 );
             }
-            // The engine, the gateway and this client share 2 cores: a
-            // single request can wait for a core (17 to 58 ms late at the
-            // client in 3 of 7 CI runs, the gateway's stamp the earlier);
-            // the typical one may not, nor a second one. The worst bound
-            // still catches a gateway that holds the first visible token
-            // on a timer.
+            // The engine, the gateway and this client share 2 cores (with
+            // three more engines idling): a request can wait for a core.
+            // Medians were 0.6 to 3 ms in most CI runs, but one run on a
+            // freshly set-up machine had 4.3 ms, with single requests 17 to
+            // 117 ms late at the client (the gateway's stamp always the
+            // earlier). A gateway that holds the first visible token on a
+            // timer delays every request: the median bound catches a hold
+            // of 10 ms, the others a longer one on a few requests.
             diffs.sort_by(f64::total_cmp);
             let median = diffs[diffs.len() / 2];
             let second = diffs[diffs.len() - 2];
             let worst = diffs[diffs.len() - 1];
             assert!(
-                median <= 3.0,
+                median <= 10.0,
                 "{kind:?}: median TTFVT gap {median:.2} ms (all: {diffs:?})"
             );
             assert!(
-                second <= 15.0 && worst <= 250.0,
+                second <= 50.0 && worst <= 250.0,
                 "{kind:?}: TTFVT gaps, second worst {second:.2} ms, worst {worst:.2} ms (all: {diffs:?})"
             );
         }
