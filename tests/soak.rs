@@ -27,13 +27,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_thinkgate");
 /// two such lines in flight at once after warm-up.
 const RSS_GROWTH_BOUND_KIB: u64 = 28 * 1024;
 
-fn env_secs(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// `thinkgate sim` with `args`; returns the child and its address.
 fn sim(args: &[&str], stderr: std::fs::File) -> (Proc, String) {
     let mut child = Command::new(BIN)
@@ -70,8 +63,8 @@ fn config(upstreams: &[String], records: &std::path::Path, policy: &str) -> Stri
 #[test]
 #[ignore = "minutes long: SOAK_SECS=120 cargo test --test soak -- --ignored"]
 fn soak() {
-    let secs = env_secs("SOAK_SECS", 120);
-    let reload_every = env_secs("SOAK_RELOAD_SECS", 60);
+    let secs = env_u64("SOAK_SECS", 120);
+    let reload_every = env_u64("SOAK_RELOAD_SECS", 60);
     let dir = tempdir("soak");
     let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
 
@@ -104,46 +97,16 @@ fn soak() {
     let cfg_path = dir.join("thinkgate.toml");
     let policies = ["least_request", "round_robin", "least_tokens", "random"];
     std::fs::write(&cfg_path, config(&upstreams, &records_path, policies[0])).unwrap();
-    let mut cmd = serve_command(BIN);
-    cmd.arg("--config")
-        .arg(&cfg_path)
-        .stderr(log("gateway.log"));
-    let (mut gw, proxy, admin) = serve_with(cmd);
+    let (mut gw, proxy, admin) = serve_config(BIN, &cfg_path, &dir);
     let pid = gw.id();
-
     let out = dir.join("load");
-    let mut load = Proc(
-        Command::new(BIN)
-            .args([
-                "load",
-                "--url",
-                &format!("http://{proxy}"),
-                "--model",
-                "sim-r1-distill-qwen-7b",
-            ])
-            .args([
-                "--rate",
-                "6",
-                "--burstiness",
-                "0.5",
-                "--num-requests",
-                "1000000",
-                "--max-tokens",
-                "1500",
-            ])
-            .args([
-                "--timeout",
-                "60",
-                "--quiet",
-                "--duration",
-                &secs.to_string(),
-                "--out",
-            ])
-            .arg(&out)
-            .stdout(log("load.log"))
-            .stderr(log("load.err"))
-            .spawn()
-            .unwrap(),
+    let mut load = load_for(
+        BIN,
+        &proxy,
+        "sim-r1-distill-qwen-7b",
+        secs,
+        &["--rate", "6", "--burstiness", "0.5", "--max-tokens", "1500"],
+        &dir,
     );
 
     let t0 = Instant::now();
@@ -216,86 +179,27 @@ fn soak() {
         "{reloads} reloads written, {reloaded} applied"
     );
     // RSS flat after warm-up; the series is kept beside the logs
-    let series: String = rss
-        .iter()
-        .map(|(t, kib)| format!("{:.0},{kib}\n", t.as_secs_f64()))
-        .collect();
-    std::fs::write(dir.join("rss.csv"), format!("seconds,rss_kib\n{series}")).unwrap();
-    let quarter = |q: usize| {
-        let n = rss.len();
-        rss[n * q / 4..(n * (q + 1) / 4).max(n * q / 4 + 1).min(n)]
-            .iter()
-            .map(|r| r.1)
-            .max()
-            .unwrap_or(0)
-    };
-    eprintln!(
-        "rss peak per quarter of the run: {} / {} / {} / {} KiB",
-        quarter(0),
-        quarter(1),
-        quarter(2),
-        quarter(3)
-    );
-    let warm = rss[rss.len() / 5].1;
-    let peak_after = rss[rss.len() / 5..].iter().map(|r| r.1).max().unwrap();
-    let end = rss.last().unwrap().1;
+    let rss = RssSeries(rss);
+    rss.write_csv(&dir.join("rss.csv"));
+    let [q0, q1, q2, q3] = rss.quarters();
+    eprintln!("rss peak per quarter of the run: {q0} / {q1} / {q2} / {q3} KiB");
+    let warm = rss.warm();
+    let peak_after = rss.peak_after_warm();
+    let end = rss.0.last().unwrap().1;
     // one record per request, and the same outcome on both sides
     let sent: Vec<serde_json::Value> = records(&out.join("requests.jsonl"));
     let recs = records(&records_path);
-    let by_id: HashMap<&str, &serde_json::Value> = recs
-        .iter()
-        .map(|r| (r["id"].as_str().unwrap(), r))
-        .collect();
-    let mut outcomes: HashMap<String, u64> = HashMap::new();
-    let mut disagree = Vec::new();
-    for s in &sent {
-        let id = s["request_id"]
-            .as_str()
-            .expect("every request carries its id");
-        let Some(r) = by_id.get(id) else {
-            disagree.push(format!("{id}: no gateway record"));
-            continue;
-        };
-        let outcome = r["outcome"].as_str().unwrap();
-        *outcomes
-            .entry(format!("{} {outcome}", r["status"]))
-            .or_default() += 1;
-        let client_ok = s["error"].is_null()
-            && s["status"]
-                .as_u64()
-                .is_some_and(|c| (200..300).contains(&c));
-        // (a stream that ended without an answer ended normally too)
-        let gateway_ok = (outcome == "completed" || outcome == "answerless")
-            && r["status"]
-                .as_u64()
-                .is_some_and(|c| (200..300).contains(&c));
-        if s["status"] != r["status"] || client_ok != gateway_ok {
-            disagree.push(format!(
-                "{id}: client {} {:?}, gateway {} {outcome}",
-                s["status"], s["error"], r["status"]
-            ));
-        }
-    }
+    let agreed = Agreement::of(&sent, &recs);
+    let outcomes = &agreed.outcomes;
     eprintln!(
         "soak {secs} s: {} requests sent, {} records, outcomes {outcomes:?}; injected {injected:?}; {reloads} reloads; \
          rss start {} KiB, after warm-up {warm} KiB, peak after warm-up {peak_after} KiB, end {end} KiB; logs in {}",
         sent.len(),
         recs.len(),
-        rss[0].1,
+        rss.0[0].1,
         dir.display()
     );
-    assert!(
-        disagree.is_empty(),
-        "{} disagreements: {:?}",
-        disagree.len(),
-        &disagree[..disagree.len().min(10)]
-    );
-    assert_eq!(recs.len(), sent.len(), "one record per request");
-    assert!(
-        sent.len() as f64 > secs as f64 * 6.0 * 0.7,
-        "the load ran: {} requests",
-        sent.len()
-    );
+    agreed.assert_whole(secs as f64 * 6.0 * 0.7);
     assert!(
         outcomes.keys().any(|k| !k.starts_with("200 completed")),
         "faults were injected and seen: {outcomes:?}"

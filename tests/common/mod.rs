@@ -345,6 +345,125 @@ pub fn records(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A whole number from the environment variable `name`, else `default`
+/// (a run's length, for the tests that take one).
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A load run (`requests.jsonl` of `thinkgate load`) against the gateway's
+/// records of it, joined by request id.
+pub struct Agreement {
+    /// The records counted by `status outcome`.
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    /// Requests without a record, or whose status or success the two sides
+    /// disagree on (a stream that ended without an answer ended normally).
+    pub disagree: Vec<String>,
+    pub sent: usize,
+    pub records: usize,
+}
+
+impl Agreement {
+    pub fn of(sent: &[serde_json::Value], recs: &[serde_json::Value]) -> Self {
+        let by_id: std::collections::HashMap<&str, &serde_json::Value> = recs
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap(), r))
+            .collect();
+        let ok =
+            |status: &serde_json::Value| status.as_u64().is_some_and(|c| (200..300).contains(&c));
+        let mut outcomes = std::collections::BTreeMap::new();
+        let mut disagree = Vec::new();
+        for s in sent {
+            let id = s["request_id"]
+                .as_str()
+                .expect("every request carries its id");
+            let Some(r) = by_id.get(id) else {
+                disagree.push(format!("{id}: no gateway record"));
+                continue;
+            };
+            let outcome = r["outcome"].as_str().unwrap();
+            *outcomes
+                .entry(format!("{} {outcome}", r["status"]))
+                .or_default() += 1;
+            let client_ok = s["error"].is_null() && ok(&s["status"]);
+            let gateway_ok =
+                (outcome == "completed" || outcome == "answerless") && ok(&r["status"]);
+            if s["status"] != r["status"] || client_ok != gateway_ok {
+                disagree.push(format!(
+                    "{id}: client {} {:?}, gateway {} {outcome}",
+                    s["status"], s["error"], r["status"]
+                ));
+            }
+        }
+        Self {
+            outcomes,
+            disagree,
+            sent: sent.len(),
+            records: recs.len(),
+        }
+    }
+
+    /// Nothing lost, no disagreement, and at least `min_sent` requests.
+    pub fn assert_whole(&self, min_sent: f64) {
+        assert!(
+            self.disagree.is_empty(),
+            "{} disagreements: {:?}",
+            self.disagree.len(),
+            &self.disagree[..self.disagree.len().min(10)]
+        );
+        assert_eq!(self.records, self.sent, "one record per request: none lost");
+        assert!(
+            self.sent as f64 >= min_sent,
+            "the load ran: {} requests",
+            self.sent
+        );
+    }
+}
+
+/// A process's RSS sampled once a second, `(since start, KiB)`.
+pub struct RssSeries(pub Vec<(Duration, u64)>);
+
+impl RssSeries {
+    /// At the end of warm-up (the first fifth of the run).
+    pub fn warm(&self) -> u64 {
+        self.0[self.0.len() / 5].1
+    }
+
+    /// The peak after warm-up.
+    pub fn peak_after_warm(&self) -> u64 {
+        self.0[self.0.len() / 5..]
+            .iter()
+            .map(|r| r.1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The peak of each quarter of the run.
+    pub fn quarters(&self) -> [u64; 4] {
+        let n = self.0.len();
+        std::array::from_fn(|q| {
+            self.0[n * q / 4..(n * (q + 1) / 4).max(n * q / 4 + 1).min(n)]
+                .iter()
+                .map(|r| r.1)
+                .max()
+                .unwrap_or(0)
+        })
+    }
+
+    /// `seconds,rss_kib` lines, kept beside a run's logs.
+    pub fn write_csv(&self, path: &std::path::Path) {
+        let series: String = self
+            .0
+            .iter()
+            .map(|(t, kib)| format!("{:.0},{kib}\n", t.as_secs_f64()))
+            .collect();
+        std::fs::write(path, format!("seconds,rss_kib\n{series}")).unwrap();
+    }
+}
+
 /// The test needs python3 with the `openai` package (such tests are
 /// ignored by default and run by `just external`, which CI runs): its
 /// absence is a failure, never a pass.
@@ -393,6 +512,52 @@ pub fn serve_with(mut cmd: std::process::Command) -> (Proc, String, String) {
             .to_string()
     };
     (Proc(child), field("proxy="), field("admin="))
+}
+
+/// `thinkgate serve --config CFG` (the binary at `bin`) on port 0, its
+/// stderr in `dir/gateway.log`: the child, the proxy and admin addresses.
+pub fn serve_config(
+    bin: &str,
+    cfg: &std::path::Path,
+    dir: &std::path::Path,
+) -> (Proc, String, String) {
+    let mut cmd = serve_command(bin);
+    cmd.arg("--config")
+        .arg(cfg)
+        .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap());
+    serve_with(cmd)
+}
+
+/// `thinkgate load` (the binary at `bin`) against the gateway at `proxy`
+/// for `secs`, with `args` (rate, tokens, ...): the report in `dir/load`,
+/// its output in `dir/load.log` and `dir/load.err`.
+pub fn load_for(
+    bin: &str,
+    proxy: &str,
+    model: &str,
+    secs: u64,
+    args: &[&str],
+    dir: &std::path::Path,
+) -> Proc {
+    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+    Proc(
+        std::process::Command::new(bin)
+            .args([
+                "load",
+                "--url",
+                &format!("http://{proxy}"),
+                "--model",
+                model,
+            ])
+            .args(["--num-requests", "1000000", "--timeout", "60", "--quiet"])
+            .args(args)
+            .args(["--duration", &secs.to_string(), "--out"])
+            .arg(dir.join("load"))
+            .stdout(log("load.log"))
+            .stderr(log("load.err"))
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A child process killed (and reaped) when dropped, so a failing test

@@ -16,9 +16,14 @@ async fn status_of(c: &HttpClient, url: &str) -> u16 {
     }
 }
 
-/// The gateway's `/stats` view of the backend at `url`.
-async fn backend_stats(c: &HttpClient, gw: &Gateway, url: &str) -> Value {
-    let req = Request::get(format!("http://{}/stats", gw.admin_addr))
+/// The `/stats` view of the backend at `url`, from the gateway whose
+/// admin listener is `admin`.
+pub(crate) async fn backend_stats(
+    c: &HttpClient,
+    admin: impl std::fmt::Display,
+    url: &str,
+) -> Value {
+    let req = Request::get(format!("http://{admin}/stats"))
         .body(Full::new(Bytes::new()))
         .unwrap();
     let v: Value = serde_json::from_slice(&common::send(c, req).await.body).unwrap();
@@ -126,23 +131,20 @@ fn a_vllm_started_with_the_gateway_is_served_at_once_then_killed_with_its_worker
         let via = format!("http://{}", gw.proxy_addr);
         let mut cut = None;
         for _ in 0..4 {
-            let resp = open_long(&c, &via, 1500).await;
+            // long enough (the model's context is 4,096) that the stream is
+            // still running when the kill lands right after its head: the
+            // tiny model streams 1,500 tokens faster than a busy host
+            // delivers the first frame to this test (CI, stop 29)
+            let resp = open_long(&c, &via, 3500).await;
             let backend = resp.headers()["x-thinkgate-backend"]
                 .to_str()
                 .unwrap()
                 .to_string();
-            let mut body = resp.into_body();
-            let mut got = body
-                .frame()
-                .await
-                .unwrap()
-                .unwrap()
-                .into_data()
-                .unwrap()
-                .to_vec();
             if backend == url {
                 vllm.kill9();
             }
+            let mut body = resp.into_body();
+            let mut got = Vec::new();
             while let Some(f) = body.frame().await {
                 match f {
                     Ok(f) => got.extend_from_slice(&f.into_data().unwrap_or_default()),
@@ -155,14 +157,14 @@ fn a_vllm_started_with_the_gateway_is_served_at_once_then_killed_with_its_worker
             }
         }
         let cut = cut.expect("round robin sent a stream to vLLM");
-        // the client can tell the stream was cut: an error event before
-        // `[DONE]` (as for llama.cpp), or no `[DONE]` at all (what vLLM's
-        // death gave on this machine; issue 19's note)
+        // the client can tell the stream was cut: the documented error
+        // event, then a clean end without `[DONE]`
+        let tail = &cut[cut.len().saturating_sub(400)..];
         assert!(
-            cut.contains("upstream_reset") || !cut.contains("data: [DONE]"),
-            "a cut stream looks complete: {}",
-            &cut[cut.len().saturating_sub(400)..]
+            cut.contains("\"type\":\"upstream_reset\"") && !cut.contains("data: [DONE]"),
+            "a cut stream without the error event: {tail}"
         );
+        assert!(cut.ends_with("\n\n"), "{tail}");
         let t = Instant::now();
         while vllm.group_alive() {
             assert!(
@@ -179,7 +181,7 @@ fn a_vllm_started_with_the_gateway_is_served_at_once_then_killed_with_its_worker
             assert!(whole(&body), "request {i}");
         }
         let t = Instant::now();
-        while backend_stats(&c, &gw, &url).await["healthy"] != false {
+        while backend_stats(&c, gw.admin_addr, &url).await["healthy"] != false {
             assert!(
                 t.elapsed() < Duration::from_secs(5),
                 "the killed vLLM still healthy"
@@ -214,14 +216,15 @@ fn a_vllm_started_with_the_gateway_is_served_at_once_then_killed_with_its_worker
             .iter()
             .map(|r| r["outcome"].as_str().unwrap_or(""))
             .collect();
-        let cut_short = |o: &str| matches!(o, "upstream_reset" | "truncated");
         assert_eq!(
-            outcomes.iter().filter(|o| cut_short(o)).count(),
+            outcomes.iter().filter(|o| **o == "upstream_reset").count(),
             1,
             "{outcomes:?}"
         );
         assert!(
-            outcomes.iter().all(|o| cut_short(o) || *o == "completed"),
+            outcomes
+                .iter()
+                .all(|o| *o == "upstream_reset" || *o == "completed"),
             "{outcomes:?}"
         );
         drop(restarted);
@@ -250,7 +253,7 @@ fn a_vllm_that_accepts_and_never_answers_is_taken_out_by_its_probes_and_back_whe
         // in a row take it out.
         let stopped = Stopped::new(a.pid);
         let t = Instant::now();
-        while backend_stats(&c, &gw, &a.url).await["healthy"] != false {
+        while backend_stats(&c, gw.admin_addr, &a.url).await["healthy"] != false {
             assert!(
                 t.elapsed() < Duration::from_secs(15),
                 "a stopped engine still counted healthy"
@@ -259,7 +262,10 @@ fn a_vllm_that_accepts_and_never_answers_is_taken_out_by_its_probes_and_back_whe
         }
         let out_after = t.elapsed();
         // the other engine kept its own probes meanwhile
-        assert_eq!(backend_stats(&c, &gw, &b.url).await["healthy"], true);
+        assert_eq!(
+            backend_stats(&c, gw.admin_addr, &b.url).await["healthy"],
+            true
+        );
         for i in 0..6 {
             let t = Instant::now();
             let (status, backend, body) = one(&c, &via).await;
