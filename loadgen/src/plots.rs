@@ -202,24 +202,17 @@ fn bars(title: &str, y_desc: &str, y_max: f64, rows: &[(String, f64)]) -> anyhow
     Ok(svg)
 }
 
-/// Accuracy per difficulty label.
-pub fn accuracy(s: &RunSummary) -> anyhow::Result<String> {
-    let rows: Vec<(String, f64)> = s
-        .accuracy_by_difficulty
+/// Accuracy per group (difficulty label, or domain), each bar labelled
+/// with how many requests were graded.
+pub fn accuracy_by(
+    title: &str,
+    groups: &std::collections::BTreeMap<String, crate::report::Accuracy>,
+) -> anyhow::Result<String> {
+    let rows: Vec<(String, f64)> = groups
         .iter()
         .map(|(k, a)| (format!("{k} ({})", a.graded), a.rate))
         .collect();
-    bars("Accuracy per difficulty", "fraction correct", 1.0, &rows)
-}
-
-/// Accuracy per domain.
-pub fn accuracy_by_domain(s: &RunSummary) -> anyhow::Result<String> {
-    let rows: Vec<(String, f64)> = s
-        .accuracy_by_domain
-        .iter()
-        .map(|(k, a)| (format!("{k} ({})", a.graded), a.rate))
-        .collect();
-    bars("Accuracy per domain", "fraction correct", 1.0, &rows)
+    bars(title, "fraction correct", 1.0, &rows)
 }
 
 /// Median thinking tokens per group (difficulty label, or application
@@ -402,12 +395,12 @@ pub fn charts(s: &RunSummary, results: &[RequestResult]) -> anyhow::Result<Vec<C
         Chart {
             title: "Accuracy per difficulty",
             file: "accuracy.svg",
-            svg: accuracy(s)?,
+            svg: accuracy_by("Accuracy per difficulty", &s.accuracy_by_difficulty)?,
         },
         Chart {
             title: "Accuracy per domain",
             file: "accuracy_by_domain.svg",
-            svg: accuracy_by_domain(s)?,
+            svg: accuracy_by("Accuracy per domain", &s.accuracy_by_domain)?,
         },
     ])
 }

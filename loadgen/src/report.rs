@@ -561,7 +561,8 @@ mod schema_tests {
             .map(|i| result(i, true, 1.0, i % 2 == 0, ["easy", "medium", "hard"][i % 3]))
             .collect();
         let s = summarize("t", serde_json::json!({}), &rs, Slo::default());
-        let svg = crate::plots::accuracy(&s).unwrap();
+        let svg = crate::plots::accuracy_by("Accuracy per difficulty", &s.accuracy_by_difficulty)
+            .unwrap();
         for label in ["easy (10)", "medium (10)", "hard (10)"] {
             assert!(svg.contains(label), "{label} missing");
         }
