@@ -93,20 +93,13 @@ fn soak() {
         log("sim2.log"),
     );
     let upstreams = vec![format!("http://{a1}"), format!("http://{a2}")];
-    let records_path = dir.join("records.jsonl");
-    let cfg_path = dir.join("thinkgate.toml");
     let policies = ["least_request", "round_robin", "least_tokens", "random"];
-    std::fs::write(&cfg_path, config(&upstreams, &records_path, policies[0])).unwrap();
-    let (mut gw, proxy, admin) = serve_config(BIN, &cfg_path, &dir);
-    let pid = gw.id();
-    let out = dir.join("load");
-    let mut load = load_for(
+    let mut g = SoakGateway::start(BIN, &dir, |rec| config(&upstreams, rec, policies[0]));
+    let mut load = g.load_for(
         BIN,
-        &proxy,
         "sim-r1-distill-qwen-7b",
         secs,
         &["--rate", "6", "--burstiness", "0.5", "--max-tokens", "1500"],
-        &dir,
     );
 
     let t0 = Instant::now();
@@ -119,13 +112,13 @@ fn soak() {
             "the load generator did not finish"
         );
         std::thread::sleep(Duration::from_secs(1));
-        assert!(gw.try_wait().unwrap().is_none(), "the gateway exited");
-        rss.push((t0.elapsed(), proc_kib(pid, "VmRSS")));
+        assert!(g.gw.try_wait().unwrap().is_none(), "the gateway exited");
+        rss.push((t0.elapsed(), proc_kib(g.pid, "VmRSS")));
         if t0.elapsed() >= next_reload && t0.elapsed() < Duration::from_secs(secs) {
             reloads += 1;
             next_reload += Duration::from_secs(reload_every);
             let policy = policies[reloads % policies.len()];
-            std::fs::write(&cfg_path, config(&upstreams, &records_path, policy)).unwrap();
+            std::fs::write(&g.cfg, config(&upstreams, &g.records, policy)).unwrap();
         }
     }
     assert!(
@@ -143,7 +136,7 @@ fn soak() {
             String::from_utf8_lossy(&send(&client(), req).await.body).into_owned()
         })
     };
-    let metrics = get(format!("http://{admin}/metrics"));
+    let metrics = get(format!("http://{}/metrics", g.admin));
     // what the fault fronts injected (the flapping one's down windows too)
     let mut injected: HashMap<String, u64> = HashMap::new();
     for a in [&a1, &a2] {
@@ -155,9 +148,9 @@ fn soak() {
         *injected.entry("flap_resets".into()).or_default() += v["flap_resets"].as_u64().unwrap();
     }
     // SIGTERM: drain and flush the records
-    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = Command::new("kill").arg(g.pid.to_string()).status();
     assert!(
-        gw.wait().unwrap().success(),
+        g.gw.wait().unwrap().success(),
         "the gateway's exit after SIGTERM"
     );
     let _ = (s1.kill(), s2.kill(), s1.wait(), s2.wait());
@@ -187,8 +180,8 @@ fn soak() {
     let peak_after = rss.peak_after_warm();
     let end = rss.0.last().unwrap().1;
     // one record per request, and the same outcome on both sides
-    let sent: Vec<serde_json::Value> = records(&out.join("requests.jsonl"));
-    let recs = records(&records_path);
+    let sent: Vec<serde_json::Value> = records(&g.out.join("requests.jsonl"));
+    let recs = records(&g.records);
     let agreed = Agreement::of(&sent, &recs);
     let outcomes = &agreed.outcomes;
     eprintln!(

@@ -514,50 +514,73 @@ pub fn serve_with(mut cmd: std::process::Command) -> (Proc, String, String) {
     (Proc(child), field("proxy="), field("admin="))
 }
 
-/// `thinkgate serve --config CFG` (the binary at `bin`) on port 0, its
-/// stderr in `dir/gateway.log`: the child, the proxy and admin addresses.
-pub fn serve_config(
-    bin: &str,
-    cfg: &std::path::Path,
-    dir: &std::path::Path,
-) -> (Proc, String, String) {
-    let mut cmd = serve_command(bin);
-    cmd.arg("--config")
-        .arg(cfg)
-        .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap());
-    serve_with(cmd)
+/// A soak's gateway: `thinkgate serve` (the binary at `bin`) on port 0
+/// from a config file it writes in `dir`, records in `dir/records.jsonl`,
+/// its stderr in `dir/gateway.log`.
+pub struct SoakGateway {
+    pub gw: Proc,
+    pub pid: u32,
+    pub proxy: String,
+    pub admin: String,
+    /// The config file: rewrite it to reload.
+    pub cfg: std::path::PathBuf,
+    pub records: std::path::PathBuf,
+    /// Where the load generator writes its report.
+    pub out: std::path::PathBuf,
+    dir: std::path::PathBuf,
 }
 
-/// `thinkgate load` (the binary at `bin`) against the gateway at `proxy`
-/// for `secs`, with `args` (rate, tokens, ...): the report in `dir/load`,
-/// its output in `dir/load.log` and `dir/load.err`.
-pub fn load_for(
-    bin: &str,
-    proxy: &str,
-    model: &str,
-    secs: u64,
-    args: &[&str],
-    dir: &std::path::Path,
-) -> Proc {
-    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
-    Proc(
-        std::process::Command::new(bin)
-            .args([
-                "load",
-                "--url",
-                &format!("http://{proxy}"),
-                "--model",
-                model,
-            ])
-            .args(["--num-requests", "1000000", "--timeout", "60", "--quiet"])
-            .args(args)
-            .args(["--duration", &secs.to_string(), "--out"])
-            .arg(dir.join("load"))
-            .stdout(log("load.log"))
-            .stderr(log("load.err"))
-            .spawn()
-            .unwrap(),
-    )
+impl SoakGateway {
+    /// Start from the config `config(records_path)` gives.
+    pub fn start(
+        bin: &str,
+        dir: &std::path::Path,
+        config: impl FnOnce(&std::path::Path) -> String,
+    ) -> Self {
+        let records = dir.join("records.jsonl");
+        let cfg = dir.join("thinkgate.toml");
+        std::fs::write(&cfg, config(&records)).unwrap();
+        let mut cmd = serve_command(bin);
+        cmd.arg("--config")
+            .arg(&cfg)
+            .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap());
+        let (gw, proxy, admin) = serve_with(cmd);
+        Self {
+            pid: gw.id(),
+            gw,
+            proxy,
+            admin,
+            cfg,
+            records,
+            out: dir.join("load"),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// `thinkgate load` through this gateway for `secs`, with `args`
+    /// (rate, tokens, ...): the report in `out`, its output in
+    /// `load.log` and `load.err`.
+    pub fn load_for(&self, bin: &str, model: &str, secs: u64, args: &[&str]) -> Proc {
+        let log = |name: &str| std::fs::File::create(self.dir.join(name)).unwrap();
+        Proc(
+            std::process::Command::new(bin)
+                .args([
+                    "load",
+                    "--url",
+                    &format!("http://{}", self.proxy),
+                    "--model",
+                    model,
+                ])
+                .args(["--num-requests", "1000000", "--timeout", "60", "--quiet"])
+                .args(args)
+                .args(["--duration", &secs.to_string(), "--out"])
+                .arg(&self.out)
+                .stdout(log("load.log"))
+                .stderr(log("load.err"))
+                .spawn()
+                .unwrap(),
+        )
+    }
 }
 
 /// A child process killed (and reaped) when dropped, so a failing test

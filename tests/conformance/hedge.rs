@@ -5,42 +5,54 @@
 
 use super::*;
 
+/// A gateway over `a` and `b`: round robin, a hedge 300 ms after the send,
+/// as many hedges as requests.
+async fn hedging_gateway(a: &Engine, b: &Engine) -> (Gateway, std::path::PathBuf) {
+    gateway_for(&[a, b], |cfg| {
+        cfg.routing = serde_json::from_value(json!({"type": "round_robin"})).unwrap();
+        cfg.straggler.hedge.after_ms = Some(300);
+        cfg.straggler.hedge.max_ratio = 1.0;
+    })
+    .await
+}
+
+/// Four streamed requests through `via`, each answered in full by the
+/// healthy engine `b` well before the stuck one could (it never would).
+async fn all_answered_by(c: &HttpClient, via: &str, b: &Engine) {
+    for i in 0..4 {
+        let t0 = Instant::now();
+        let body = chat(true, false);
+        let req = call(c, via, "/v1/chat/completions", &body, &[]);
+        let s = tokio::time::timeout(Duration::from_secs(20), req)
+            .await
+            .unwrap_or_else(|_| panic!("request {i} was never answered: not hedged"));
+        let took = t0.elapsed();
+        assert_eq!(s.status, 200, "request {i}");
+        assert_eq!(
+            s.headers["x-thinkgate-backend"].to_str().unwrap(),
+            b.url,
+            "request {i}: the healthy engine answered"
+        );
+        let canon = wire::canonical_stream(&s.body);
+        assert!(
+            wire::texts(&canon).1.ends_with(" ansal"),
+            "request {i}: {canon}"
+        );
+        // the stuck engine would never answer; the hedge goes at 300 ms
+        assert!(took < Duration::from_secs(5), "request {i} took {took:?}");
+    }
+}
+
 #[test]
 #[ignore = "needs real engines: scripts/engines/install.sh"]
 fn a_request_stuck_after_its_head_is_hedged_to_the_other_engine() {
     let (a, b) = (shared(Kind::VllmParser), shared(Kind::VllmInline));
     rt().block_on(async {
         let c = client();
-        let (gw, rec) = gateway_for(&[a, b], |cfg| {
-            cfg.routing = serde_json::from_value(json!({"type": "round_robin"})).unwrap();
-            cfg.straggler.hedge.after_ms = Some(300);
-            cfg.straggler.hedge.max_ratio = 1.0;
-        })
-        .await;
+        let (gw, rec) = hedging_gateway(a, b).await;
         let via = format!("http://{}", gw.proxy_addr);
         let stuck = Stopped::new(engine_core(a.pid));
-        for i in 0..4 {
-            let t0 = Instant::now();
-            let body = chat(true, false);
-            let req = call(&c, &via, "/v1/chat/completions", &body, &[]);
-            let s = tokio::time::timeout(Duration::from_secs(20), req)
-                .await
-                .unwrap_or_else(|_| panic!("request {i} was never answered: not hedged"));
-            let took = t0.elapsed();
-            assert_eq!(s.status, 200, "request {i}");
-            assert_eq!(
-                s.headers["x-thinkgate-backend"].to_str().unwrap(),
-                b.url,
-                "request {i}: the healthy engine answered"
-            );
-            let canon = wire::canonical_stream(&s.body);
-            assert!(
-                wire::texts(&canon).1.ends_with(" ansal"),
-                "request {i}: {canon}"
-            );
-            // the stuck engine would never answer; the hedge goes at 300 ms
-            assert!(took < Duration::from_secs(5), "request {i} took {took:?}");
-        }
+        all_answered_by(&c, &via, b).await;
         drop(stuck);
         // Once it runs again, the stuck engine drops the legs the gateway
         // abandoned: nothing left running or waiting.
@@ -91,32 +103,10 @@ fn a_request_without_a_response_head_is_hedged_to_the_other_engine() {
     let (a, b) = (shared(Kind::VllmParser), shared(Kind::LlamaParser));
     rt().block_on(async {
         let c = client();
-        let (gw, rec) = gateway_for(&[a, b], |cfg| {
-            cfg.routing = serde_json::from_value(json!({"type": "round_robin"})).unwrap();
-            cfg.straggler.hedge.after_ms = Some(300);
-            cfg.straggler.hedge.max_ratio = 1.0;
-        })
-        .await;
+        let (gw, rec) = hedging_gateway(a, b).await;
         let via = format!("http://{}", gw.proxy_addr);
         let stopped = Stopped::new(a.pid);
-        for i in 0..4 {
-            let t0 = Instant::now();
-            let body = chat(true, false);
-            let req = call(&c, &via, "/v1/chat/completions", &body, &[]);
-            let s = tokio::time::timeout(Duration::from_secs(20), req)
-                .await
-                .unwrap_or_else(|_| panic!("request {i} was never answered: not hedged"));
-            let took = t0.elapsed();
-            assert_eq!(s.status, 200, "request {i}");
-            assert_eq!(s.headers["x-thinkgate-backend"].to_str().unwrap(), b.url);
-            assert!(
-                wire::texts(&wire::canonical_stream(&s.body))
-                    .1
-                    .ends_with(" ansal"),
-                "request {i}"
-            );
-            assert!(took < Duration::from_secs(5), "request {i} took {took:?}");
-        }
+        all_answered_by(&c, &via, b).await;
         drop(stopped);
         let recs = stop(gw, &rec).await;
         let won = recs

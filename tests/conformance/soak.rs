@@ -15,7 +15,7 @@
 //! conformance -- --ignored --nocapture soak_against_real_engines`.
 
 use super::*;
-use common::{env_u64, load_for, proc_kib, serve_config, Agreement, RssSeries};
+use common::{env_u64, proc_kib, Agreement, RssSeries, SoakGateway};
 use engines::Stopped;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -154,20 +154,8 @@ fn soak_against_real_engines_with_kills_and_pauses_loses_nothing() {
         .into_iter()
         .map(|h| Target::new(h.join().expect("engine start")))
         .collect();
-    let records_path = dir.join("records.jsonl");
-    let cfg_path = dir.join("thinkgate.toml");
-    std::fs::write(&cfg_path, config(&targets, &records_path)).unwrap();
-    let (mut gw, proxy, admin) = serve_config(BIN, &cfg_path, &dir);
-    let pid = gw.id();
-    let out = dir.join("load");
-    let mut load = load_for(
-        BIN,
-        &proxy,
-        "tiny",
-        secs,
-        &["--rate", "2", "--max-tokens", "256"],
-        &dir,
-    );
+    let mut g = SoakGateway::start(BIN, &dir, |rec| config(&targets, rec));
+    let mut load = g.load_for(BIN, "tiny", secs, &["--rate", "2", "--max-tokens", "256"]);
 
     // every kind of fault on every engine, in a random order, again and again
     let mut plan: Vec<(usize, Fault)> = Vec::new();
@@ -181,8 +169,8 @@ fn soak_against_real_engines_with_kills_and_pauses_loses_nothing() {
             "the load generator did not finish"
         );
         std::thread::sleep(Duration::from_millis(250));
-        assert!(gw.try_wait().unwrap().is_none(), "the gateway exited");
-        rss.push((t0.elapsed(), proc_kib(pid, "VmRSS")));
+        assert!(g.gw.try_wait().unwrap().is_none(), "the gateway exited");
+        rss.push((t0.elapsed(), proc_kib(g.pid, "VmRSS")));
         for t in targets.iter_mut() {
             t.tick();
         }
@@ -242,7 +230,7 @@ fn soak_against_real_engines_with_kills_and_pauses_loses_nothing() {
         for t in &targets {
             let url = format!("http://127.0.0.1:{}", t.port);
             let since = Instant::now();
-            while super::chaos::backend_stats(&c, &admin, &url).await["healthy"] != true {
+            while super::chaos::backend_stats(&c, &g.admin, &url).await["healthy"] != true {
                 assert!(
                     since.elapsed() < Duration::from_secs(20),
                     "{} not back in service",
@@ -253,23 +241,23 @@ fn soak_against_real_engines_with_kills_and_pauses_loses_nothing() {
         }
         let s = call(
             &c,
-            &format!("http://{proxy}"),
+            &format!("http://{}", g.proxy),
             "/v1/chat/completions",
             &chat(false, false),
             &[],
         )
         .await;
         assert_eq!(s.status, 200);
-        let req = Request::get(format!("http://{admin}/metrics"))
+        let req = Request::get(format!("http://{}/metrics", g.admin))
             .body(Full::new(Bytes::new()))
             .unwrap();
         let metrics = String::from_utf8_lossy(&common::send(&c, req).await.body).into_owned();
         std::fs::write(dir.join("metrics.txt"), metrics).unwrap();
     });
     // SIGTERM: drain and flush the records
-    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = Command::new("kill").arg(g.pid.to_string()).status();
     assert!(
-        gw.wait().unwrap().success(),
+        g.gw.wait().unwrap().success(),
         "the gateway's exit after SIGTERM"
     );
     drop(targets);
@@ -278,9 +266,9 @@ fn soak_against_real_engines_with_kills_and_pauses_loses_nothing() {
     assert!(!text.contains("panicked"), "gateway: {text:.2000}");
     let rss = RssSeries(rss);
     rss.write_csv(&dir.join("rss.csv"));
-    let sent = records(&out.join("requests.jsonl"));
+    let sent = records(&g.out.join("requests.jsonl"));
     // the final probes above were not the load generator's
-    let recs: Vec<Value> = records(&records_path)
+    let recs: Vec<Value> = records(&g.records)
         .into_iter()
         .filter(|r| r["id"].as_str().is_some_and(|id| id.starts_with("lg-")))
         .collect();
