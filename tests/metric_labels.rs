@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use thinkgate::metrics::{
-    self, Api, ForcedTrigger, ForcedWayLabel, HedgeResult, ReloadResult, RetryReason, TokenKind,
-    UpstreamError,
+    self, Api, ForcedTrigger, ForcedWayLabel, HedgeResult, LegKind, ReloadResult, RetryReason,
+    TokenKind, UpstreamError,
 };
 use thinkgate::record::Outcome;
 
@@ -53,6 +53,10 @@ fn the_readme_lists_every_label_value() {
                 .collect(),
         ),
         (metrics::RETRIES, RetryReason::FIXED.to_vec()),
+        (
+            metrics::EXTRA_REFUSED,
+            LegKind::ALL.iter().map(|k| k.as_str()).collect(),
+        ),
         (metrics::ROUTES_REFUSED, vec!["suspicious", "other"]),
         (
             metrics::CLIENT_REFUSED,

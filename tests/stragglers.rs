@@ -535,6 +535,179 @@ async fn a_backend_slow_to_send_its_head_is_hedged() {
     );
 }
 
+/// The names of a record's actions, in order.
+fn action_names(r: &Value) -> Vec<String> {
+    r["actions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x["action"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A connect left pending (a half-dead host, a listener whose accept
+/// queue is full: the kernel drops the SYN and the client waits for its
+/// retransmits) is hedged like a leg waiting for its head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_left_pending_is_hedged() {
+    use socket2::{Domain, Socket, Type};
+    // a listener that never accepts, its queue filled by held connections
+    let full = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    full.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    full.listen(0).unwrap();
+    let addr = full.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    let pending = loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(c) => held.push(c),
+            Err(_) => break true,
+        }
+        if held.len() > 64 {
+            break false;
+        }
+    };
+    assert!(
+        pending,
+        "the accept queue never filled: connects do not pend"
+    );
+    let (url, _sim) = sim(ReasoningMode::Field, 100.0).await;
+    let rec = tmp("hedge-connect");
+    let gw = gateway(vec![format!("http://{addr}"), url.clone()], |c| {
+        c.connect_timeout_ms = 20_000;
+        c.straggler.hedge.after_ms = Some(300);
+        c.straggler.hedge.max_ratio = 1.0;
+        c.records = Some(rec.clone());
+    })
+    .await;
+    // round robin sends the first original to the full listener
+    let t = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(10), ask(&gw, &chat(true, false)))
+        .await
+        .expect("not answered: a pending connect was not hedged");
+    let took = t.elapsed();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["x-thinkgate-backend"], url.as_str());
+    assert_eq!(read_chat(&got.body).dones, 1);
+    // the hedge delay plus the fast backend's answer, not a connect
+    // timeout (20 s) nor the SYN's retransmits (1 s, 3 s, ...)
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    gw.shutdown();
+    gw.wait().await;
+    let r = &records(&rec)[0];
+    assert_eq!(action_names(r), ["hedge_sent", "hedge_won"]);
+    drop(held);
+}
+
+/// A request's retries and its hedge share one list of the backends it
+/// went to: here the original got a 503 on `a`, its retry went to `b`,
+/// which sent its head and stalled, and the hedge must go to `c`, not
+/// back to `a` (before, the hedge avoided only `b`, went to `a`, got the
+/// 503 again, and the request waited on `b`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_never_goes_where_a_retry_has_been() {
+    let a = upstream(|_, _| {
+        let mut s = Script::json(r#"{"error":{"message":"overloaded"}}"#);
+        s.status = 503;
+        s
+    })
+    .await;
+    let b = upstream(|_, _| stalled()).await;
+    let (c_url, _sim) = sim(ReasoningMode::Field, 100.0).await;
+    let rec = tmp("hedge-after-retry");
+    let gw = gateway(
+        vec![
+            format!("http://{}", a.addr),
+            format!("http://{}", b.addr),
+            c_url.clone(),
+        ],
+        |c| {
+            c.straggler.hedge.after_ms = Some(300);
+            c.straggler.hedge.max_ratio = 1.0;
+            c.records = Some(rec.clone());
+        },
+    )
+    .await;
+    let t = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(5), ask(&gw, &chat(true, false)))
+        .await
+        .expect("not answered: the hedge went back to a and the request waits on b");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["x-thinkgate-backend"], c_url.as_str());
+    assert_eq!(a.seen.lock().unwrap().len(), 1, "the hedge went back to a");
+    assert_eq!(b.seen.lock().unwrap().len(), 1);
+    gw.shutdown();
+    gw.wait().await;
+    let r = &records(&rec)[0];
+    assert_eq!(action_names(r), ["retry", "hedge_sent", "hedge_won"]);
+    assert_eq!(r["actions"][1]["backend"], c_url.as_str());
+}
+
+/// Retries spend from the budget they share with hedges: a backend that
+/// answers every request with a 503 gets half of round robin's originals;
+/// the first ones are retried on the other backend until the credit (10
+/// to start, 0.2 a request) runs out, then the engine's 503 stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_spend_the_budget_they_share_with_hedges() {
+    let busy = upstream(|_, _| {
+        let mut s = Script::json(r#"{"error":{"message":"overloaded"}}"#);
+        s.status = 503;
+        s
+    })
+    .await;
+    let (url, _sim) = sim(ReasoningMode::Field, 100.0).await;
+    let rec = tmp("retry-budget");
+    let gw = gateway(vec![format!("http://{}", busy.addr), url.clone()], |c| {
+        c.straggler.extra_legs_ratio = 0.2;
+        c.straggler.extra_legs_per_sec = 0.0;
+        c.records = Some(rec.clone());
+    })
+    .await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(
+            send(&c, chat_req(&gw, &chat(true, false)))
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    // 20 originals on the busy backend: 10 + 0.2 x 40 of credit, spent
+    // as it came (worked out in order: 17 retried, 3 refused)
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(busy.seen.lock().unwrap().len(), 20);
+    let metrics = common::scrape(&gw).await;
+    let refused = common::metric(
+        &metrics,
+        "thinkgate_extra_legs_refused_total",
+        &[("kind", "retry")],
+    );
+    assert_eq!(refused, Some(3.0), "{metrics}");
+    gw.shutdown();
+    gw.wait().await;
+    let recs = records(&rec);
+    let count = |what: &str| {
+        recs.iter()
+            .filter(|r| action_names(r).iter().any(|a| a == what))
+            .count()
+    };
+    assert_eq!(count("retry"), 17);
+    assert_eq!(count("extra_refused"), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedges_stay_within_their_budget() {
     let slow = upstream(|_, _| stalled()).await;

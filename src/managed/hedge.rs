@@ -7,9 +7,9 @@
 //! passes first, raced the same way; the first token goes on. The loser is
 //! dropped in either state (its engine aborts it). At most one hedge per
 //! request; how many go out overall is bounded by the gateway-wide
-//! [`HedgeBudget`].
+//! [`ExtraLegs`] budget, which hedges share with retries.
 //!
-//! [`HedgeBudget`]: crate::straggler::hedge_budget::HedgeBudget
+//! [`ExtraLegs`]: crate::straggler::extra_legs::ExtraLegs
 
 use super::clock::{at, sleep_opt};
 use super::leg::{step_opt, Leg, Step};
@@ -17,6 +17,7 @@ use super::Managed;
 use crate::error::GatewayError;
 use crate::fleet::{Backend, LegLoad};
 use crate::straggler::action::Action;
+use crate::straggler::extra_legs::LegKind;
 use crate::upstream::send;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,15 +45,15 @@ pub(super) async fn send_racing(
     m: &mut Managed,
     backend: Arc<Backend>,
     t_sent: Instant,
+    tried: &send::Tried,
 ) -> (Sent, bool) {
     let (shared, fleet) = (Arc::clone(&m.shared), Arc::clone(&m.fleet));
     let delay = hedge_delay(&fleet.straggler.hedge, &backend);
     let arm = m.ctx.arm_index();
     let mut info = m.ctx.route().clone();
     let spare = m.out.again();
-    let tried = send::Tried::default();
     let mut a = Box::pin(send::send_tracked(
-        &shared, &fleet, &mut m.ctx, backend, &mut m.out, &tried,
+        &shared, &fleet, &mut m.ctx, backend, &mut m.out, tried,
     ));
     let Some(delay) = delay else {
         return (a.await, false);
@@ -65,8 +66,15 @@ pub(super) async fn send_racing(
     let Some(mut spare) = spare else {
         return (a.await, false);
     };
-    if !shared.hedge_budget.try_spend() {
-        return (a.await, false);
+    if !shared
+        .extra_legs
+        .try_spend(LegKind::Hedge, fleet.straggler.extra_legs_per_sec)
+    {
+        let r = a.await;
+        m.ctx.act(Action::ExtraRefused {
+            kind: LegKind::Hedge,
+        });
+        return (r, false);
     }
     // not where the original is, nor where its retries went
     let Ok(other) = fleet.pick_excluding(arm, &mut info, &tried.list()) else {
@@ -122,8 +130,15 @@ pub(super) async fn send_racing(
 /// Hold `a` until its first token; past the hedge delay (counted from
 /// `t_sent`, when the request went out) race a duplicate, unless one went
 /// before the head already. Returns the leg that goes on; the other is
-/// dropped, which aborts it upstream.
-pub(super) async fn race(m: &mut Managed, mut a: Leg, t_sent: Instant, hedged_before: bool) -> Leg {
+/// dropped, which aborts it upstream. The hedge avoids every backend in
+/// `tried` (where the request's retries went).
+pub(super) async fn race(
+    m: &mut Managed,
+    mut a: Leg,
+    t_sent: Instant,
+    hedged_before: bool,
+    tried: &send::Tried,
+) -> Leg {
     let fleet = Arc::clone(&m.fleet);
     let delay = hedge_delay(&fleet.straggler.hedge, &a.backend).filter(|_| !hedged_before);
     let t_hedge = delay.map(|d| t_sent + d);
@@ -166,8 +181,11 @@ pub(super) async fn race(m: &mut Managed, mut a: Leg, t_sent: Instant, hedged_be
             },
             _ = sleep_opt(t_hedge), if !hedged && t_hedge.is_some() => {
                 hedged = true;
-                if m.shared.hedge_budget.try_spend() {
-                    if let Some(leg) = open_hedge(m, &a).await {
+                let per_sec = fleet.straggler.extra_legs_per_sec;
+                if !m.shared.extra_legs.try_spend(LegKind::Hedge, per_sec) {
+                    m.ctx.act(Action::ExtraRefused { kind: LegKind::Hedge });
+                } else {
+                    if let Some(leg) = open_hedge(m, &a, tried).await {
                         m.ctx.act(Action::HedgeSent {
                             backend: leg.backend.upstream.name.to_string(),
                             after_ms: delay.map_or(0, |d| d.as_millis() as u64),
@@ -197,13 +215,17 @@ fn promote(m: &mut Managed, mut won: Leg) -> Leg {
 }
 
 /// Send the hedge: the same first-leg request to another healthy backend
-/// (no retries: the original is still running).
-async fn open_hedge(m: &mut Managed, a: &Leg) -> Option<Leg> {
+/// the request has not been to (no retries: the original is still
+/// running).
+async fn open_hedge(m: &mut Managed, a: &Leg, tried: &send::Tried) -> Option<Leg> {
     let mut info = m.ctx.route().clone();
+    let mut exclude = tried.list();
+    exclude.push(a.backend.index);
     let other = m
         .fleet
-        .pick_excluding(m.ctx.arm_index(), &mut info, &[a.backend.index])
+        .pick_excluding(m.ctx.arm_index(), &mut info, &exclude)
         .ok()?;
+    tried.add(other.index);
     let load = LegLoad::new(Arc::clone(&other));
     let mut out = m.out.again()?;
     let resp = send::once(&m.shared, &other, &mut out).await.ok()?;

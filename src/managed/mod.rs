@@ -107,13 +107,16 @@ pub async fn respond(mut m: Managed) -> Response<ResponseBody> {
     let fleet = Arc::clone(&m.fleet);
     if m.ctx.plan.hedge {
         m.shared
-            .hedge_budget
-            .on_request(fleet.straggler.hedge.max_ratio);
+            .extra_legs
+            .on_hedgeable(fleet.straggler.hedge.max_ratio);
     }
     let backend = Arc::clone(&m.backend);
     let t_sent = tokio::time::Instant::now();
+    // every backend this request went to, by a retry or a hedge: neither
+    // goes where the other has been
+    let tried = send::Tried::default();
     let (sent, hedged) = if m.ctx.plan.hedge {
-        hedge::send_racing(&mut m, backend, t_sent).await
+        hedge::send_racing(&mut m, backend, t_sent, &tried).await
     } else {
         (
             send::send(&m.shared, &fleet, &mut m.ctx, backend, &mut m.out).await,
@@ -133,7 +136,7 @@ pub async fn respond(mut m: Managed) -> Response<ResponseBody> {
     }
     let mut leg = Leg::new(&m, backend, resp, None);
     if m.ctx.plan.hedge {
-        leg = hedge::race(&mut m, leg, t_sent, hedged).await;
+        leg = hedge::race(&mut m, leg, t_sent, hedged, &tried).await;
     }
     // (A deadline that passed while the leg was held ends it in `run`.)
     let mut head = leg.head.take().unwrap_or_else(empty_parts);

@@ -37,6 +37,19 @@ label_values! {
 }
 
 label_values! {
+    /// `kind` of `thinkgate_extra_legs_refused_total` (and of a record's
+    /// `extra_refused` action): what spends from the budget retries and
+    /// hedges share.
+    LegKind { Retry => "retry", Hedge => "hedge" }
+}
+
+impl serde::Serialize for LegKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+label_values! {
     /// `kind` of `thinkgate_output_tokens_total`.
     TokenKind { Thinking => "thinking", Visible => "visible" }
 }

@@ -37,6 +37,7 @@ pub const FORCED_THINKING_TOKENS: &str = "thinkgate_forced_thinking_tokens";
 pub const FORCED_FALLBACKS: &str = "thinkgate_forced_fallbacks_total";
 pub const HEDGES: &str = "thinkgate_hedges_total";
 pub const RETRIES: &str = "thinkgate_retries_total";
+pub const EXTRA_REFUSED: &str = "thinkgate_extra_legs_refused_total";
 pub const DEADLINE_HITS: &str = "thinkgate_deadline_hits_total";
 pub const NOT_ENFORCED: &str = "thinkgate_not_enforced_total";
 pub const THINKING_LOOPS: &str = "thinkgate_thinking_loops_total";
@@ -48,7 +49,7 @@ pub const PANIC_ROUTING: &str = "thinkgate_panic_routing";
 
 mod labels;
 pub use labels::{
-    Api, ForcedTrigger, ForcedWayLabel, HedgeResult, ReloadResult, RetryReason, TokenKind,
+    Api, ForcedTrigger, ForcedWayLabel, HedgeResult, LegKind, ReloadResult, RetryReason, TokenKind,
     UpstreamError,
 };
 
@@ -91,6 +92,7 @@ pub const ALL: &[&str] = &[
     FORCED_FALLBACKS,
     HEDGES,
     RETRIES,
+    EXTRA_REFUSED,
     DEADLINE_HITS,
     NOT_ENFORCED,
     THINKING_LOOPS,
@@ -216,6 +218,7 @@ fn describe() {
     describe_counter!(NOT_ENFORCED, Unit::Count, "Requests with a thinking budget or deadline that the gateway could not enforce, by API (the Responses API is forwarded and measured, not rewritten; see docs/stragglers.md).");
     describe_counter!(HEDGES, Unit::Count, "Hedges before the first token by result: sent, won (the hedge answered first), wasted (the original did).");
     describe_counter!(RETRIES, Unit::Count, "Requests sent again to another backend after failing before any byte reached the client, by reason.");
+    describe_counter!(EXTRA_REFUSED, Unit::Count, "Retries and hedges that were due but not sent: the budget they share (straggler.extra_legs_ratio) had no credit, by kind.");
     describe_counter!(
         DEADLINE_HITS,
         Unit::Count,
@@ -395,6 +398,10 @@ impl Labels {
         counter!(RETRIES, "arm" => self.arm.clone(), "reason" => reason.label()).increment(1);
     }
 
+    pub fn straggler_extra_refused(&self, kind: LegKind) {
+        counter!(EXTRA_REFUSED, "arm" => self.arm.clone(), "kind" => kind.as_str()).increment(1);
+    }
+
     pub fn straggler_hedge(&self, result: HedgeResult) {
         counter!(HEDGES, "arm" => self.arm.clone(), "result" => result.as_str()).increment(1);
     }
@@ -541,6 +548,13 @@ pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
         }
         for r in [RetryReason::Connect, RetryReason::Reset] {
             counter!(RETRIES, &[arm(), ("reason", r.label())]).increment(0);
+        }
+        for k in ["retry", "hedge"] {
+            counter!(
+                EXTRA_REFUSED,
+                &[arm(), ("kind", SharedString::const_str(k))]
+            )
+            .increment(0);
         }
     }
     counter!(NO_BACKEND).increment(0);

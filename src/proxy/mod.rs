@@ -78,6 +78,9 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respon
         admit::slot(&shared, &mut ctx).await?;
         let inbound = read::request(&shared, &mut ctx, parts, body).await?;
         let routed = route::pick(&shared, &mut ctx, &inbound).await?;
+        shared
+            .extra_legs
+            .on_request(routed.fleet.straggler.extra_legs_ratio);
         Ok(outgoing::build(&shared, &mut ctx, inbound, routed, minted))
     };
     match path.await {

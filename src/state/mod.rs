@@ -33,8 +33,8 @@ pub struct Shared {
     pub(crate) observer_capture: Arc<ObserverConfig>,
     pub(crate) observer_capture_strip: Arc<ObserverConfig>,
     pub(crate) markers: thinkgate_asu::Markers,
-    /// Bounds hedges to `max_ratio` of requests over time.
-    pub(crate) hedge_budget: crate::straggler::hedge_budget::HedgeBudget,
+    /// Bounds retries and hedges together (and hedges to their own share).
+    pub(crate) extra_legs: crate::straggler::extra_legs::ExtraLegs,
     pub recorder: Recorder,
     pub models: LabelSet,
     pub draining: AtomicBool,
@@ -143,7 +143,7 @@ impl Shared {
             markers: cfg.markers()?,
             observer_capture: Arc::new(capture),
             observer_capture_strip: Arc::new(capture_strip),
-            hedge_budget: Default::default(),
+            extra_legs: Default::default(),
             h1: h1::Pool::new(
                 Duration::from_millis(cfg.connect_timeout_ms),
                 cfg.pool_max_idle_per_host,

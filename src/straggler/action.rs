@@ -1,6 +1,7 @@
 //! What the gateway did to a request beyond forwarding it: noted in its
 //! record (`actions`) and counted per arm.
 
+use super::extra_legs::LegKind;
 use crate::metrics::{ForcedTrigger, HedgeResult, Labels, RetryReason};
 use serde::Serialize;
 
@@ -58,6 +59,10 @@ pub enum Action {
         backend: String,
         reason: RetryReason,
     },
+    /// A retry or a hedge was due, and the budget they share
+    /// (`straggler.extra_legs_ratio`) had no credit: the request went on
+    /// without it.
+    ExtraRefused { kind: LegKind },
     /// A duplicate went to `backend` after `after_ms` without a first token.
     HedgeSent { backend: String, after_ms: u64 },
     /// The hedge produced the first token first (the original was aborted).
@@ -96,6 +101,7 @@ impl Action {
     pub fn count(&self, labels: &Labels) {
         match self {
             Action::Retry { reason, .. } => labels.straggler_retry(*reason),
+            Action::ExtraRefused { kind } => labels.straggler_extra_refused(*kind),
             Action::HedgeSent { .. } => labels.straggler_hedge(HedgeResult::Sent),
             Action::HedgeWon { .. } => labels.straggler_hedge(HedgeResult::Won),
             Action::HedgeWasted { .. } => labels.straggler_hedge(HedgeResult::Wasted),

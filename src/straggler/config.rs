@@ -42,6 +42,13 @@ pub struct StragglerConfig {
     /// status).
     pub retries: u32,
     pub retry_statuses: Vec<u16>,
+    /// Retries and hedges together, per request over time (one budget:
+    /// each request adds this much of an extra leg, each retry or hedge
+    /// spends one; a retry after a connect error spends nothing).
+    pub extra_legs_ratio: f64,
+    /// Extra legs a second the budget gains whatever the traffic, so a
+    /// quiet gateway can still retry.
+    pub extra_legs_per_sec: f64,
     /// Requests in their thinking phase a backend may hold before new
     /// requests prefer other backends (with every routing policy). Unset:
     /// no cap.
@@ -78,6 +85,8 @@ impl Default for StragglerConfig {
             hedge: HedgeConfig::default(),
             retries: 1,
             retry_statuses: vec![500, 502, 503, 504],
+            extra_legs_ratio: 0.2,
+            extra_legs_per_sec: 1.0,
             max_thinking_per_backend: None,
             on_loop: LoopAction::Count,
         }
@@ -95,7 +104,8 @@ pub struct HedgeConfig {
     pub after_percentile: Option<f64>,
     pub min_after_ms: u64,
     /// Hedges per request at most, over time (a token bucket: each request
-    /// adds this much credit, each hedge spends one).
+    /// adds this much credit, each hedge spends one), within the budget
+    /// hedges share with retries (`straggler.extra_legs_ratio`).
     pub max_ratio: f64,
 }
 
@@ -129,6 +139,18 @@ impl StragglerConfig {
             return Err(format!(
                 "straggler.hedge.max_ratio must be in 0..=1, got {}",
                 self.hedge.max_ratio
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.extra_legs_ratio) {
+            return Err(format!(
+                "straggler.extra_legs_ratio must be in 0..=1, got {}",
+                self.extra_legs_ratio
+            ));
+        }
+        if !(self.extra_legs_per_sec.is_finite() && self.extra_legs_per_sec >= 0.0) {
+            return Err(format!(
+                "straggler.extra_legs_per_sec must be 0 or more, got {}",
+                self.extra_legs_per_sec
             ));
         }
         if let (Some(d), Some(r)) = (self.deadline_ms, self.answer_reserve_ms) {

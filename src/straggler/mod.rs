@@ -4,13 +4,13 @@
 //!
 //! This module holds *what* to enforce on a request (its [`Plan`], from
 //! headers, arm, model and global settings), the settings, the actions
-//! recorded, and the gateway-wide hedge budget. A request with nothing to
+//! recorded, and the gateway-wide budget of extra legs (retries and hedges). A request with nothing to
 //! enforce takes the plain path (bytes pass through untouched); one with a
 //! budget, a deadline or hedging is *managed* (see `crate::managed`).
 
 pub mod action;
 pub mod config;
-pub mod hedge_budget;
+pub mod extra_legs;
 
 pub use config::{HedgeConfig, LoopAction, StragglerConfig};
 

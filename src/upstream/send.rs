@@ -10,6 +10,7 @@ use crate::fleet::{Backend, Fleet};
 use crate::metrics::RetryReason;
 use crate::state::Shared;
 use crate::straggler::action::Action;
+use crate::straggler::extra_legs::LegKind;
 use crate::upstream::UpBody;
 use crate::upstream::UpstreamBody;
 use bytes::Bytes;
@@ -173,6 +174,21 @@ pub async fn send_tracked(
         } else {
             None
         };
+        // A retry after a connect error costs no engine anything; any other
+        // spends from the budget retries share with hedges.
+        let free = matches!(failed, Failed::Error(RetryReason::Connect, _));
+        let next = next.filter(|_| {
+            let ok = free
+                || shared
+                    .extra_legs
+                    .try_spend(LegKind::Retry, cfg.extra_legs_per_sec);
+            if !ok {
+                ctx.act(Action::ExtraRefused {
+                    kind: LegKind::Retry,
+                });
+            }
+            ok
+        });
         let Some(next) = next else {
             // Nowhere else to go: the failure stands, as the engine gave it.
             return match failed {

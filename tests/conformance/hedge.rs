@@ -124,3 +124,66 @@ fn a_request_without_a_response_head_is_hedged_to_the_other_engine() {
         assert_eq!(s.status, 200);
     });
 }
+
+/// llama.cpp with every slot busy: its server sends no response head while
+/// a request waits for a free slot, so a request routed there is hedged
+/// before its head. A llama.cpp server of its own with one slot, held by a
+/// long request sent to it directly; the other engine is vLLM.
+#[test]
+#[ignore = "needs real engines: scripts/engines/install.sh"]
+fn a_request_queued_behind_busy_llama_slots_is_hedged_to_the_other_engine() {
+    let llama = Engine::start(Kind::LlamaParser, &["-np", "1", "-c", "32768"]);
+    let vllm = shared(Kind::VllmParser);
+    rt().block_on(async {
+        let c = client();
+        // the one slot: a stream of 30,000 tokens, held open, not read
+        let filler = open_long(&c, &llama.url, 30_000).await;
+        assert_eq!(filler.status(), 200);
+        let (gw, rec) = hedging_gateway(&llama, vllm).await;
+        let via = format!("http://{}", gw.proxy_addr);
+        let mut ttft = Vec::new();
+        for i in 0..6 {
+            let t0 = Instant::now();
+            let req = call(&c, &via, "/v1/chat/completions", &chat(true, false), &[]);
+            let s = tokio::time::timeout(Duration::from_secs(20), req)
+                .await
+                .unwrap_or_else(|_| panic!("request {i} was never answered: not hedged"));
+            ttft.push(t0.elapsed());
+            assert_eq!(s.status, 200, "request {i}");
+            assert_eq!(
+                s.headers["x-thinkgate-backend"].to_str().unwrap(),
+                vllm.url,
+                "request {i}: vLLM answered"
+            );
+        }
+        // the premise: the slot was busy the whole time
+        let req = Request::get(format!("{}/slots", llama.url))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let slots: Value = serde_json::from_slice(&common::send(&c, req).await.body).unwrap();
+        assert_eq!(
+            slots[0]["is_processing"], true,
+            "the filler ended early: nothing was queued ({slots})"
+        );
+        eprintln!("queued behind a busy llama.cpp slot, hedged at 300 ms: {ttft:?}");
+        // the hedge delay plus vLLM's own time, never the filler's
+        let slowest = ttft.iter().max().copied().unwrap_or_default();
+        assert!(slowest < Duration::from_secs(3), "{ttft:?}");
+        drop(filler);
+        let recs = stop(gw, &rec).await;
+        let won = recs
+            .iter()
+            .filter(|r| {
+                r["actions"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["action"] == "hedge_won"))
+            })
+            .count();
+        // round robin's originals alternate: three waited in llama.cpp's queue
+        assert_eq!(won, 3, "{recs:?}");
+        // the queued legs were dropped: the engine serves again at once
+        let s = call(&c, &llama.url, "/v1/chat/completions", &chat(true, false), &[]).await;
+        assert_eq!(s.status, 200);
+    });
+    drop(llama);
+}
