@@ -144,7 +144,8 @@ fn a_request_queued_behind_busy_llama_slots_is_hedged_to_the_other_engine() {
         let mut ttft = Vec::new();
         for i in 0..6 {
             let t0 = Instant::now();
-            let req = call(&c, &via, "/v1/chat/completions", &chat(true, false), &[]);
+            let body = chat(true, false);
+            let req = call(&c, &via, "/v1/chat/completions", &body, &[]);
             let s = tokio::time::timeout(Duration::from_secs(20), req)
                 .await
                 .unwrap_or_else(|_| panic!("request {i} was never answered: not hedged"));
