@@ -97,6 +97,7 @@ async fn ab(duration: f64, rate: f64, time_scale: f64, budget: u64, out: PathBuf
                 arm("unlimited", 0),
                 arm(&format!("budget-{budget}"), budget),
             ],
+            guardrail: None,
         }),
         ..gateway_cfg(urls)
     };

@@ -106,6 +106,33 @@ pub struct ExperimentConfig {
     #[serde(default)]
     pub assign_by: AssignBy,
     pub arms: Vec<ArmConfig>,
+    /// Stop sending requests to an arm the live test finds worse beyond a
+    /// margin (`[experiment.guardrail]`; off without the table).
+    #[serde(default)]
+    pub guardrail: Option<GuardrailConfig>,
+}
+
+/// `[experiment.guardrail]`: when the always-valid confidence sequence of
+/// B - A (the live view's, over the first two arms) shows one arm worse
+/// than the other by more than a margin, no new request is assigned to it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardrailConfig {
+    /// TTFVT and E2E: worse by more than this share of the better arm's
+    /// mean (0.1: 10% slower).
+    pub latency_margin: f64,
+    /// Error rate and accuracy: worse by more than this many points
+    /// (0.02: two percentage points).
+    pub rate_margin: f64,
+}
+
+impl Default for GuardrailConfig {
+    fn default() -> Self {
+        Self {
+            latency_margin: 0.1,
+            rate_margin: 0.02,
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -403,6 +430,19 @@ impl Config {
                 return Err(ConfigError::Invalid(
                     "experiment arm names must be unique, 1..=64 chars".into(),
                 ));
+            }
+            if e.arms.len() > 64 {
+                return Err(ConfigError::Invalid(
+                    "an experiment has 64 arms at most".into(),
+                ));
+            }
+            if let Some(g) = &e.guardrail {
+                let ok = |m: f64| m.is_finite() && m >= 0.0;
+                if !ok(g.latency_margin) || !ok(g.rate_margin) || g.rate_margin > 1.0 {
+                    return Err(ConfigError::Invalid(
+                        "experiment.guardrail margins must be >= 0 (rate_margin at most 1)".into(),
+                    ));
+                }
             }
         }
         self.markers()?;

@@ -166,6 +166,7 @@ async fn compare_by_arm_on_an_experiment_run() {
                     pool: None,
                 },
             ],
+            guardrail: None,
         });
     })
     .await;

@@ -265,6 +265,7 @@ async fn experiment_arms_are_sticky_by_session_and_labelled() {
         c.experiment = Some(ExperimentConfig {
             assign_by: AssignBy::Session,
             arms: arms.clone(),
+            guardrail: None,
         });
     })
     .await;
@@ -316,6 +317,7 @@ async fn experiment_arms_are_sticky_by_session_and_labelled() {
         cfg.experiment = Some(ExperimentConfig {
             assign_by: AssignBy::Random,
             arms: bad,
+            guardrail: None,
         });
         assert!(cfg.validate().is_err());
     }
@@ -442,4 +444,73 @@ async fn prestop_marks_not_ready_but_keeps_serving() {
         .unwrap();
     assert_eq!(send(&c, ready(&gw)).await.status, 503);
     assert_eq!(send(&c, req(&gw, false)).await.status, 200);
+}
+
+/// `[experiment.guardrail]`: an arm whose requests the live test shows
+/// slower beyond the margin is stopped, and every new request goes to the
+/// other arm; `/stats`, the gauge and the records say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guardrail_stops_the_arm_that_is_worse() {
+    use thinkgate::config::{ArmConfig, AssignBy, ExperimentConfig, GuardrailConfig};
+    let fast = upstream(|_, _| Script::json(r#"{"choices":[]}"#)).await;
+    let slow = upstream(|_, _| {
+        let mut s = Script::json(r#"{"choices":[]}"#);
+        s.head_delay = Duration::from_millis(30);
+        s
+    })
+    .await;
+    let backend = |url: String, pool: &str| BackendConfig {
+        url,
+        weight: 1,
+        pool: pool.into(),
+        models: vec![],
+        flavor: Default::default(),
+    };
+    let arm = |name: &str, pool: &str| ArmConfig {
+        thinking_budget: None,
+        deadline_ms: None,
+        name: name.into(),
+        weight: 1,
+        routing: PolicyConfig::RoundRobin,
+        pool: Some(pool.into()),
+    };
+    let gw = gateway(vec![], |c| {
+        c.backends = vec![backend(fast.url(), "fast"), backend(slow.url(), "slow")];
+        c.experiment = Some(ExperimentConfig {
+            assign_by: AssignBy::Random,
+            arms: vec![arm("a", "fast"), arm("b", "slow")],
+            guardrail: Some(GuardrailConfig::default()),
+        });
+    })
+    .await;
+    let c = client();
+    let mut arms = Vec::new();
+    for _ in 0..300 {
+        let got = send(&c, req(&gw, false)).await;
+        assert_eq!(got.status, 200);
+        arms.push(got.headers["x-thinkgate-arm"].to_str().unwrap().to_string());
+    }
+    let to_b = arms.iter().filter(|a| *a == "b").count();
+    // the test needs 30 of each before it may say anything; a 30x slower
+    // arm is found soon after
+    assert!((30..150).contains(&to_b), "{to_b} requests went to b");
+    assert!(
+        arms[200..].iter().all(|a| a == "a"),
+        "requests still go to the stopped arm: {arms:?}"
+    );
+    let stats = send(
+        &c,
+        Request::get(format!("http://{}/stats", gw.admin_addr))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    let stopped = &stats["experiment"]["guardrail"]["stopped"];
+    assert_eq!(stopped["arm"], "b", "{stats}");
+    assert!(stopped["at_least"].as_f64().unwrap() > stopped["margin"].as_f64().unwrap());
+    let m = scrape(&gw).await;
+    let gauge = |arm| metric(&m, "thinkgate_experiment_arm_stopped", &[("arm", arm)]);
+    assert_eq!(gauge("b"), Some(1.0), "{m}");
+    assert_eq!(gauge("a"), Some(0.0), "{m}");
 }

@@ -124,9 +124,10 @@ impl Sequential {
     }
 
     /// One observation of arm B (`is_b`) or A; non-finite values are
-    /// skipped.
+    /// skipped. After the decision the observations still count for
+    /// [`Sequential::interval_now`]; the decision stays.
     pub fn add(&mut self, is_b: bool, x: f64) {
-        if self.decided.is_some() || !x.is_finite() {
+        if !x.is_finite() {
             return;
         }
         if is_b {
@@ -134,7 +135,7 @@ impl Sequential {
         } else {
             self.a.add(x);
         }
-        if self.a.n < MIN_PER_ARM || self.b.n < MIN_PER_ARM {
+        if self.decided.is_some() || self.a.n < MIN_PER_ARM || self.b.n < MIN_PER_ARM {
             return;
         }
         let (a, b) = (&self.a, &self.b);
@@ -155,6 +156,26 @@ impl Sequential {
     pub fn verdict_now(&self) -> Verdict {
         self.decided
             .unwrap_or_else(|| self.verdict(Decision::KeepRunning))
+    }
+
+    /// The always-valid confidence sequence of B - A over every
+    /// observation so far, the decision's or not: `(estimate, lo, hi)`,
+    /// `None` before `MIN_PER_ARM` observations of each arm. It covers the
+    /// true difference at every moment at once with probability 1 - alpha,
+    /// so a rule that acts the first time `lo` passes a margin (the
+    /// gateway's guardrail) is wrong with probability alpha at most, however
+    /// often it looks.
+    pub fn interval_now(&self) -> Option<(f64, f64, f64)> {
+        if self.a.n < MIN_PER_ARM || self.b.n < MIN_PER_ARM {
+            return None;
+        }
+        let v = self.verdict(Decision::KeepRunning);
+        Some((v.estimate, v.lo, v.hi))
+    }
+
+    /// Arm A's mean so far (`None` before its first observation).
+    pub fn mean_a(&self) -> Option<f64> {
+        (self.a.n > 0).then_some(self.a.mean)
     }
 }
 
@@ -268,5 +289,21 @@ mod tests {
         assert_eq!(run(few, 0.05).decision, Decision::KeepRunning);
         let flat: Vec<(bool, f64)> = (0..200).map(|i| (i % 2 == 0, 1.0)).collect();
         assert_eq!(run(flat, 0.05).decision, Decision::KeepRunning);
+    }
+
+    #[test]
+    fn the_interval_goes_on_after_the_decision_which_stays() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut t = Sequential::new(0.05);
+        for (b, x) in experiment(&mut rng, 2000, 0.5) {
+            t.add(b, x);
+        }
+        let v = t.verdict_now();
+        assert_eq!(v.decision, Decision::BHigher);
+        let (est, lo, hi) = t.interval_now().unwrap();
+        // every observation counted: narrower than at the decision
+        assert!(t.a.n + t.b.n == 4000 && v.n_a + v.n_b < 4000);
+        assert!(hi - lo < v.hi - v.lo, "{lo}..{hi} vs {}..{}", v.lo, v.hi);
+        assert!(lo > 0.0 && est > lo && est < hi);
     }
 }

@@ -183,6 +183,8 @@ pub struct Fleet {
     /// Requests in flight per backend at most (0: no limit).
     max_inflight_per_backend: u64,
     assign_by: AssignBy,
+    /// The experiment's guardrail (the live view applies it).
+    pub guardrail: Option<crate::config::GuardrailConfig>,
     eject_after: u32,
     eject_ms: u64,
     healthy_after: u32,
@@ -284,6 +286,7 @@ impl Fleet {
             straggler: Arc::new(cfg.straggler.clone()),
             max_inflight_per_backend: cfg.max_inflight_per_backend,
             assign_by,
+            guardrail: cfg.experiment.as_ref().and_then(|e| e.guardrail),
             eject_after: cfg.eject_after_failures.max(1),
             eject_ms: cfg.eject_secs.saturating_mul(1000),
             healthy_after: cfg.healthy_after_successes.max(1),
@@ -295,26 +298,43 @@ impl Fleet {
     }
 
     /// The arm of a request: a stable hash of its session key (the same on
-    /// every gateway replica, no shared store), or random without one.
-    pub fn assign(&self, req: &RequestInfo) -> usize {
+    /// every gateway replica, no shared store), or random without one. An
+    /// arm in `stopped` (a bit per arm: the experiment's guardrail stopped
+    /// it) takes no request: one that would go there is placed over the
+    /// arms still running by the same draw, so no other arm's sessions
+    /// move.
+    pub fn assign(&self, req: &RequestInfo, stopped: u64) -> usize {
         if self.arms.len() == 1 {
             return 0;
         }
+        let x = match (&self.assign_by, &req.session) {
+            (AssignBy::Session, Some(s)) => {
+                thinkgate_policies::consistent_hash::stable_hash(s.as_bytes())
+            }
+            _ => rand::random::<u64>(),
+        };
+        let running = |i: usize| i >= 64 || stopped & (1 << i) == 0;
+        let arm = self.draw(x, |_| true);
+        if running(arm) || !(0..self.arms.len()).any(|i| running(i) && self.arms[i].weight > 0) {
+            return arm;
+        }
+        self.draw(x, running)
+    }
+
+    /// The arm `x` falls on, by weight, over the arms `keep` says.
+    fn draw(&self, x: u64, keep: impl Fn(usize) -> bool) -> usize {
+        let weight = |i: usize, a: &Arm| if keep(i) { u64::from(a.weight) } else { 0 };
         let total: u64 = self
             .arms
             .iter()
-            .map(|a| u64::from(a.weight))
+            .enumerate()
+            .map(|(i, a)| weight(i, a))
             .sum::<u64>()
             .max(1);
-        let x = match (&self.assign_by, &req.session) {
-            (AssignBy::Session, Some(s)) => {
-                thinkgate_policies::consistent_hash::stable_hash(s.as_bytes()) % total
-            }
-            _ => rand::random::<u64>() % total,
-        };
+        let x = x % total;
         let mut acc = 0;
         for (i, a) in self.arms.iter().enumerate() {
-            acc += u64::from(a.weight);
+            acc += weight(i, a);
             if x < acc {
                 return i;
             }

@@ -29,6 +29,7 @@ pub const RECORDS_DROPPED: &str = "thinkgate_records_dropped_total";
 pub const FEEDBACK: &str = "thinkgate_feedback_total";
 pub const USAGE_INJECTED: &str = "thinkgate_usage_injected_total";
 pub const BACKEND_HEALTHY: &str = "thinkgate_backend_healthy";
+pub const ARM_STOPPED: &str = "thinkgate_experiment_arm_stopped";
 pub const BACKEND_KV: &str = "thinkgate_backend_kv_usage";
 pub const NO_BACKEND: &str = "thinkgate_no_backend_total";
 pub const CONFIG_RELOADS: &str = "thinkgate_config_reloads_total";
@@ -84,6 +85,7 @@ pub const ALL: &[&str] = &[
     FEEDBACK,
     USAGE_INJECTED,
     BACKEND_HEALTHY,
+    ARM_STOPPED,
     BACKEND_KV,
     NO_BACKEND,
     CONFIG_RELOADS,
@@ -223,6 +225,11 @@ fn describe() {
         DEADLINE_HITS,
         Unit::Count,
         "Responses the gateway ended at their hard deadline."
+    );
+    describe_gauge!(
+        ARM_STOPPED,
+        Unit::Count,
+        "1 while the experiment's guardrail keeps new requests off this arm (worse than the other beyond a margin), else 0."
     );
     describe_gauge!(
         BACKEND_HEALTHY,
@@ -566,6 +573,10 @@ pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
     for r in ReloadResult::ALL {
         counter!(CONFIG_RELOADS, "result" => r.as_str()).increment(0);
     }
+}
+
+pub fn experiment_arm_stopped(arm: &str, stopped: bool) {
+    gauge!(ARM_STOPPED, "arm" => arm.to_string()).set(if stopped { 1.0 } else { 0.0 });
 }
 
 pub fn backend_health(backend: &SharedString, ok: bool) {

@@ -28,7 +28,7 @@ pub(super) async fn pick(
     let headers = &inbound.parts.headers;
     let mut info = request::route_info(&inbound.features, headers, &shared.cfg.session_header);
     let fleet = shared.fleet.load_full();
-    let arm = fleet.assign(&info);
+    let arm = fleet.assign(&info, shared.recorder.stopped.mask());
     ctx.set_arm(Arc::clone(&fleet), arm);
     let limits = fleet.arms.get(arm).map(|a| a.limits).unwrap_or_default();
     let plan = if ctx.endpoint.is_inference() && !shared.cfg.passthrough_strict {

@@ -171,7 +171,13 @@ impl Shared {
 fn set_arms(recorder: &Recorder, fleet: &crate::fleet::Fleet) {
     let names: Vec<String> = fleet.arms.iter().map(|a| a.name.to_string()).collect();
     if let Ok(mut s) = recorder.stats.lock() {
-        s.set_arms(&names);
+        s.set_arms(&names, fleet.guardrail);
+    }
+    if names.len() > 1 {
+        let stopped = recorder.stopped.mask();
+        for (i, n) in names.iter().enumerate() {
+            crate::metrics::experiment_arm_stopped(n, i < 64 && stopped & (1 << i) != 0);
+        }
     }
 }
 

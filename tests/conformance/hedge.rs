@@ -183,7 +183,14 @@ fn a_request_queued_behind_busy_llama_slots_is_hedged_to_the_other_engine() {
         // round robin's originals alternate: three waited in llama.cpp's queue
         assert_eq!(won, 3, "{recs:?}");
         // the queued legs were dropped: the engine serves again at once
-        let s = call(&c, &llama.url, "/v1/chat/completions", &chat(true, false), &[]).await;
+        let s = call(
+            &c,
+            &llama.url,
+            "/v1/chat/completions",
+            &chat(true, false),
+            &[],
+        )
+        .await;
         assert_eq!(s.status, 200);
     });
     drop(llama);

@@ -6,13 +6,16 @@
 //! keeps the recent window that `/stats` summarises. The writer flushes on
 //! shutdown.
 
+mod experiment;
+
 use crate::error::Fault;
+use experiment::Experiment;
+pub use experiment::StoppedArms;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use thinkgate_asu::sequential::{Moments, Sequential};
 use thinkgate_asu::Summary;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
@@ -154,161 +157,8 @@ pub struct StatsWindow {
     points: VecDeque<Point>,
     /// The live view of an experiment of two or more arms.
     experiment: Option<Experiment>,
-}
-
-/// One arm's figures since the experiment started.
-#[derive(Debug, Default)]
-struct ArmFigures {
-    requests: u64,
-    failed: u64,
-    ttfvt: Moments,
-    e2e: Moments,
-    /// Feedback `correct` grades (1 or 0).
-    graded: Moments,
-}
-
-/// Request ids remembered to attribute feedback to an arm.
-const MAX_IDS: usize = 100_000;
-
-/// The live view of an experiment: each arm's figures since it started,
-/// and the always-valid tests of its second arm (B) against its first (A),
-/// which may be read at every refresh (`thinkgate_asu::sequential`).
-#[derive(Debug)]
-struct Experiment {
-    /// Every arm, in the configuration's order.
-    arms: Vec<String>,
-    figures: std::collections::HashMap<String, ArmFigures>,
-    /// TTFVT, E2E, errors, accuracy.
-    tests: [Sequential; 4],
-    ids: std::collections::HashMap<String, String>,
-    order: VecDeque<String>,
-}
-
-const TESTS: [&str; 4] = ["ttfvt.mean", "e2e.mean", "errors", "accuracy"];
-
-impl Experiment {
-    fn new(arms: &[String]) -> Self {
-        Self {
-            arms: arms.to_vec(),
-            figures: arms
-                .iter()
-                .map(|a| (a.clone(), ArmFigures::default()))
-                .collect(),
-            tests: [Sequential::new(0.05); 4],
-            ids: Default::default(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// Which side of the tests an arm is on: Some(false) for A, Some(true)
-    /// for B, None for a third arm.
-    fn side(&self, arm: &str) -> Option<bool> {
-        match self.arms.iter().position(|a| a == arm) {
-            Some(0) => Some(false),
-            Some(1) => Some(true),
-            _ => None,
-        }
-    }
-
-    fn push(&mut self, r: &RequestRecord) {
-        // inferences only (not `GET /v1/models`)
-        if r.api == "other" {
-            return;
-        }
-        let side = self.side(&r.arm);
-        let Some(f) = self.figures.get_mut(&r.arm) else {
-            return;
-        };
-        let ok = r.status < 400 && r.outcome.ended_normally();
-        let failed = !ok && r.outcome != Outcome::ClientGone;
-        f.requests += 1;
-        f.failed += u64::from(failed);
-        let bit = |x: bool| if x { 1.0 } else { 0.0 };
-        if let Some(b) = side {
-            self.tests[2].add(b, bit(failed));
-        }
-        if let (true, Some(s)) = (ok, &r.asu) {
-            if let Some(t) = s.ttfvt() {
-                f.ttfvt.add(t);
-                if let Some(b) = side {
-                    self.tests[0].add(b, t);
-                }
-            }
-            f.e2e.add(s.e2e());
-            if let Some(b) = side {
-                self.tests[1].add(b, s.e2e());
-            }
-        }
-        if self.order.len() >= MAX_IDS {
-            if let Some(old) = self.order.pop_front() {
-                self.ids.remove(&old);
-            }
-        }
-        if self.ids.insert(r.id.clone(), r.arm.clone()).is_none() {
-            self.order.push_back(r.id.clone());
-        }
-    }
-
-    fn feedback(&mut self, fb: &crate::feedback::Feedback) {
-        if fb.metric != "correct" {
-            return;
-        }
-        let Some(arm) = self.ids.get(&fb.request_id).cloned() else {
-            return;
-        };
-        let x = match fb.value {
-            crate::feedback::Value::Bool(b) => f64::from(u8::from(b)),
-            crate::feedback::Value::Number(v) => f64::from(u8::from(v >= 0.5)),
-        };
-        if let Some(f) = self.figures.get_mut(&arm) {
-            f.graded.add(x);
-        }
-        if let Some(b) = self.side(&arm) {
-            self.tests[3].add(b, x);
-        }
-    }
-
-    fn summary(&self) -> serde_json::Value {
-        let mean = |m: &Moments| (m.n > 0).then_some(m.mean);
-        let arms: serde_json::Map<String, serde_json::Value> = self
-            .arms
-            .iter()
-            .filter_map(|a| {
-                let f = self.figures.get(a)?;
-                Some((
-                    a.clone(),
-                    serde_json::json!({
-                        "requests": f.requests,
-                        "errors": if f.requests > 0 { f.failed as f64 / f.requests as f64 } else { 0.0 },
-                        "ttfvt_mean_seconds": mean(&f.ttfvt),
-                        "e2e_mean_seconds": mean(&f.e2e),
-                        "accuracy": mean(&f.graded),
-                        "graded": f.graded.n,
-                    }),
-                ))
-            })
-            .collect();
-        let tests: serde_json::Map<String, serde_json::Value> = TESTS
-            .iter()
-            .zip(&self.tests)
-            .map(|(n, t)| {
-                let v = t.verdict_now();
-                let finite = |x: f64| x.is_finite().then_some(x);
-                (
-                    (*n).to_string(),
-                    serde_json::json!({
-                        "decision": v.decision, "n_a": v.n_a, "n_b": v.n_b,
-                        "estimate": finite(v.estimate), "lo": finite(v.lo), "hi": finite(v.hi),
-                    }),
-                )
-            })
-            .collect();
-        serde_json::json!({
-            "a": self.arms.first(), "b": self.arms.get(1),
-            "arms": arms,
-            "sequential": tests,
-        })
-    }
+    /// The arms its guardrail stopped (shared with the assignment).
+    stopped: Arc<StoppedArms>,
 }
 
 const MAX_POINTS: usize = 200_000;
@@ -319,18 +169,28 @@ impl StatsWindow {
             window,
             points: VecDeque::new(),
             experiment: None,
+            stopped: Arc::default(),
         }
     }
 
     /// The experiment's arms, in the configuration's order (fewer than
-    /// two: no experiment). New arms start a new live view; the same arms
-    /// keep theirs across reloads.
-    pub fn set_arms(&mut self, arms: &[String]) {
+    /// two: no experiment), and its guardrail. New arms start a new live
+    /// view (every arm running again); the same arms keep theirs, and what
+    /// the guardrail stopped, across reloads.
+    pub fn set_arms(&mut self, arms: &[String], guardrail: Option<crate::config::GuardrailConfig>) {
         if arms.len() < 2 {
             self.experiment = None;
-        } else if self.experiment.as_ref().is_none_or(|e| e.arms != arms) {
-            self.experiment = Some(Experiment::new(arms));
+            self.stopped.clear();
+        } else if let Some(e) = self.experiment.as_mut().filter(|e| e.arms() == arms) {
+            e.set_guardrail(guardrail);
+        } else {
+            self.experiment = Some(Experiment::new(arms, guardrail, Arc::clone(&self.stopped)));
         }
+    }
+
+    /// The arms the experiment's guardrail stopped.
+    pub fn stopped(&self) -> Arc<StoppedArms> {
+        Arc::clone(&self.stopped)
     }
 
     fn feedback(&mut self, f: &crate::feedback::Feedback) {
@@ -422,6 +282,9 @@ pub struct Recorder {
     /// Feedback grades, to the same file (`None`: no records file).
     feedback: Option<mpsc::Sender<crate::feedback::Feedback>>,
     pub stats: Arc<Mutex<StatsWindow>>,
+    /// The arms the experiment's guardrail stopped: read by every
+    /// assignment without taking the stats lock.
+    pub stopped: Arc<StoppedArms>,
 }
 
 impl Recorder {
@@ -429,12 +292,15 @@ impl Recorder {
     /// task): for tests of what settles, and when.
     pub fn channel(queue: usize) -> (Self, mpsc::Receiver<RequestRecord>) {
         let (tx, rx) = mpsc::channel(queue);
-        let stats = Arc::new(Mutex::new(StatsWindow::new(Duration::from_secs(60))));
+        let window = StatsWindow::new(Duration::from_secs(60));
+        let stopped = window.stopped();
+        let stats = Arc::new(Mutex::new(window));
         (
             Self {
                 tx,
                 feedback: None,
                 stats,
+                stopped,
             },
             rx,
         )
@@ -496,7 +362,9 @@ pub async fn start(
     let (tx, mut rx) = mpsc::channel::<RequestRecord>(queue);
     let (fb_tx, mut fb_rx) = mpsc::channel::<crate::feedback::Feedback>(queue);
     let feedback = file.is_some().then_some(fb_tx);
-    let stats = Arc::new(Mutex::new(StatsWindow::new(window)));
+    let window = StatsWindow::new(window);
+    let stopped = window.stopped();
+    let stats = Arc::new(Mutex::new(window));
     let (stop, mut stop_rx) = oneshot::channel();
     let st = Arc::clone(&stats);
     let join = tokio::spawn(async move {
@@ -547,6 +415,7 @@ pub async fn start(
             tx,
             feedback,
             stats,
+            stopped,
         },
         RecorderTask { stop, join },
     ))
