@@ -7,27 +7,41 @@
 # grader or user thumbs would), then the arms compared from the replicas'
 # records merged.
 #   scripts/experiment.sh [requests=600] [rate=6]
+# With ENGINES=llama: two real llama.cpp servers (scripts/engines/install.sh,
+# the tiny test model, 4 slots each) instead of the simulators. The tiny
+# model's answers are noise, so its grades are too: the run shows the
+# pipeline on real engines, not which policy answers better.
 # Loopback only; bounded by the request count and a 300 s per-request timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-600}; RATE=${2:-6}
+ENGINES=${ENGINES:-sim}
 cargo build --release --quiet
 bin=./target/release/thinkgate
 out=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+engine_pids=()
+trap 'kill "${pids[@]}" "${engine_pids[@]}" 2>/dev/null || true' EXIT
 
 addr_of() { # file, field: wait for the line a server prints, then the address
   for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && break; sleep 0.1; done
   grep -o "$2[^ ]*" "$1" | head -1 | sed "s/^$2//"
 }
 
-for i in 0 1; do
-  $bin sim --listen 127.0.0.1:0 --time-scale 20 --seed "$i" --num-blocks 2048 > "$out/sim$i.out" 2>&1 &
-  pids+=($!)
-done
 engines=()
-for i in 0 1; do engines+=("http://$(addr_of "$out/sim$i.out" 'listening on ')"); done
+model=()
+if [ "$ENGINES" = llama ]; then
+  . scripts/engines/llama-servers.sh
+  start_llama_servers "$out" 2 4
+  engines=("${engine_urls[@]}")
+  model=(--model tiny)
+else
+  for i in 0 1; do
+    $bin sim --listen 127.0.0.1:0 --time-scale 20 --seed "$i" --num-blocks 2048 > "$out/sim$i.out" 2>&1 &
+    pids+=($!)
+  done
+  for i in 0 1; do engines+=("http://$(addr_of "$out/sim$i.out" 'listening on ')"); done
+fi
 
 cat > "$out/gateway.toml" <<EOF
 upstreams = ["${engines[0]}", "${engines[1]}"]
@@ -44,6 +58,10 @@ routing = { type = "round_robin" }
 name = "difficulty_aware"
 weight = 50
 routing = { type = "difficulty_aware" }
+
+[experiment.guardrail]
+latency_margin = 0.1
+rate_margin = 0.02
 EOF
 
 for i in 0 1; do
@@ -58,7 +76,7 @@ for i in 0 1; do
 done
 echo "engines ${engines[*]}; gateways ${proxies[*]}; files in $out"
 
-$bin load --url "${proxies[0]},${proxies[1]}" --dataset-name mixed --num-requests "$N" \
+$bin load --url "${proxies[0]},${proxies[1]}" "${model[@]}" --dataset-name mixed --num-requests "$N" \
   --rate "$RATE" --seed 1 --timeout 300 --quiet --out "$out/run" | head -3
 
 # Feedback by request id, in batches, each to either replica's admin
@@ -80,5 +98,6 @@ echo "live view of replica 0 (/stats experiment):"
 curl -s "${admins[0]}/stats" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["experiment"], indent=1))'
 
 # SIGTERM: the replicas drain and flush their records
-kill -TERM "${pids[2]}" "${pids[3]}"; wait "${pids[2]}" "${pids[3]}" || true
+gws=("${pids[@]: -2}")
+kill -TERM "${gws[@]}"; wait "${gws[@]}" || true
 $bin load compare --by-arm "$out/records-0.jsonl" "$out/records-1.jsonl"

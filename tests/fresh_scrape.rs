@@ -10,8 +10,12 @@ mod common;
 use std::collections::BTreeSet;
 
 /// A gauge of a measured value has no honest 0: it appears with the first
-/// measurement (the first scrape of the engine's `/metrics`).
-const MEASURED: &[&str] = &["thinkgate_backend_kv_usage"];
+/// measurement (the first scrape of the engine's `/metrics`, the first
+/// feedback grade).
+const MEASURED: &[&str] = &[
+    "thinkgate_backend_kv_usage",
+    "thinkgate_experiment_accuracy",
+];
 
 #[tokio::test]
 async fn a_fresh_gateway_exports_what_the_dashboard_and_the_rules_name() {

@@ -436,9 +436,10 @@ impl Observer {
                     self.st.on_json(&self.json);
                 }
                 // Only TTFVT (= E2E) is defined for a non-streamed body: no
-                // token arrives before the whole body.
+                // token arrives before the whole body. An error body has no
+                // visible token at all (an engine's 400 is not an answer).
                 let s = &mut self.st.s;
-                s.t_first_visible_ns = Some(t_done_ns);
+                s.t_first_visible_ns = (!s.error_event).then_some(t_done_ns);
                 s.t_first_token_ns = None;
                 s.t_think_start_ns = None;
                 s.t_think_end_ns = None;

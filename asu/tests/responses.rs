@@ -284,3 +284,17 @@ fn sglang_zero_reasoning_tokens_do_not_erase_seen_thinking() {
     assert_eq!((s.thinking_tokens, s.visible_tokens), (2, 1));
     assert_eq!(s.token_source, TokenSource::UsageSplitByChunks);
 }
+
+/// An engine's error body (llama.cpp refusing a prompt past its context)
+/// is not an answer: no TTFVT, whereas a whole answer's TTFVT is its E2E.
+#[test]
+fn a_whole_error_body_has_no_first_visible_token() {
+    let body = br#"{"error":{"code":400,"message":"request (4201 tokens) exceeds the available context size (4096 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":4201,"n_ctx":4096}}"#;
+    let mut o = Observer::new(cfg(), BodyKind::Json);
+    o.feed(body, 1_000_000);
+    let s = o.finish(9_000_000);
+    assert!(s.error_event);
+    assert_eq!(s.t_first_visible_ns, None);
+    assert_eq!(s.ttfvt(), None);
+    assert_eq!(s.e2e(), 0.009);
+}

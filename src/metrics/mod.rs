@@ -30,6 +30,8 @@ pub const FEEDBACK: &str = "thinkgate_feedback_total";
 pub const USAGE_INJECTED: &str = "thinkgate_usage_injected_total";
 pub const BACKEND_HEALTHY: &str = "thinkgate_backend_healthy";
 pub const ARM_STOPPED: &str = "thinkgate_experiment_arm_stopped";
+pub const ARM_ACCURACY: &str = "thinkgate_experiment_accuracy";
+pub const DECISION: &str = "thinkgate_experiment_decision";
 pub const BACKEND_KV: &str = "thinkgate_backend_kv_usage";
 pub const NO_BACKEND: &str = "thinkgate_no_backend_total";
 pub const CONFIG_RELOADS: &str = "thinkgate_config_reloads_total";
@@ -86,6 +88,8 @@ pub const ALL: &[&str] = &[
     USAGE_INJECTED,
     BACKEND_HEALTHY,
     ARM_STOPPED,
+    ARM_ACCURACY,
+    DECISION,
     BACKEND_KV,
     NO_BACKEND,
     CONFIG_RELOADS,
@@ -225,6 +229,16 @@ fn describe() {
         DEADLINE_HITS,
         Unit::Count,
         "Responses the gateway ended at their hard deadline."
+    );
+    describe_gauge!(
+        ARM_ACCURACY,
+        Unit::Count,
+        "Per arm of the experiment: the share of its graded requests whose feedback says correct (appears with the first grade)."
+    );
+    describe_gauge!(
+        DECISION,
+        Unit::Count,
+        "Per test of the experiment's live view (ttfvt.mean, e2e.mean, errors, accuracy): the always-valid test's decision on arm B against arm A: -1 B lower, 1 B higher, 0 keep running."
     );
     describe_gauge!(
         ARM_STOPPED,
@@ -573,6 +587,15 @@ pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
     for r in ReloadResult::ALL {
         counter!(CONFIG_RELOADS, "result" => r.as_str()).increment(0);
     }
+}
+
+pub fn experiment_accuracy(arm: &str, share: f64) {
+    gauge!(ARM_ACCURACY, "arm" => arm.to_string()).set(share);
+}
+
+/// `decision`: -1 B lower, 0 keep running, 1 B higher.
+pub fn experiment_decision(test: &'static str, decision: f64) {
+    gauge!(DECISION, "test" => test).set(decision);
 }
 
 pub fn experiment_arm_stopped(arm: &str, stopped: bool) {

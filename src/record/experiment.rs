@@ -16,7 +16,7 @@ use crate::config::GuardrailConfig;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use thinkgate_asu::sequential::{Moments, Sequential};
+use thinkgate_asu::sequential::{Decision, Moments, Sequential};
 
 /// Arms the guardrail stopped: a bit per arm in the configuration's order.
 /// Set by the live view (off the hot path), read with one atomic load by
@@ -82,6 +82,8 @@ pub(super) struct Experiment {
     guardrail: Option<GuardrailConfig>,
     stopped: Arc<StoppedArms>,
     stop: Option<Stop>,
+    /// The decisions last exported (`thinkgate_experiment_decision`).
+    exported: [Decision; 4],
 }
 
 const TESTS: [&str; 4] = ["ttfvt.mean", "e2e.mean", "errors", "accuracy"];
@@ -95,6 +97,9 @@ impl Experiment {
         stopped: Arc<StoppedArms>,
     ) -> Self {
         stopped.clear();
+        for t in TESTS {
+            crate::metrics::experiment_decision(t, 0.0);
+        }
         Self {
             arms: arms.to_vec(),
             figures: arms
@@ -107,6 +112,23 @@ impl Experiment {
             guardrail,
             stopped,
             stop: None,
+            exported: [Decision::KeepRunning; 4],
+        }
+    }
+
+    /// Export the tests' decisions that changed (each changes once).
+    fn export(&mut self) {
+        for (i, t) in self.tests.iter().enumerate() {
+            let d = t.verdict_now().decision;
+            if d != self.exported[i] {
+                self.exported[i] = d;
+                let v = match d {
+                    Decision::BLower => -1.0,
+                    Decision::BHigher => 1.0,
+                    Decision::KeepRunning => 0.0,
+                };
+                crate::metrics::experiment_decision(TESTS[i], v);
+            }
         }
     }
 
@@ -165,6 +187,7 @@ impl Experiment {
         if self.ids.insert(r.id.clone(), r.arm.clone()).is_none() {
             self.order.push_back(r.id.clone());
         }
+        self.export();
         self.guard();
     }
 
@@ -181,9 +204,11 @@ impl Experiment {
         };
         if let Some(f) = self.figures.get_mut(&arm) {
             f.graded.add(x);
+            crate::metrics::experiment_accuracy(&arm, f.graded.mean);
         }
         if let Some(b) = self.side(&arm) {
             self.tests[3].add(b, x);
+            self.export();
             self.guard();
         }
     }
