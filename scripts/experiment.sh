@@ -7,6 +7,7 @@
 # grader or user thumbs would), then the arms compared from the replicas'
 # records merged.
 #   scripts/experiment.sh [requests=600] [rate=6]
+# With BUDGET_B=N, arm B is round robin with a thinking budget of N tokens.
 # With ENGINES=llama: two real llama.cpp servers (scripts/engines/install.sh,
 # the tiny test model, 4 slots each) instead of the simulators. The tiny
 # model's answers are noise, so its grades are too: the run shows the
@@ -43,6 +44,14 @@ else
   for i in 0 1; do engines+=("http://$(addr_of "$out/sim$i.out" 'listening on ')"); done
 fi
 
+# arm B: difficulty_aware routing, or with BUDGET_B=N round robin with a
+# thinking budget of N tokens (an arm that really differs: shorter, and
+# maybe less accurate)
+if [ -n "${BUDGET_B:-}" ]; then
+  arm_b=$(printf 'name = "budget_%s"\nweight = 50\nrouting = { type = "round_robin" }\nthinking_budget = %s' "$BUDGET_B" "$BUDGET_B")
+else
+  arm_b=$(printf 'name = "difficulty_aware"\nweight = 50\nrouting = { type = "difficulty_aware" }')
+fi
 cat > "$out/gateway.toml" <<EOF
 upstreams = ["${engines[0]}", "${engines[1]}"]
 
@@ -55,9 +64,7 @@ weight = 50
 routing = { type = "round_robin" }
 
 [[experiment.arms]]
-name = "difficulty_aware"
-weight = 50
-routing = { type = "difficulty_aware" }
+$arm_b
 
 [experiment.guardrail]
 latency_margin = 0.1

@@ -115,7 +115,7 @@ pub struct ExperimentConfig {
 /// `[experiment.guardrail]`: when the always-valid confidence sequence of
 /// B - A (the live view's, over the first two arms) shows one arm worse
 /// than the other by more than a margin, no new request is assigned to it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct GuardrailConfig {
     /// TTFVT and E2E: worse by more than this share of the better arm's
@@ -124,13 +124,22 @@ pub struct GuardrailConfig {
     /// Error rate and accuracy: worse by more than this many points
     /// (0.02: two percentage points).
     pub rate_margin: f64,
+    /// The tests that may stop an arm (`ttfvt.mean`, `e2e.mean`, `errors`,
+    /// `accuracy`). When the arms trade latency for accuracy (a thinking
+    /// budget against none), leave the latencies out: the faster arm would
+    /// win before the grades arrive.
+    pub tests: Vec<String>,
 }
+
+/// The live view's tests, by name.
+pub const GUARDRAIL_TESTS: [&str; 4] = ["ttfvt.mean", "e2e.mean", "errors", "accuracy"];
 
 impl Default for GuardrailConfig {
     fn default() -> Self {
         Self {
             latency_margin: 0.1,
             rate_margin: 0.02,
+            tests: GUARDRAIL_TESTS.iter().map(|t| t.to_string()).collect(),
         }
     }
 }
@@ -442,6 +451,16 @@ impl Config {
                     return Err(ConfigError::Invalid(
                         "experiment.guardrail margins must be >= 0 (rate_margin at most 1)".into(),
                     ));
+                }
+                if let Some(t) = g
+                    .tests
+                    .iter()
+                    .find(|t| !GUARDRAIL_TESTS.contains(&t.as_str()))
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "experiment.guardrail.tests: unknown test {t:?} (known: {})",
+                        GUARDRAIL_TESTS.join(", ")
+                    )));
                 }
             }
         }

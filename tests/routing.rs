@@ -513,4 +513,30 @@ async fn a_guardrail_stops_the_arm_that_is_worse() {
     let gauge = |arm| metric(&m, "thinkgate_experiment_arm_stopped", &[("arm", arm)]);
     assert_eq!(gauge("b"), Some(1.0), "{m}");
     assert_eq!(gauge("a"), Some(0.0), "{m}");
+    gw.shutdown();
+    gw.wait().await;
+
+    // a guardrail that watches errors and accuracy only lets the slower arm
+    // run (arms that trade latency for accuracy are compared on the rest)
+    let gw = gateway(vec![], |c| {
+        c.backends = vec![backend(fast.url(), "fast"), backend(slow.url(), "slow")];
+        c.experiment = Some(ExperimentConfig {
+            assign_by: AssignBy::Random,
+            arms: vec![arm("a", "fast"), arm("b", "slow")],
+            guardrail: Some(GuardrailConfig {
+                tests: vec!["errors".into(), "accuracy".into()],
+                ..GuardrailConfig::default()
+            }),
+        });
+    })
+    .await;
+    let mut late_b = 0;
+    for i in 0..200 {
+        let got = send(&c, req(&gw, false)).await;
+        late_b += usize::from(i >= 150 && got.headers["x-thinkgate-arm"] == "b");
+    }
+    assert!(late_b > 0, "the slower arm was stopped on latency");
+    let m = scrape(&gw).await;
+    let gauge = |arm| metric(&m, "thinkgate_experiment_arm_stopped", &[("arm", arm)]);
+    assert_eq!(gauge("b"), Some(0.0), "{m}");
 }

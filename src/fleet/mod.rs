@@ -286,7 +286,7 @@ impl Fleet {
             straggler: Arc::new(cfg.straggler.clone()),
             max_inflight_per_backend: cfg.max_inflight_per_backend,
             assign_by,
-            guardrail: cfg.experiment.as_ref().and_then(|e| e.guardrail),
+            guardrail: cfg.experiment.as_ref().and_then(|e| e.guardrail.clone()),
             eject_after: cfg.eject_after_failures.max(1),
             eject_ms: cfg.eject_secs.saturating_mul(1000),
             healthy_after: cfg.healthy_after_successes.max(1),

@@ -86,7 +86,7 @@ pub(super) struct Experiment {
     exported: [Decision; 4],
 }
 
-const TESTS: [&str; 4] = ["ttfvt.mean", "e2e.mean", "errors", "accuracy"];
+const TESTS: [&str; 4] = crate::config::GUARDRAIL_TESTS;
 
 impl Experiment {
     /// A new live view; it clears `stopped` (a new experiment starts with
@@ -216,11 +216,14 @@ impl Experiment {
     /// Stop an arm the tests show worse beyond the margin (one arm at
     /// most: the other keeps serving).
     fn guard(&mut self) {
-        let Some(g) = self.guardrail else { return };
+        let Some(g) = &self.guardrail else { return };
         if self.stop.is_some() {
             return;
         }
         for (i, t) in self.tests.iter().enumerate() {
+            if !g.tests.iter().any(|n| n == TESTS[i]) {
+                continue;
+            }
             let Some(Worse {
                 side,
                 worse_by,
@@ -304,9 +307,10 @@ impl Experiment {
             "a": self.arms.first(), "b": self.arms.get(1),
             "arms": arms,
             "sequential": tests,
-            "guardrail": self.guardrail.map(|g| serde_json::json!({
+            "guardrail": self.guardrail.as_ref().map(|g| serde_json::json!({
                 "latency_margin": g.latency_margin,
                 "rate_margin": g.rate_margin,
+                "tests": g.tests,
                 "stopped": self.stop,
             })),
         })

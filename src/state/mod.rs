@@ -171,7 +171,7 @@ impl Shared {
 fn set_arms(recorder: &Recorder, fleet: &crate::fleet::Fleet) {
     let names: Vec<String> = fleet.arms.iter().map(|a| a.name.to_string()).collect();
     if let Ok(mut s) = recorder.stats.lock() {
-        s.set_arms(&names, fleet.guardrail);
+        s.set_arms(&names, fleet.guardrail.clone());
     }
     if names.len() > 1 {
         let stopped = recorder.stopped.mask();
