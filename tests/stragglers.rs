@@ -535,6 +535,16 @@ async fn a_backend_slow_to_send_its_head_is_hedged() {
     );
 }
 
+/// An upstream that answers every request with a 503 (retried by default).
+async fn overloaded() -> common::Upstream {
+    upstream(|_, _| {
+        let mut s = Script::json(r#"{"error":{"message":"overloaded"}}"#);
+        s.status = 503;
+        s
+    })
+    .await
+}
+
 /// The names of a record's actions, in order.
 fn action_names(r: &Value) -> Vec<String> {
     r["actions"]
@@ -613,12 +623,7 @@ async fn a_connect_left_pending_is_hedged() {
 /// 503 again, and the request waited on `b`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hedge_never_goes_where_a_retry_has_been() {
-    let a = upstream(|_, _| {
-        let mut s = Script::json(r#"{"error":{"message":"overloaded"}}"#);
-        s.status = 503;
-        s
-    })
-    .await;
+    let a = overloaded().await;
     let b = upstream(|_, _| stalled()).await;
     let (c_url, _sim) = sim(ReasoningMode::Field, 100.0).await;
     let rec = tmp("hedge-after-retry");
@@ -657,12 +662,7 @@ async fn a_hedge_never_goes_where_a_retry_has_been() {
 /// to start, 0.2 a request) runs out, then the engine's 503 stands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_spend_the_budget_they_share_with_hedges() {
-    let busy = upstream(|_, _| {
-        let mut s = Script::json(r#"{"error":{"message":"overloaded"}}"#);
-        s.status = 503;
-        s
-    })
-    .await;
+    let busy = overloaded().await;
     let (url, _sim) = sim(ReasoningMode::Field, 100.0).await;
     let rec = tmp("retry-budget");
     let gw = gateway(vec![format!("http://{}", busy.addr), url.clone()], |c| {
@@ -752,12 +752,7 @@ async fn hedges_stay_within_their_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_go_elsewhere_only_before_the_first_byte() {
     // 503 before any byte: retried on the other backend.
-    let busy = upstream(|_, _| {
-        let mut s = Script::json(r#"{"error":{"message":"overloaded"}}"#);
-        s.status = 503;
-        s
-    })
-    .await;
+    let busy = overloaded().await;
     let (url, _sim) = sim(ReasoningMode::Field, 100.0).await;
     let rec = tmp("retry");
     let gw = gateway(vec![format!("http://{}", busy.addr), url.clone()], |c| {

@@ -16,6 +16,17 @@ async fn hedging_gateway(a: &Engine, b: &Engine) -> (Gateway, std::path::PathBuf
     .await
 }
 
+/// How many of `recs` a hedge won.
+fn hedges_won(recs: &[Value]) -> usize {
+    recs.iter()
+        .filter(|r| {
+            r["actions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["action"] == "hedge_won"))
+        })
+        .count()
+}
+
 /// Four streamed requests through `via`, each answered in full by the
 /// healthy engine `b` well before the stuck one could (it never would).
 async fn all_answered_by(c: &HttpClient, via: &str, b: &Engine) {
@@ -109,14 +120,7 @@ fn a_request_without_a_response_head_is_hedged_to_the_other_engine() {
         all_answered_by(&c, &via, b).await;
         drop(stopped);
         let recs = stop(gw, &rec).await;
-        let won = recs
-            .iter()
-            .filter(|r| {
-                r["actions"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x["action"] == "hedge_won"))
-            })
-            .count();
+        let won = hedges_won(&recs);
         // round robin's originals alternate: two went to the stopped engine
         assert_eq!(won, 2, "{recs:?}");
         // and it serves again once resumed
@@ -172,14 +176,7 @@ fn a_request_queued_behind_busy_llama_slots_is_hedged_to_the_other_engine() {
         assert!(slowest < Duration::from_secs(3), "{ttft:?}");
         drop(filler);
         let recs = stop(gw, &rec).await;
-        let won = recs
-            .iter()
-            .filter(|r| {
-                r["actions"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x["action"] == "hedge_won"))
-            })
-            .count();
+        let won = hedges_won(&recs);
         // round robin's originals alternate: three waited in llama.cpp's queue
         assert_eq!(won, 3, "{recs:?}");
         // the queued legs were dropped: the engine serves again at once
