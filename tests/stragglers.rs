@@ -7,7 +7,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{client, gateway, post, records, send, upstream, End, Script};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1073,6 +1073,163 @@ async fn a_budget_counts_tokens_of_events_split_across_reads() {
     let thinking = content.split("</think>").next().unwrap();
     assert_eq!(thinking, "<think> w1 w2 w3", "{text}");
     assert!(content.ends_with(" yes"), "{content}");
+}
+
+/// vLLM under load merges tokens into one event, up to the whole thinking,
+/// its close marker and the start of the answer. A budget that falls
+/// inside such an event cuts it there, before the observer sees it: the
+/// client gets the budget's tokens and the forced answer, never the
+/// engine's answer to a thinking it did not see; TTFVT is the forced
+/// answer's. Both ways vLLM writes thinking (inline, and in `reasoning`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_cuts_an_event_that_also_ends_the_thinking() {
+    // the scripted engine's tokenizer: " wN" is token N
+    fn tokenize(text: &str) -> Vec<u64> {
+        text.split(" w")
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect()
+    }
+    for parser in [false, true] {
+        let chunk = move |delta: Value, finish: Option<&str>, completion: u64, reasoning: u64| {
+            let usage = if parser {
+                json!({"prompt_tokens":5,"total_tokens":5 + completion,"completion_tokens":completion,
+                       "completion_tokens_details":{"reasoning_tokens":reasoning}})
+            } else {
+                json!({"prompt_tokens":5,"total_tokens":5 + completion,"completion_tokens":completion})
+            };
+            let v = json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+                "choices":[{"index":0,"delta":delta,"finish_reason":finish}],"usage":usage});
+            format!("data: {v}\n\n")
+        };
+        let up = upstream(move |parts, body| {
+            let req: Value = serde_json::from_slice(body).unwrap();
+            match parts.uri.path() {
+                "/tokenize" => {
+                    let ids = tokenize(req["prompt"].as_str().unwrap());
+                    return Script::json(&json!({ "tokens": ids }).to_string());
+                }
+                "/detokenize" => {
+                    let ids = req["tokens"].as_array().unwrap();
+                    let words: String = ids.iter().map(|i| format!(" w{i}")).collect();
+                    return Script::json(&json!({ "prompt": words }).to_string());
+                }
+                _ => {}
+            }
+            if req.get("continue_final_message").is_some() {
+                let answer = "data: {\"id\":\"c2\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" forced\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+                return Script::sse(vec![(Duration::from_millis(50), Bytes::from(answer))]);
+            }
+            // one event: two thinking words; the next: eight more, the
+            // close marker and the answer, with the finish reason
+            let events = if parser {
+                [
+                    chunk(json!({"role":"assistant","content":""}), None, 0, 0),
+                    chunk(json!({"reasoning":" w1 w2"}), None, 3, 2),
+                    chunk(
+                        json!({"reasoning":" w3 w4 w5 w6 w7 w8 w9 w10","content":"\n\n engine answer"}),
+                        Some("stop"),
+                        16,
+                        10,
+                    ),
+                ]
+            } else {
+                [
+                    chunk(json!({"role":"assistant","content":""}), None, 0, 0),
+                    chunk(json!({"content":"<think> w1 w2"}), None, 3, 0),
+                    chunk(
+                        json!({"content":" w3 w4 w5 w6 w7 w8 w9 w10</think>\n\n engine answer"}),
+                        Some("stop"),
+                        16,
+                        0,
+                    ),
+                ]
+            };
+            let mut writes: Vec<_> = events
+                .iter()
+                .map(|e| (Duration::from_millis(5), Bytes::from(e.clone())))
+                .collect();
+            writes.push((Duration::from_millis(5), Bytes::from_static(b"data: [DONE]\n\n")));
+            Script::sse(writes)
+        })
+        .await;
+        let url = up.url();
+        let rec = tmp(if parser { "cut-parser" } else { "cut-inline" });
+        let rec2 = rec.clone();
+        let gw = gateway(vec![], move |c| {
+            c.records = Some(rec2);
+            c.backends = vec![thinkgate::config::BackendConfig {
+                url,
+                weight: 1,
+                pool: "default".into(),
+                models: vec![],
+                flavor: thinkgate::config::Flavor::Vllm,
+            }];
+            c.straggler.thinking_budget = Some(5);
+        })
+        .await;
+        let got = send(
+            &client(),
+            post(
+                format!("http://{}/v1/chat/completions", gw.proxy_addr),
+                r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"q"}]}"#,
+            ),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&got.body).to_string();
+        assert!(
+            !text.contains("\"usage\""),
+            "{parser}: usage leaked: {text}"
+        );
+        assert!(
+            !text.contains("engine answer"),
+            "{parser}: the engine's answer leaked: {text}"
+        );
+        let deltas: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .collect();
+        let field = |k: &str| -> String {
+            deltas
+                .iter()
+                .filter_map(|v| v["choices"][0]["delta"][k].as_str())
+                .collect()
+        };
+        let (thinking, content) = if parser {
+            (field("reasoning"), field("content"))
+        } else {
+            let all = field("content");
+            let (t, c) = all.split_once("</think>").expect("thinking closed");
+            (t.to_string(), c.to_string())
+        };
+        let want = if parser {
+            " w1 w2 w3 w4 w5"
+        } else {
+            "<think> w1 w2 w3 w4 w5"
+        };
+        assert_eq!(thinking, want, "{parser}: {text}");
+        assert!(content.ends_with(" forced"), "{parser}: {text}");
+        // only the forced answer's last event finishes the stream
+        let finishes = deltas
+            .iter()
+            .filter(|v| v["choices"][0]["finish_reason"].is_string())
+            .count();
+        assert_eq!(finishes, 1, "{parser}: {text}");
+        gw.shutdown();
+        gw.wait().await;
+        let recs = records(&rec);
+        assert_eq!(recs[0]["thinking_tokens"], 5, "{parser}: {}", recs[0]);
+        assert_eq!(recs[0]["actions"][0]["way"], "continuation", "{}", recs[0]);
+        // the first visible token is the forced answer's (50 ms after the
+        // continuation was sent), not the cut event's
+        let ttfvt = recs[0]["t_first_visible_ns"].as_u64().unwrap();
+        assert!(
+            ttfvt >= 60_000_000,
+            "{parser}: TTFVT {ttfvt} ns: {}",
+            recs[0]
+        );
+    }
 }
 
 /// The managed path's timers on paused time, against scripted bodies: the

@@ -924,6 +924,15 @@ impl State {
     }
 
     fn count_tokens(&mut self) {
+        // Tokens of a completion that carry no text: the two thinking
+        // markers and the end token.
+        const NO_TEXT_TOKENS: u64 = 3;
+        // `completion` tokens came in `events` text-bearing events: more
+        // than the tokens without text and a quarter more than the events
+        // means the engine merged tokens (a format with more tokens that
+        // carry no text, gpt-oss's channels say, stays under it in any
+        // stream longer than a few dozen events).
+        let merged = |completion: u64, events: u64| completion > events + 8 + events / 4;
         let s = &mut self.s;
         let usage = s.usage;
         s.prompt_tokens = usage.and_then(|u| u.prompt_tokens);
@@ -945,10 +954,21 @@ impl State {
                 Some(rt) => (rt.min(ct), ct, TokenSource::Usage),
                 // Streamed: each event carrying thinking text is one token
                 // (engines stream a token per event; the markers and the
-                // end token carry no thinking text). An engine that merges
-                // tokens into one event makes this an undercount by the
-                // merged tokens.
-                None if s.streamed => (think_c.min(ct), ct, TokenSource::UsageSplitByChunks),
+                // end token carry no thinking text).
+                None if s.streamed && !merged(ct, think_c + vis_c) => {
+                    (think_c.min(ct), ct, TokenSource::UsageSplitByChunks)
+                }
+                // An engine that merged tokens into events (vLLM under load
+                // or with `--stream-interval`) left far more tokens than
+                // events: counting events would miss the merged ones, so the
+                // tokens that carry text are split by characters, as for a
+                // whole body, and never below the events counted.
+                None if s.streamed => {
+                    let text = ct.saturating_sub(NO_TEXT_TOKENS);
+                    let t = split(text, self.reasoning_bytes, self.visible_bytes);
+                    let t = t.max(think_c).min(ct.saturating_sub(vis_c).max(think_c));
+                    (t.min(ct), ct, TokenSource::UsageSplitByChars)
+                }
                 None => (
                     split(ct, self.reasoning_bytes, self.visible_bytes),
                     ct,

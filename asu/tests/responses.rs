@@ -187,6 +187,44 @@ fn inline_thinking_in_output_text_is_split_by_its_tags() {
     assert_eq!(s.thinking_tokens, 2);
 }
 
+/// vLLM under load merges tokens into events: counting events would miss
+/// most of the thinking, so the usage's tokens are split by characters.
+#[test]
+fn merged_tokens_are_counted_from_usage_split_by_characters() {
+    let think: Vec<String> = (0..20).map(|i| format!(" th{i:02}")).collect();
+    let deltas = [
+        format!("<think>{}", think[..8].concat()),
+        format!(
+            "{}</think>\n\n ansaa ansab ansac ansad ansae",
+            think[8..].concat()
+        ),
+    ];
+    let mut body = String::new();
+    for d in &deltas {
+        body += &ev(
+            "response.output_text.delta",
+            &format!(
+                r#"{{"type":"response.output_text.delta","delta":"{}"}}"#,
+                d.replace('\n', "\\n")
+            ),
+        );
+    }
+    // <think>, 20 thinking tokens, </think>, "\n\n", 5 answer tokens, the end
+    body += &ev(
+        "response.completed",
+        r#"{"type":"response.completed","response":{"status":"completed","usage":{"input_tokens":3,"output_tokens":29}}}"#,
+    );
+    let s = observe_split(body.as_bytes(), None);
+    assert_eq!(s.reasoning_chunks, 2);
+    assert_eq!(s.token_source, TokenSource::UsageSplitByChars);
+    assert!(
+        (19..=21).contains(&s.thinking_tokens),
+        "{}",
+        s.thinking_tokens
+    );
+    assert_eq!(s.thinking_tokens + s.visible_tokens, 29);
+}
+
 #[test]
 fn events_without_event_lines_are_read_by_their_type() {
     let body = vllm_stream("completed")

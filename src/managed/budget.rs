@@ -144,20 +144,81 @@ pub fn strip_chunk_usage(bytes: Bytes) -> Bytes {
     out.freeze()
 }
 
-/// Which field of choice 0 carries an event's thinking text, and the text.
-fn thinking_field(v: &Value) -> Option<(&'static str, String)> {
-    let c = v.get("choices")?.get(0)?;
-    if let Some(d) = c.get("delta") {
-        for k in ["reasoning", "reasoning_content", "content"] {
-            if let Some(t) = d.get(k).and_then(Value::as_str).filter(|t| !t.is_empty()) {
-                return Some((k, t.to_string()));
-            }
-        }
-        return None;
+/// The thinking one event carries in choice 0, read before the observer
+/// sees the event (a cut must reach the observer as the client gets it).
+pub struct EventThinking {
+    /// The field that carries it.
+    field: &'static str,
+    /// The field's text before the thinking: a written open marker and
+    /// what precedes it (inline thinking only).
+    lead: String,
+    /// The thinking text.
+    pub thinking: String,
+    /// The event also ends the thinking: the close marker, or visible text
+    /// beside it. vLLM puts the end of a thinking and the start of the
+    /// answer in one event when it merges tokens.
+    pub closes: bool,
+}
+
+impl EventThinking {
+    /// The field's text before the thinking.
+    pub fn lead(&self) -> &str {
+        &self.lead
     }
-    c.get("text")
-        .and_then(Value::as_str)
-        .map(|t| ("text", t.to_string()))
+}
+
+/// The thinking `event` carries, if any. `open` and `close` are the
+/// thinking markers; `inline_thinking` says the stream's visible text has
+/// not started (inline text is thinking until the close marker).
+pub fn event_thinking(
+    event: &[u8],
+    open: &str,
+    close: &str,
+    inline_thinking: bool,
+) -> Option<EventThinking> {
+    let v: Value = serde_json::from_slice(&event[json_span(event)?]).ok()?;
+    let c = v.get("choices")?.get(0)?;
+    let text_of = |d: &Value, k: &str| {
+        d.get(k)
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+    };
+    let (field, text) = match c.get("delta") {
+        Some(d) => {
+            for k in ["reasoning", "reasoning_content"] {
+                if let Some(t) = text_of(d, k) {
+                    return Some(EventThinking {
+                        field: if k == "reasoning" {
+                            "reasoning"
+                        } else {
+                            "reasoning_content"
+                        },
+                        lead: String::new(),
+                        thinking: t,
+                        closes: text_of(d, "content").is_some(),
+                    });
+                }
+            }
+            ("content", text_of(d, "content")?)
+        }
+        None => ("text", text_of(c, "text")?),
+    };
+    let (lead, after) = match text.find(open) {
+        Some(i) => (text[..i + open.len()].to_string(), &text[i + open.len()..]),
+        None if inline_thinking => (String::new(), &text[..]),
+        None => return None,
+    };
+    let (thinking, closes) = match after.find(close) {
+        Some(i) => (after[..i].to_string(), true),
+        None => (after.to_string(), false),
+    };
+    Some(EventThinking {
+        field,
+        lead,
+        thinking,
+        closes,
+    })
 }
 
 /// Thinking markers written out in an event (each is one token).
@@ -168,82 +229,66 @@ pub fn markers_in(event: &[u8], markers: &[&str]) -> u64 {
         .sum()
 }
 
-/// An event cut at the budget.
-pub struct Cut {
-    /// The event as the client gets it: its thinking text cut, and its
-    /// usage gone or (when the client asked for it) less the tokens cut.
-    pub event: Bytes,
-    /// Bytes of thinking text the cut left out (the end of what the
-    /// observer captured).
-    pub dropped: String,
-}
-
-/// Cut `event`, whose thinking text holds `tokens` tokens, after its first
-/// `keep`, asking `backend`'s tokenizer where that is. `open` is the
-/// thinking open marker: written out before the thinking text, it stays.
-/// `None` when the engine cannot say (no tokenizer endpoint, a count that
-/// differs, a timeout): the event then goes whole.
+/// `event` cut after the first `keep` of its thinking tokens `ids`
+/// (`ids` may be empty when `keep` is 0): the thinking text cut, whatever
+/// the event carried after the thinking (the close marker, the start of
+/// the answer, a finish reason) gone, and its usage less `dropped`
+/// completion tokens and `dropped_thinking` reasoning tokens. `None` when
+/// the engine's tokenizer cannot say where the cut is (no endpoint, text
+/// that does not round-trip, a timeout): the event then goes whole.
 #[expect(clippy::too_many_arguments, reason = "one call site, all distinct")]
 pub async fn cut(
     client: &UpstreamClient,
     backend: &Backend,
     model: Option<&str>,
     event: &[u8],
-    open: &str,
-    tokens: u64,
+    et: &EventThinking,
+    ids: &[u64],
     keep: u64,
-    keep_usage: bool,
-) -> Option<Cut> {
+    dropped: (u64, u64),
+) -> Option<Bytes> {
     let span = json_span(event)?;
     let mut v: Value = serde_json::from_slice(&event[span.clone()]).ok()?;
-    let (field, text) = thinking_field(&v)?;
-    let (lead, thinking) = match text.split_once(open) {
-        Some((before, after)) if field == "content" || field == "text" => {
-            (format!("{before}{open}"), after.to_string())
-        }
-        _ => (String::new(), text.clone()),
-    };
     let kept = if keep == 0 {
         String::new()
     } else {
-        let ids = tokenize(client, backend, model, &thinking).await?;
-        if ids.len() as u64 != tokens || keep >= tokens {
-            return None;
-        }
-        let kept = detokenize(client, backend, model, &ids[..keep as usize]).await?;
-        thinking.starts_with(&kept).then_some(kept)?
+        let kept = detokenize(client, backend, model, ids.get(..keep as usize)?).await?;
+        et.thinking.starts_with(&kept).then_some(kept)?
     };
-    let dropped = thinking[kept.len()..].to_string();
     let o = v.as_object_mut()?;
-    if keep_usage {
-        if let Some(u) = o.get_mut("usage") {
-            less_usage(u, tokens - keep);
-        }
-    } else {
-        o.shift_remove("usage");
+    if let Some(u) = o.get_mut("usage") {
+        less_usage(u, dropped.0, dropped.1);
     }
-    let c = o.get_mut("choices")?.get_mut(0)?;
-    let slot = match c.get_mut("delta") {
-        Some(d) => d.get_mut(field)?,
-        None => c.get_mut("text")?,
-    };
-    *slot = Value::String(format!("{lead}{kept}"));
+    let c = o.get_mut("choices")?.get_mut(0)?.as_object_mut()?;
+    let text = Value::String(format!("{}{kept}", et.lead));
+    match c.get_mut("delta").and_then(Value::as_object_mut) {
+        Some(d) => {
+            d.insert(et.field.to_string(), text);
+            if et.closes && et.field != "content" {
+                d.shift_remove("content");
+            }
+        }
+        None => {
+            c.insert("text".to_string(), text);
+        }
+    }
+    if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
+        c.insert("finish_reason".to_string(), Value::Null);
+    }
     let mut out = Vec::with_capacity(event.len());
     out.extend_from_slice(&event[..span.start]);
     serde_json::to_writer(&mut out, &v).ok()?;
     out.extend_from_slice(&event[span.end..]);
-    Some(Cut {
-        event: Bytes::from(out),
-        dropped,
-    })
+    Some(Bytes::from(out))
 }
 
-/// Usage less `n` tokens that were cut from the event.
-fn less_usage(u: &mut Value, n: u64) {
+/// Usage less `completion` tokens, `thinking` of them reasoning tokens,
+/// that were cut from the event.
+fn less_usage(u: &mut Value, completion: u64, thinking: u64) {
     for k in ["completion_tokens", "total_tokens"] {
         if let Some(x) = u.get_mut(k) {
             if let Some(t) = x.as_u64() {
-                *x = t.saturating_sub(n).into();
+                *x = t.saturating_sub(completion).into();
             }
         }
     }
@@ -252,7 +297,7 @@ fn less_usage(u: &mut Value, n: u64) {
         .and_then(|d| d.get_mut("reasoning_tokens"))
     {
         if let Some(t) = x.as_u64() {
-            *x = t.saturating_sub(n).into();
+            *x = t.saturating_sub(thinking).into();
         }
     }
 }
@@ -284,7 +329,8 @@ async fn post(
     tokio::time::timeout(TOKENIZER_TIMEOUT, call).await.ok()?
 }
 
-async fn tokenize(
+/// `text` in the engine's tokens.
+pub async fn tokenize(
     client: &UpstreamClient,
     backend: &Backend,
     model: Option<&str>,

@@ -57,12 +57,12 @@ struct Counting {
     pub(super) shared: Arc<Shared>,
     pub(super) model: Option<String>,
     pub(super) strip: bool,
+    /// Thinking may be written inline, between markers in the text.
+    pub(super) inline_tags: bool,
     /// Usage seen on some chunk: until then events are counted.
     pub(super) seen: bool,
     pub(super) completion: u64,
     pub(super) thinking: u64,
-    /// The end of the captured thinking text that a cut left out.
-    pub(super) dropped: Option<String>,
     /// The start of an event whose end is still to come.
     pub(super) partial: Vec<u8>,
 }
@@ -106,10 +106,10 @@ impl Leg {
                 shared: Arc::clone(&m.shared),
                 model: m.ctx.features.model.clone(),
                 strip: m.chunk_usage == ChunkUsageMode::Strip,
+                inline_tags: cfg.think_tags != thinkgate_asu::ThinkTags::Off,
                 seen: false,
                 completion: 0,
                 thinking: 0,
-                dropped: None,
                 partial: Vec::new(),
             }),
             suppress_thinking: false,
@@ -149,18 +149,16 @@ impl Leg {
                     budget if budget.is_some() || self.stop_on_loop => {
                         let mut out = bytes::BytesMut::new();
                         for piece in pieces::events(&data) {
-                            let before = self.obs.thinking_so_far();
-                            let fed = self.feed(piece.clone(), now);
-                            let counted = match budget {
-                                Some(b) => self.count(&piece, before, b).await,
-                                None => None,
+                            let piece = match budget {
+                                Some(b) => match self.count(piece, b).await {
+                                    Some(event) => event,
+                                    // the rest of the event is still to come
+                                    None => continue,
+                                },
+                                None => piece,
                             };
-                            let fed = match counted {
-                                // the stripper passed the event on as it came
-                                Some((event, cut)) if fed == event => cut,
-                                _ => self.out(fed),
-                            };
-                            out.extend_from_slice(&fed);
+                            let fed = self.feed(piece, now);
+                            out.extend_from_slice(&self.out(fed));
                             let thinking = self.obs.still_thinking();
                             if thinking && budget.is_some_and(|b| self.thinking() >= b) {
                                 break;
@@ -199,10 +197,16 @@ impl Leg {
                 }
                 Step::Bytes(out)
             }
-            Some(Err(failure)) => Step::Failed(failure),
+            Some(Err(failure)) => {
+                self.feed_partial();
+                Step::Failed(failure)
+            }
             None => {
-                let rest = self.strip.flush();
-                Step::End(self.out(rest))
+                let held = self.feed_partial();
+                let mut rest = bytes::BytesMut::from(&self.out(held)[..]);
+                let flushed = self.strip.flush();
+                rest.extend_from_slice(&self.out(flushed));
+                Step::End(rest.freeze())
             }
         }
     }
@@ -217,16 +221,10 @@ impl Leg {
     }
 
     /// The thinking text the client saw (a forced answer's continuation
-    /// goes on from it): the end of an event cut at the budget never
-    /// reached the client.
+    /// goes on from it; an event cut at the budget reached the observer
+    /// as the client got it).
     pub(super) fn thinking_text(&self) -> String {
-        let mut thinking = self.obs.thinking_text().unwrap_or_default();
-        if let Some(d) = self.exact.as_ref().and_then(|c| c.dropped.as_deref()) {
-            if thinking.ends_with(d) {
-                thinking.truncate(thinking.len() - d.len());
-            }
-        }
-        thinking
+        self.obs.thinking_text().unwrap_or_default()
     }
 
     /// Bytes on their way to the client: without the per-chunk usage the
@@ -238,69 +236,125 @@ impl Leg {
         }
     }
 
-    /// Count the thinking tokens of the event `piece` completes (just fed;
-    /// `before` was the event count before it) from its usage: a read can
-    /// end inside an event, whose first part waits here for the rest. When
-    /// they pass `budget`, returns the event and the event cut at the
-    /// budget, if the engine's tokenizer says where.
-    async fn count(&mut self, piece: &Bytes, before: u64, budget: u64) -> Option<(Bytes, Bytes)> {
-        let thinking_event = self.obs.thinking_so_far() > before;
-        let still = self.obs.still_thinking();
-        let c = self.exact.as_mut()?;
+    /// Count the thinking tokens of the event `piece` completes from its
+    /// usage, before the observer sees it. A read can end inside an event,
+    /// whose first part waits here for the rest (`None` until then). When
+    /// the event takes the thinking past `budget`, returns it cut at the
+    /// budget if the engine's tokenizer says where: with whatever followed
+    /// the thinking in it left out, so the forced answer, not the engine's,
+    /// follows the cut.
+    async fn count(&mut self, piece: Bytes, budget: u64) -> Option<Bytes> {
+        let before = self.obs.thinking_so_far();
+        let Some(c) = self.exact.as_mut() else {
+            return Some(piece);
+        };
+        let inline_thinking = c.inline_tags && self.obs.peek().t_first_visible_ns.is_none();
         let event = if c.partial.is_empty() {
-            piece.clone()
+            piece
         } else {
             let mut whole = std::mem::take(&mut c.partial);
-            whole.extend_from_slice(piece);
+            whole.extend_from_slice(&piece);
             Bytes::from(whole)
         };
         if !(event.ends_with(b"\n\n") || event.ends_with(b"\n\r\n")) {
-            // (an event this long is no chunk of a model's output)
-            if event.len() <= budget::MAX_EVENT {
-                c.partial = event.to_vec();
+            // (an event this long is no chunk of a model's output: it goes
+            // on uncounted)
+            if event.len() > budget::MAX_EVENT {
+                return Some(event);
             }
+            c.partial = event.to_vec();
             return None;
         }
-        let event = &event;
-        let u = budget::chunk_usage(event)?;
+        let Some(u) = budget::chunk_usage(&event) else {
+            return Some(event);
+        };
         let k = u.completion.saturating_sub(c.completion);
         c.completion = u.completion;
-        let markers = &c.shared.markers;
-        let think = match u.reasoning {
-            Some(r) => r.saturating_sub(c.thinking),
-            None if thinking_event => k.saturating_sub(budget::markers_in(
-                event,
-                &[markers.open(), markers.close()],
-            )),
-            None => 0,
-        };
         if !c.seen {
             // events counted before usage showed up (none, on vLLM)
-            c.thinking = self
-                .obs
-                .thinking_so_far()
-                .saturating_sub(u64::from(thinking_event));
+            c.thinking = before;
             c.seen = true;
         }
+        let markers = &c.shared.markers;
+        let (open, close) = (markers.open(), markers.close());
+        let et = budget::event_thinking(&event, open, close, inline_thinking);
+        let mut ids = None;
+        let think = match (u.reasoning, &et) {
+            (Some(r), _) => r.saturating_sub(c.thinking),
+            (None, None) => 0,
+            (None, Some(et)) => {
+                let most = k.saturating_sub(budget::markers_in(&event, &[open, close]));
+                if et.closes && c.thinking + most > budget {
+                    // the answer began in this event: how much of it was
+                    // thinking, the tokenizer says
+                    let t = budget::tokenize(
+                        &c.shared.client,
+                        &self.backend,
+                        c.model.as_deref(),
+                        &et.thinking,
+                    )
+                    .await;
+                    let n = t.as_ref().map_or(most, |t| t.len() as u64);
+                    ids = t;
+                    n
+                } else {
+                    // (an event that ends the thinking within the budget
+                    // counts its answer tokens too: the thinking is over)
+                    most
+                }
+            }
+        };
+        let from = c.thinking;
         c.thinking += think;
-        if !still || think == 0 || c.thinking <= budget {
-            return None;
+        let Some(et) = et.filter(|_| think > 0 && c.thinking > budget) else {
+            return Some(event);
+        };
+        let keep = budget.saturating_sub(from);
+        if ids.is_none() && keep > 0 {
+            ids = budget::tokenize(
+                &c.shared.client,
+                &self.backend,
+                c.model.as_deref(),
+                &et.thinking,
+            )
+            .await;
         }
-        let keep = think - (c.thinking - budget).min(think);
-        let cut = budget::cut(
+        let ids = ids.unwrap_or_default();
+        if keep > 0 && ids.len() as u64 != think {
+            // the engine's count and its tokenizer disagree: whole
+            return Some(event);
+        }
+        let lead = budget::markers_in(et.lead().as_bytes(), &[open]);
+        let dropped = (k.saturating_sub(keep + lead), think - keep);
+        match budget::cut(
             &c.shared.client,
             &self.backend,
             c.model.as_deref(),
-            event,
-            markers.open(),
-            think,
+            &event,
+            &et,
+            &ids,
             keep,
-            !c.strip,
+            dropped,
         )
-        .await?;
-        c.thinking = budget;
-        c.dropped = Some(cut.dropped);
-        Some((event.clone(), cut.event))
+        .await
+        {
+            Some(cut) => {
+                c.thinking = budget;
+                Some(cut)
+            }
+            None => Some(event),
+        }
+    }
+
+    /// The start of an event held for its end, observed as it is when the
+    /// body ends without it; what of it the client may get.
+    fn feed_partial(&mut self) -> Bytes {
+        let held = match self.exact.as_mut() {
+            Some(c) if !c.partial.is_empty() => Bytes::from(std::mem::take(&mut c.partial)),
+            _ => return Bytes::new(),
+        };
+        let now = self.t_recv.elapsed().as_nanos() as u64;
+        self.feed(held, now)
     }
 
     /// Observe `data` and return what of it the client may get (complete

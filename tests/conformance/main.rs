@@ -358,19 +358,20 @@ fn ttfvt_and_token_counts_agree_with_the_client_and_the_engine() {
                 // Exact where the engine reports reasoning tokens (vLLM with
                 // a parser); elsewhere the events that carried thinking
                 // text, which undercounts by the tokens an engine merged
-                // into one event (llama.cpp never does; vLLM now and then).
-                let want = if kind == Kind::VllmParser {
-                    think
-                } else {
-                    think - merged
+                // into one event (llama.cpp never does; vLLM now and then),
+                // unless it merged so many that the gateway saw it and split
+                // the usage by characters instead (within a tenth).
+                let got = asu["thinking_tokens"].as_u64().unwrap();
+                let want = match (kind, asu["token_source"].as_str()) {
+                    (Kind::VllmParser, _) => think,
+                    (_, Some("usage_split_by_chunks")) => think - merged,
+                    (_, Some("usage_split_by_chars")) => {
+                        assert!(got.abs_diff(think) <= think / 10, "{kind:?}: record {r}");
+                        got
+                    }
+                    _ => panic!("{kind:?}: token source, record {r}"),
                 };
-                assert_eq!(
-                    asu["thinking_tokens"], want,
-                    "{kind:?}: thinking tokens, record {r}"
-                );
-                if kind != Kind::VllmParser {
-                    assert_eq!(asu["token_source"], "usage_split_by_chunks");
-                }
+                assert_eq!(got, want, "{kind:?}: thinking tokens, record {r}");
                 assert_eq!(
                     asu["completion_tokens"], completion,
                     "{kind:?}: completion tokens, record {r}"
