@@ -252,6 +252,8 @@ struct State {
     /// Terminal events (a choice's `finish_reason`) completed by the last
     /// `feed`, when `strip_usage_only` is set.
     terminal: Vec<Range<u64>>,
+    /// Finish reasons seen (engines send one per choice).
+    finished: usize,
     reasoning_bytes: u64,
     visible_bytes: u64,
     /// Choice 0's loop detector, from its first thinking text until a loop
@@ -293,6 +295,7 @@ impl Observer {
                 itl_n: 0,
                 strip: Vec::new(),
                 terminal: Vec::new(),
+                finished: 0,
                 reasoning_bytes: 0,
                 visible_bytes: 0,
                 detector: None,
@@ -358,6 +361,12 @@ impl Observer {
     /// llama.cpp's `timings`), and the caller moves them back.
     pub fn terminal_ranges(&self) -> &[Range<u64>] {
         &self.st.terminal
+    }
+
+    /// Every choice seen has sent its finish reason: nothing the model
+    /// writes can follow, only a usage event and the end.
+    pub fn every_choice_finished(&self) -> bool {
+        !self.st.choices.is_empty() && self.st.finished >= self.st.choices.len()
     }
 
     /// True while the request is in its thinking phase: reasoning has started
@@ -522,6 +531,7 @@ impl State {
                     .filter(|t| !t.is_empty());
                 let marks = self.on_delta(c.index, reasoning, c.content.as_deref(), false, idx);
                 if let Some(fr) = &c.finish_reason {
+                    self.finished += 1;
                     if self.s.finish_reason.is_none() {
                         self.s.finish_reason = Some(fr.chars().take(32).collect());
                     }
@@ -579,6 +589,7 @@ impl State {
             };
             let marks = self.on_delta(choice.index, reasoning, content, tool, idx);
             if let Some(fr) = &choice.finish_reason {
+                self.finished += 1;
                 if self.s.finish_reason.is_none() {
                     self.s.finish_reason = Some(fr.chars().take(32).collect());
                 }

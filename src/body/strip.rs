@@ -45,6 +45,8 @@ pub struct UsageStripper {
     terminal: Vec<Range<u64>>,
     /// The observer's last event boundary.
     boundary: u64,
+    /// Every choice had finished at the last `process`.
+    all_finished: bool,
 }
 
 /// How long terminal events wait for the usage event. Engines send it right
@@ -60,12 +62,21 @@ pub const HOLD_FOR_USAGE: std::time::Duration = std::time::Duration::from_millis
 /// with `n: 2` on a busy 2-core host lost `system_fingerprint` that way).
 pub const HOLD_EMPTY_FOR_USAGE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How long textless terminal events wait once every choice has finished.
+/// Nothing the model writes can follow them, only the usage event and
+/// `[DONE]`, which a client waits for anyway: holding them costs the client
+/// nothing, and a loaded engine took more than `HOLD_EMPTY_FOR_USAGE`
+/// between its last finish chunk and the usage event (`n: 2`, conformance
+/// under CI load). The bound only matters for an engine that stalls there.
+pub const HOLD_LAST_FOR_USAGE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl UsageStripper {
     /// `chunk` holds the bytes at absolute offsets `start..` just fed to
     /// `obs` (which strips usage-only events).
     pub fn process(&mut self, chunk: Bytes, start: u64, obs: &Observer) -> Bytes {
         let (boundary, strip) = (obs.boundary(), obs.strip_ranges());
         self.boundary = boundary;
+        self.all_finished = obs.every_choice_finished();
         let terminal = obs.terminal_ranges();
         let end = start + chunk.len() as u64;
         // nothing to cut or hold: the chunk ends on an event boundary, or
@@ -181,7 +192,8 @@ impl UsageStripper {
     }
 
     /// How long the held events may wait for the usage event: briefly when
-    /// they carry text or a tool call, longer when they only end choices.
+    /// they carry text or a tool call, longer when they only end choices,
+    /// longest once every choice has ended.
     pub fn hold_for(&self) -> std::time::Duration {
         let n = (self.boundary.saturating_sub(self.held_start) as usize).min(self.held.len());
         let mut text = false;
@@ -191,6 +203,8 @@ impl UsageStripper {
         });
         if text {
             HOLD_FOR_USAGE
+        } else if self.all_finished {
+            HOLD_LAST_FOR_USAGE
         } else {
             HOLD_EMPTY_FOR_USAGE
         }
@@ -443,6 +457,35 @@ mod tests {
         }
         let every: Vec<usize> = (1..body.len()).collect();
         assert_eq!(String::from_utf8_lossy(&run(body.as_bytes(), &every)), want);
+    }
+
+    #[test]
+    fn finish_chunks_wait_longest_once_every_choice_has_finished() {
+        let cfg = Arc::new(ObserverConfig {
+            strip_usage_only: true,
+            ..ObserverConfig::default()
+        });
+        let mut obs = Observer::new(cfg, BodyKind::Sse);
+        let mut st = UsageStripper::default();
+        let mut at = 0u64;
+        let mut feed = |obs: &mut Observer, st: &mut UsageStripper, e: &str| {
+            obs.feed(e.as_bytes(), 0);
+            st.process(Bytes::from(e.to_string()), at, obs);
+            at += e.len() as u64;
+        };
+        for i in 0..2 {
+            feed(&mut obs, &mut st, &format!("data: {{\"choices\":[{{\"index\":{i},\"delta\":{{\"role\":\"assistant\"}},\"finish_reason\":null}}]}}\n\n"));
+        }
+        let fin = |i: u32| {
+            format!("data: {{\"choices\":[{{\"index\":{i},\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n")
+        };
+        // choice 1 may still write: a finish chunk waits briefly
+        feed(&mut obs, &mut st, &fin(0));
+        assert!(st.holding());
+        assert_eq!(st.hold_for(), HOLD_EMPTY_FOR_USAGE);
+        // both done: only the usage event and [DONE] can follow
+        feed(&mut obs, &mut st, &fin(1));
+        assert_eq!(st.hold_for(), HOLD_LAST_FOR_USAGE);
     }
 
     #[test]

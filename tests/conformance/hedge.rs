@@ -133,10 +133,18 @@ fn a_request_without_a_response_head_is_hedged_to_the_other_engine() {
 /// a request waits for a free slot, so a request routed there is hedged
 /// before its head. A llama.cpp server of its own with one slot, held by a
 /// long request sent to it directly; the other engine is vLLM.
+///
+/// The slot's context is capped at the model's 4,096 tokens whatever `-c`
+/// says, and without a context shift a stream ends there: about 3 s on
+/// this model, which a loaded CI machine outlasted. With the shift the
+/// filler's 30,000 tokens hold the slot for about 30 s.
 #[test]
 #[ignore = "needs real engines: scripts/engines/install.sh"]
 fn a_request_queued_behind_busy_llama_slots_is_hedged_to_the_other_engine() {
-    let llama = Engine::start(Kind::LlamaParser, &["-np", "1", "-c", "32768"]);
+    let llama = Engine::start(
+        Kind::LlamaParser,
+        &["-np", "1", "-c", "4096", "--context-shift"],
+    );
     let vllm = shared(Kind::VllmParser);
     rt().block_on(async {
         let c = client();
@@ -146,20 +154,27 @@ fn a_request_queued_behind_busy_llama_slots_is_hedged_to_the_other_engine() {
         let (gw, rec) = hedging_gateway(&llama, vllm).await;
         let via = format!("http://{}", gw.proxy_addr);
         let mut ttft = Vec::new();
+        let mut wrong = Vec::new();
         for i in 0..6 {
             let t0 = Instant::now();
             let body = chat(true, false);
             let req = call(&c, &via, "/v1/chat/completions", &body, &[]);
-            let s = tokio::time::timeout(Duration::from_secs(20), req)
-                .await
-                .unwrap_or_else(|_| panic!("request {i} was never answered: not hedged"));
+            let Ok(s) = tokio::time::timeout(Duration::from_secs(20), req).await else {
+                wrong.push(format!("request {i} was never answered: not hedged"));
+                break;
+            };
             ttft.push(t0.elapsed());
-            assert_eq!(s.status, 200, "request {i}");
-            assert_eq!(
-                s.headers["x-thinkgate-backend"].to_str().unwrap(),
-                vllm.url,
-                "request {i}: vLLM answered"
-            );
+            let by = s.headers["x-thinkgate-backend"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            if s.status != 200 || by != vllm.url {
+                wrong.push(format!("request {i}: {} from {by}, not vLLM", s.status));
+            }
+        }
+        if !wrong.is_empty() {
+            let recs = stop(gw, &rec).await;
+            panic!("{wrong:?} after {ttft:?}: {recs:#?}");
         }
         // the premise: the slot was busy the whole time
         let req = Request::get(format!("{}/slots", llama.url))
