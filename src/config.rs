@@ -280,6 +280,11 @@ pub struct Config {
     pub routes: crate::access::routes::RoutesConfig,
     /// Client keys (`[auth]`): off by default.
     pub auth: crate::access::AuthConfig,
+    /// The proxy listener over TLS (`[tls]`; off without a certificate).
+    pub tls: crate::tls::ListenerTlsConfig,
+    /// How `https://` engines are checked, and the client certificate
+    /// shown to them (`[upstream_tls]`).
+    pub upstream_tls: crate::tls::UpstreamTlsConfig,
 }
 
 /// `[loops]`: how a thinking loop is recognised (see
@@ -383,6 +388,8 @@ impl Default for Config {
             loops: LoopsConfig::default(),
             routes: Default::default(),
             auth: Default::default(),
+            tls: Default::default(),
+            upstream_tls: Default::default(),
         }
     }
 }
@@ -415,6 +422,11 @@ impl Config {
         }
         for b in &all {
             crate::upstream::parse_base(&b.url)?;
+        }
+        if self.tls.admin && !self.tls.enabled() {
+            return Err(ConfigError::Invalid(
+                "tls.admin needs the listener's certificate (tls.cert_file, tls.key_file)".into(),
+            ));
         }
         let arm_pools = self
             .experiment

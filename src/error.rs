@@ -20,6 +20,15 @@ pub enum Fault {
 pub enum GatewayError {
     #[error("upstream {backend} is unreachable: {reason}")]
     UpstreamUnreachable { backend: String, reason: String },
+    /// The TLS handshake with an `https://` engine failed: `kind` is the
+    /// label of `thinkgate_tls_errors_total`, `why` says it in words.
+    #[error("TLS to upstream {backend} failed ({kind}): {why}; {reason}")]
+    UpstreamTls {
+        backend: String,
+        kind: &'static str,
+        why: &'static str,
+        reason: String,
+    },
     #[error("upstream {backend} sent no response head within {secs} s")]
     UpstreamTimeout { backend: String, secs: u64 },
     #[error("request body exceeds the gateway limit of {limit} bytes")]
@@ -53,7 +62,9 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTls { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyRead(_) => StatusCode::BAD_REQUEST,
@@ -71,9 +82,9 @@ impl GatewayError {
 
     pub fn fault(&self) -> Fault {
         match self {
-            GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. } => {
-                Fault::Upstream
-            }
+            GatewayError::UpstreamUnreachable { .. }
+            | GatewayError::UpstreamTls { .. }
+            | GatewayError::UpstreamTimeout { .. } => Fault::Upstream,
             GatewayError::BodyTooLarge { .. }
             | GatewayError::BodyRead(_)
             | GatewayError::BodyTimeout { .. }
@@ -90,6 +101,7 @@ impl GatewayError {
     fn kind(&self) -> &'static str {
         match self {
             GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            GatewayError::UpstreamTls { .. } => "upstream_tls_error",
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::BodyTooLarge { .. } => "invalid_request_error",
             GatewayError::BodyRead(_) => "invalid_request_error",

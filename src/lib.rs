@@ -39,4 +39,5 @@ pub mod record;
 pub mod server;
 pub mod state;
 pub mod straggler;
+pub mod tls;
 pub mod upstream;

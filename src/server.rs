@@ -6,6 +6,8 @@ use crate::error::error_response;
 use crate::proxy::Proxy;
 use crate::record::{self, RecorderTask};
 use crate::state::Shared;
+use crate::tls::listener::Tls;
+use crate::tls::stream::ServerStream;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -18,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -44,6 +46,15 @@ impl Gateway {
         )
         .await?;
         let admin_token = cfg.resolved_admin_token()?;
+        // a bad certificate stops the gateway before it listens
+        let tls = crate::tls::listener::Tls::new(
+            &cfg.tls,
+            Duration::from_secs(cfg.client_header_timeout_secs),
+        )?;
+        let tls_watch = tls
+            .as_ref()
+            .map(|t| t.watch(Duration::from_secs(cfg.tls.reload_interval_secs)));
+        let admin_tls = tls.clone().filter(|_| cfg.tls.admin);
         let proxy_listener = TcpListener::bind(cfg.listen).await?;
         let admin_listener = TcpListener::bind(cfg.admin).await?;
         let proxy_addr = proxy_listener.local_addr()?;
@@ -57,6 +68,7 @@ impl Gateway {
         let (stop, stop_rx) = watch::channel(false);
         let admin = tokio::spawn(serve_admin(
             admin_listener,
+            admin_tls,
             Arc::clone(&shared),
             handle,
             admin_token,
@@ -65,6 +77,7 @@ impl Gateway {
         let done = tokio::spawn(async move {
             serve_proxy(
                 proxy_listener,
+                tls,
                 Arc::clone(&shared2),
                 stop_rx,
                 recorder_task,
@@ -77,6 +90,9 @@ impl Gateway {
             }
             if let Some(k) = keys_watch {
                 k.abort();
+            }
+            if let Some(t) = tls_watch {
+                t.abort();
             }
         });
         Ok(Self {
@@ -120,6 +136,7 @@ fn http_builder(client_header_timeout: Duration) -> auto::Builder<TokioExecutor>
 
 async fn serve_proxy(
     listener: TcpListener,
+    tls: Option<Tls>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     recorder: RecorderTask,
@@ -133,7 +150,7 @@ async fn serve_proxy(
         // inside, where their errors become OpenAI-style bodies and records
         .service(Proxy::new(Arc::clone(&shared)));
     let header_timeout = Duration::from_secs(shared.cfg.client_header_timeout_secs);
-    let builder = http_builder(header_timeout);
+    let builder = Arc::new(http_builder(header_timeout));
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -150,7 +167,8 @@ async fn serve_proxy(
                 let _ = stream.set_nodelay(true);
                 // hyper's header timeout starts once HTTP/1 is detected; a
                 // connection that never completes a first request (silent,
-                // or a trickled preface) is closed by this watchdog instead
+                // or a trickled preface or handshake) is closed by this
+                // watchdog instead
                 let started = Arc::new(AtomicBool::new(false));
                 let mark = Arc::clone(&started);
                 let inner = svc.clone();
@@ -158,18 +176,24 @@ async fn serve_proxy(
                     mark.store(true, Ordering::Relaxed);
                     tower::ServiceExt::oneshot(inner.clone(), req)
                 });
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let (builder, watcher, tls) = (Arc::clone(&builder), graceful.watcher(), tls.clone());
                 tokio::spawn(async move {
+                    let conn = async {
+                        // the handshake runs in the connection's own task:
+                        // a slow one never holds the accept loop
+                        let Some(io) = accept(stream, tls.as_ref()).await else {
+                            return;
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(io), svc);
+                        let _ = watcher.watch(conn).await;
+                    };
                     tokio::pin!(conn);
                     tokio::select! {
                         _ = &mut conn => return,
                         _ = tokio::time::sleep(header_timeout) => {}
                     }
                     if started.load(Ordering::Relaxed) {
-                        let _ = conn.await;
+                        conn.await;
                     }
                 });
             }
@@ -187,13 +211,23 @@ async fn serve_proxy(
     admin.abort();
 }
 
+/// The connection as plain TCP, or after its TLS handshake (`None` when
+/// that failed: counted, and only this connection is closed).
+async fn accept(stream: TcpStream, tls: Option<&Tls>) -> Option<ServerStream> {
+    match tls {
+        None => Some(ServerStream::Plain(stream)),
+        Some(t) => Some(ServerStream::Tls(Box::new(t.accept(stream).await?))),
+    }
+}
+
 async fn serve_admin(
     listener: TcpListener,
+    tls: Option<Tls>,
     shared: Arc<Shared>,
     handle: Option<PrometheusHandle>,
     token: Option<String>,
 ) {
-    let builder = http_builder(Duration::from_secs(10));
+    let builder = Arc::new(http_builder(Duration::from_secs(10)));
     let handle = Arc::new(handle);
     let token: Arc<Option<String>> = Arc::new(token);
     loop {
@@ -229,11 +263,11 @@ async fn serve_admin(
             };
             Box::pin(async move { Ok::<_, std::convert::Infallible>(resp) })
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
+        let (builder, tls) = (Arc::clone(&builder), tls.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            if let Some(io) = accept(stream, tls.as_ref()).await {
+                let _ = builder.serve_connection(TokioIo::new(io), svc).await;
+            }
         });
     }
 }

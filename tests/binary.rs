@@ -61,7 +61,7 @@ fn bad_config_is_a_clear_startup_error() {
         .args(["serve", "--upstream", "ftp://x"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only http://"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be http:// or https://"));
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ const LAYERS: &[&str] = &[
     "access",
     "straggler",
     "upstream",
+    "tls",
     "metrics",
     "error",
 ];

@@ -5,7 +5,7 @@
 
 use thinkgate::metrics::{
     self, Api, ForcedTrigger, ForcedWayLabel, HedgeResult, LegKind, ReloadResult, RetryReason,
-    TokenKind, UpstreamError,
+    TlsFailure, TlsSide, TokenKind, UpstreamError,
 };
 use thinkgate::record::Outcome;
 
@@ -58,6 +58,18 @@ fn the_readme_lists_every_label_value() {
             LegKind::ALL.iter().map(|k| k.as_str()).collect(),
         ),
         (metrics::ROUTES_REFUSED, vec!["suspicious", "other"]),
+        (
+            metrics::TLS_ERRORS,
+            TlsSide::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .chain(TlsFailure::ALL.iter().map(|k| k.as_str()))
+                .collect(),
+        ),
+        (
+            metrics::TLS_RELOADS,
+            ReloadResult::ALL.iter().map(|k| k.as_str()).collect(),
+        ),
         (
             metrics::CLIENT_REFUSED,
             vec!["unknown", "unknown_key", "limited"],

@@ -207,3 +207,56 @@ async fn openai_python_client_with_and_without_a_key() {
     assert_eq!(v["good"]["ok"], true, "the right key gets an answer: {v}");
     assert_eq!(v["sleep"]["status"], 404, "{v}");
 }
+
+/// The client over https: the gateway's TLS listener with a certificate
+/// from a private CA the client is told to trust (`httpx.Client(verify=CA)`,
+/// as teams configure it); a client that trusts only the system's roots is
+/// refused at the handshake.
+#[ignore = "needs python3 with the openai package: just external (CI runs it)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client_over_https() {
+    common::require_python_with_openai();
+    let (sim_addr, model, _sim) = sim().await;
+    let pki = common::pki::Pki::new("openai");
+    let leaf = pki.leaf("gateway", &["localhost", "127.0.0.1"], -1, 30);
+    let (cert, key) = (leaf.cert.clone(), leaf.key.clone());
+    let gw = common::gateway(vec![format!("http://{sim_addr}")], move |c| {
+        c.tls.cert_file = Some(cert);
+        c.tls.key_file = Some(key);
+    })
+    .await;
+    let base = format!("https://localhost:{}", gw.proxy_addr.port());
+    let ca = pki.ca_file().display().to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_tls.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([script, &base, &model, &ca])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["stream"];
+    assert!(!s["reasoning"].as_str().unwrap().is_empty(), "{s}");
+    assert!(s["content"].as_str().unwrap().contains("\\boxed{"), "{s}");
+    assert_eq!(s["finish"], "stop", "{s}");
+    assert!(
+        v["whole"]["content"].as_str().unwrap().contains("\\boxed{"),
+        "{v}"
+    );
+    assert_eq!(v["models"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["untrusted"]["raised"], "APIConnectionError", "{v}");
+    assert!(
+        v["untrusted"]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("CERTIFICATE_VERIFY_FAILED"),
+        "{v}"
+    );
+}

@@ -82,6 +82,24 @@ for name, values in sets:
             gw_toml = doc.get("data", {}).get("thinkgate.toml") if kind == "ConfigMap" else None
             if keys and gw_toml is not None and "/etc/thinkgate-keys/keys.toml" not in gw_toml:
                 fail(f"{name}: the config does not read the mounted client keys")
+            # every TLS Secret is mounted where the rendered config reads it
+            tls_mounts = [
+                ((values.get("tls") or {}).get("secretName"), "/etc/thinkgate-tls", "/etc/thinkgate-tls/tls.crt"),
+                ((values.get("upstreamTls") or {}).get("caSecretName"), "/etc/thinkgate-upstream-ca", "/etc/thinkgate-upstream-ca/ca.crt"),
+                ((values.get("upstreamTls") or {}).get("clientSecretName"), "/etc/thinkgate-upstream-client", "/etc/thinkgate-upstream-client/tls.key"),
+            ]
+            for secret, path, file in tls_mounts:
+                if secret and kind == "Deployment":
+                    spec = doc["spec"]["template"]["spec"]
+                    vols = [v for v in spec.get("volumes", []) if v.get("secret", {}).get("secretName") == secret]
+                    mounts = [m for m in spec["containers"][0].get("volumeMounts", []) if vols and m["name"] == vols[0]["name"]]
+                    if not mounts or mounts[0]["mountPath"] != path:
+                        fail(f"{name}: Secret {secret} is not mounted at {path}")
+                if secret and gw_toml is not None and file not in gw_toml:
+                    fail(f"{name}: the config does not read {file}")
+            if kind == "ConfigMap" and (values.get("backends") or {}).get("service", {}).get("scheme") == "https":
+                if gw_toml is not None and "https://vllm.models.svc:8443" not in gw_toml:
+                    fail(f"{name}: the engines' Service is not reached over https")
             if token and kind in ("ServiceMonitor", "PodMonitor"):
                 eps = doc["spec"].get("endpoints") or doc["spec"].get("podMetricsEndpoints")
                 if any(e.get("authorization", {}).get("credentials", {}).get("name") != token for e in eps):

@@ -72,6 +72,25 @@ label_values! {
 }
 
 label_values! {
+    /// `kind` of `thinkgate_tls_errors_total`: why a TLS handshake failed
+    /// (`crate::tls` says it in words and reads it from rustls's errors).
+    TlsFailure {
+        UnknownCa => "unknown_ca",
+        NameMismatch => "name_mismatch",
+        Expired => "expired",
+        BadCertificate => "bad_certificate",
+        Refused => "refused",
+        Handshake => "handshake",
+    }
+}
+
+label_values! {
+    /// `side` of `thinkgate_tls_errors_total`: an https engine, or a
+    /// client of the https listener.
+    TlsSide { Upstream => "upstream", Listener => "listener" }
+}
+
+label_values! {
     /// `result` of `thinkgate_config_reloads_total`.
     ReloadResult { Ok => "ok", Error => "error" }
 }

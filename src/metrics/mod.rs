@@ -49,11 +49,13 @@ pub const ROUTES_REFUSED: &str = "thinkgate_routes_refused_total";
 pub const CLIENT_REFUSED: &str = "thinkgate_client_refused_total";
 pub const KEYS_RELOADS: &str = "thinkgate_keys_reloads_total";
 pub const PANIC_ROUTING: &str = "thinkgate_panic_routing";
+pub const TLS_ERRORS: &str = "thinkgate_tls_errors_total";
+pub const TLS_RELOADS: &str = "thinkgate_tls_reloads_total";
 
 mod labels;
 pub use labels::{
-    Api, ForcedTrigger, ForcedWayLabel, HedgeResult, LegKind, ReloadResult, RetryReason, TokenKind,
-    UpstreamError,
+    Api, ForcedTrigger, ForcedWayLabel, HedgeResult, LegKind, ReloadResult, RetryReason,
+    TlsFailure, TlsSide, TokenKind, UpstreamError,
 };
 
 /// The per-request histograms (exported from the start, see [`zero_series`]).
@@ -107,6 +109,8 @@ pub const ALL: &[&str] = &[
     CLIENT_REFUSED,
     KEYS_RELOADS,
     PANIC_ROUTING,
+    TLS_ERRORS,
+    TLS_RELOADS,
 ];
 
 /// Latency buckets: 5 ms to 30 minutes (reasoning requests run for minutes).
@@ -210,6 +214,12 @@ fn describe() {
     describe_counter!(ROUTES_REFUSED, Unit::Count, "Requests refused with 404 by the route policy ([routes]), by route: the engine control endpoint they aimed at, suspicious (a path spelled to reach another route), or other.");
     describe_counter!(CLIENT_REFUSED, Unit::Count, "Requests refused for their client key ([auth]), by client (unknown without a known key) and reason: unknown_key (401) or limited (429).");
     describe_gauge!(PANIC_ROUTING, Unit::Count, "Per pool: 1 while fewer than panic_threshold of its backends are healthy and requests are routed over all of them (Envoy's panic mode), else 0.");
+    describe_counter!(TLS_ERRORS, Unit::Count, "TLS handshakes that failed, by side (upstream: an https engine; listener: a client of the https listener) and kind (unknown_ca, name_mismatch, expired, bad_certificate, refused, handshake).");
+    describe_counter!(
+        TLS_RELOADS,
+        Unit::Count,
+        "Reloads of the listener's certificate by result (error: the old one serves on)."
+    );
     describe_counter!(
         KEYS_RELOADS,
         Unit::Count,
@@ -586,7 +596,21 @@ pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
     }
     for r in ReloadResult::ALL {
         counter!(CONFIG_RELOADS, "result" => r.as_str()).increment(0);
+        counter!(TLS_RELOADS, "result" => r.as_str()).increment(0);
     }
+    for side in TlsSide::ALL {
+        for k in TlsFailure::ALL {
+            counter!(TLS_ERRORS, "side" => side.as_str(), "kind" => k.as_str()).increment(0);
+        }
+    }
+}
+
+pub fn tls_error(side: TlsSide, kind: TlsFailure) {
+    counter!(TLS_ERRORS, "side" => side.as_str(), "kind" => kind.as_str()).increment(1);
+}
+
+pub fn tls_reload(result: ReloadResult) {
+    counter!(TLS_RELOADS, "result" => result.as_str()).increment(1);
 }
 
 pub fn experiment_accuracy(arm: &str, share: f64) {

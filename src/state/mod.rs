@@ -138,6 +138,7 @@ impl Shared {
         };
         let access = crate::access::Access::new(cfg.routes.clone(), &cfg.auth)
             .map_err(crate::error::ConfigError::Invalid)?;
+        let tls = crate::tls::client::config(&cfg.upstream_tls)?;
         Ok(Self {
             access: Arc::new(access),
             markers: cfg.markers()?,
@@ -147,10 +148,12 @@ impl Shared {
             h1: h1::Pool::new(
                 Duration::from_millis(cfg.connect_timeout_ms),
                 cfg.pool_max_idle_per_host,
+                Arc::clone(&tls),
             ),
             client: crate::upstream::client(
                 Duration::from_millis(cfg.connect_timeout_ms),
                 cfg.pool_max_idle_per_host,
+                &tls,
             ),
             fleet: arc_swap::ArcSwap::from_pointee(fleet),
             observer: Arc::new(obs),

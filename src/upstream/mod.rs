@@ -8,6 +8,7 @@ pub mod watched;
 
 use crate::error::ConfigError;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -55,10 +56,8 @@ pub fn parse_base(url: &str) -> Result<Upstream, ConfigError> {
         .scheme()
         .cloned()
         .ok_or_else(|| bad("needs a scheme (http://)"))?;
-    if scheme != Scheme::HTTP {
-        return Err(bad(
-            "only http:// upstreams are supported (TLS to engines is not built yet)",
-        ));
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(bad("the scheme must be http:// or https://"));
     }
     let authority = uri
         .authority()
@@ -89,15 +88,28 @@ pub fn is_event_stream<B>(resp: &http::Response<B>) -> bool {
 
 pub type UpstreamBody =
     http_body_util::Either<http_body_util::Full<bytes::Bytes>, hyper::body::Incoming>;
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// The pooled keep-alive client (HTTP/1.1 to engines, as vLLM, SGLang and
-/// llama.cpp serve it).
-pub fn client(connect_timeout: Duration, max_idle_per_host: usize) -> UpstreamClient {
+/// llama.cpp serve it), over TLS to `https://` engines.
+pub fn client(
+    connect_timeout: Duration,
+    max_idle_per_host: usize,
+    tls: &rustls::ClientConfig,
+) -> UpstreamClient {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(connect_timeout));
     conn.set_keepalive(Some(Duration::from_secs(60)));
+    conn.enforce_http(false);
+    // (the connector sets ALPN itself from the versions it enables)
+    let mut tls = tls.clone();
+    tls.alpn_protocols.clear();
+    let conn = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(conn);
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -172,6 +184,10 @@ mod tests {
         // another prefix is the engine's path: kept
         let u = parse_base("http://gw:80/engine-a").unwrap();
         assert_eq!(&*u.prefix, "/engine-a");
-        assert!(parse_base("https://vllm:8000").is_err());
+        assert_eq!(
+            parse_base("https://vllm:8000/v1").unwrap().scheme,
+            Scheme::HTTPS
+        );
+        assert!(parse_base("ftp://vllm:8000").is_err());
     }
 }

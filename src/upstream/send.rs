@@ -7,10 +7,11 @@
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::fleet::{Backend, Fleet};
-use crate::metrics::RetryReason;
+use crate::metrics::{RetryReason, TlsSide};
 use crate::state::Shared;
 use crate::straggler::action::Action;
 use crate::straggler::extra_legs::LegKind;
+use crate::tls::TlsFailure;
 use crate::upstream::UpBody;
 use crate::upstream::UpstreamBody;
 use bytes::Bytes;
@@ -141,21 +142,33 @@ pub async fn send_tracked(
                 Failed::Status(Box::new(resp))
             }
             Ok(Err(Sent::Gateway(e))) => return Err(e),
-            Ok(Err(Sent::Failed { connect, reason })) => {
+            Ok(Err(Sent::Failed {
+                connect,
+                tls,
+                reason,
+            })) => {
                 if connect {
                     fleet.on_failure(&backend);
                 }
-                Failed::Error(
-                    if connect {
-                        RetryReason::Connect
-                    } else {
-                        RetryReason::Reset
-                    },
-                    GatewayError::UpstreamUnreachable {
-                        backend: backend.upstream.name.to_string(),
-                        reason,
-                    },
-                )
+                let backend = backend.upstream.name.to_string();
+                let error = match tls {
+                    Some(kind) => {
+                        crate::metrics::tls_error(TlsSide::Upstream, kind);
+                        GatewayError::UpstreamTls {
+                            backend,
+                            kind: kind.as_str(),
+                            why: kind.explain(),
+                            reason,
+                        }
+                    }
+                    None => GatewayError::UpstreamUnreachable { backend, reason },
+                };
+                let why = if connect {
+                    RetryReason::Connect
+                } else {
+                    RetryReason::Reset
+                };
+                Failed::Error(why, error)
             }
             Err(_) => {
                 return Err(GatewayError::UpstreamTimeout {
@@ -215,8 +228,13 @@ pub async fn send_tracked(
 pub(crate) enum Sent {
     /// The request itself is bad (answered by the gateway, not retried).
     Gateway(GatewayError),
-    /// The upstream failed; `connect` when the connection never opened.
-    Failed { connect: bool, reason: String },
+    /// The upstream failed; `connect` when the connection never opened
+    /// (its TLS handshake included: `tls` says why that failed).
+    Failed {
+        connect: bool,
+        tls: Option<TlsFailure>,
+        reason: String,
+    },
 }
 
 /// One attempt on `b`: bytes bodies go through the lean HTTP/1.1 client
@@ -240,20 +258,18 @@ pub(crate) async fn once(
         } else {
             std::borrow::Cow::Owned(format!("{}{pq}", up.prefix))
         };
-        return super::h1::request(
-            &shared.h1,
-            up.authority.as_str(),
-            &out.method,
-            &path,
-            &out.headers,
-            &body,
-        )
-        .await
-        .map(|r| r.map(UpBody::Raw))
-        .map_err(|e| Sent::Failed {
-            connect: e.is_connect(),
-            reason: error_chain(&e),
-        });
+        let to = super::h1::Target {
+            authority: &up.authority,
+            tls: up.scheme == http::uri::Scheme::HTTPS,
+        };
+        return super::h1::request(&shared.h1, to, &out.method, &path, &out.headers, &body)
+            .await
+            .map(|r| r.map(UpBody::Raw))
+            .map_err(|e| Sent::Failed {
+                connect: e.is_connect(),
+                tls: e.tls(),
+                reason: error_chain(&e),
+            });
     }
     let req = out.request_for(b).map_err(Sent::Gateway)?;
     shared
@@ -263,6 +279,7 @@ pub(crate) async fn once(
         .map(|r| r.map(UpBody::Hyper))
         .map_err(|e| Sent::Failed {
             connect: e.is_connect(),
+            tls: TlsFailure::find(&e),
             reason: error_chain(&e),
         })
 }

@@ -17,6 +17,7 @@ mod hedge;
 mod reasoning;
 mod routes;
 mod soak;
+mod tls;
 mod wire;
 
 use bytes::Bytes;
@@ -85,7 +86,16 @@ struct Seen {
     asu: Summary,
 }
 
-async fn call(c: &HttpClient, base: &str, path: &str, body: &Value, hdrs: &[(&str, &str)]) -> Seen {
+async fn call<C>(
+    c: &hyper_util::client::legacy::Client<C, Full<Bytes>>,
+    base: &str,
+    path: &str,
+    body: &Value,
+    hdrs: &[(&str, &str)],
+) -> Seen
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let mut req = Request::post(format!("{base}{path}")).header("content-type", "application/json");
     for (k, v) in hdrs {
         req = req.header(*k, *v);
@@ -94,7 +104,10 @@ async fn call(c: &HttpClient, base: &str, path: &str, body: &Value, hdrs: &[(&st
         .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())))
         .unwrap();
     let t0 = Instant::now();
-    let resp = c.request(req).await.unwrap();
+    let resp = c
+        .request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{base}{path}: {e:?}"));
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let kind = BodyKind::from_content_type(

@@ -18,11 +18,19 @@ Two options of the launcher itself (not passed to the engine):
     --announce    also print `STARTED http://127.0.0.1:PORT PID` as soon as the
                   engine process exists, before it answers (a caller that starts
                   a gateway at the same moment, as a pod does)
+    --client-cert FILE --client-key FILE
+                  the certificate the readiness probe shows to an engine that
+                  requires mutual TLS (vLLM's --ssl-cert-reqs 2)
+
+An engine given `--ssl-certfile` (vLLM) serves https: the URL printed is
+https://127.0.0.1:PORT and the probe speaks TLS (not checking the
+certificate: the caller does that).
 """
 
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -75,9 +83,9 @@ def command(kind, env, args, port):
     sys.exit(f"unknown engine {kind}")
 
 
-def healthy(url):
+def healthy(url, ctx=None):
     try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+        with urllib.request.urlopen(url + "/health", timeout=2, context=ctx) as r:
             return r.status == 200
     except Exception:
         return False
@@ -94,6 +102,20 @@ def main():
         args = args[:i] + args[i + 2 :]
     announce = "--announce" in args
     args = [a for a in args if a != "--announce"]
+    client = {}
+    for opt in ("--client-cert", "--client-key"):
+        if opt in args:
+            i = args.index(opt)
+            client[opt] = args[i + 1]
+            args = args[:i] + args[i + 2 :]
+    ctx = None
+    if "--ssl-certfile" in args:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if client:
+            ctx.load_cert_chain(client["--client-cert"], client["--client-key"])
+    scheme = "https" if ctx else "http"
     d, env = env_file()
     logs = d / "logs"
     logs.mkdir(exist_ok=True)
@@ -113,7 +135,7 @@ def main():
     attempts = 1 if fixed_port or announce else 3
     for attempt in range(attempts):
         port = fixed_port or free_port()
-        url = f"http://127.0.0.1:{port}"
+        url = f"{scheme}://127.0.0.1:{port}"
         log = open(logs / f"{kind}-{port}.log", "wb")
         p = subprocess.Popen(
             command(kind, env, args, port), stdout=log, stderr=subprocess.STDOUT,
@@ -129,9 +151,9 @@ def main():
         if announce:
             print(f"STARTED {url} {p.pid}", flush=True)
         deadline = time.time() + 300
-        while time.time() < deadline and p.poll() is None and not healthy(url):
+        while time.time() < deadline and p.poll() is None and not healthy(url, ctx):
             time.sleep(0.5)
-        if p.poll() is None and healthy(url):
+        if p.poll() is None and healthy(url, ctx):
             break
         kill()
         p.wait()

@@ -53,7 +53,7 @@ app.kubernetes.io/component: sim
 {{- $backends = append $backends (dict "url" . "flavor" $b.flavor) -}}
 {{- end -}}
 {{- if $b.service.name -}}
-{{- $backends = append $backends (dict "url" (printf "http://%s.%s.svc:%v" $b.service.name (default $ns $b.service.namespace) $b.service.port) "flavor" $b.flavor) -}}
+{{- $backends = append $backends (dict "url" (printf "%s://%s.%s.svc:%v" (default "http" $b.service.scheme) $b.service.name (default $ns $b.service.namespace) $b.service.port) "flavor" $b.flavor) -}}
 {{- end -}}
 {{- if .Values.sim.enabled -}}
 {{- $backends = append $backends (dict "url" (printf "http://%s-sim.%s.svc:%v" (include "thinkgate.fullname" .) $ns .Values.sim.port) "flavor" "vllm") -}}
@@ -65,6 +65,23 @@ app.kubernetes.io/component: sim
 {{- $auth := default dict $cfg.auth -}}
 {{- $_ := set $auth "keys_file" (printf "/etc/thinkgate-keys/%s" .Values.clientKeys.key) -}}
 {{- $_ := set $cfg "auth" $auth -}}
+{{- end -}}
+{{- if .Values.tls.secretName -}}
+{{- $tls := default dict $cfg.tls -}}
+{{- $_ := set $tls "cert_file" "/etc/thinkgate-tls/tls.crt" -}}
+{{- $_ := set $tls "key_file" "/etc/thinkgate-tls/tls.key" -}}
+{{- $_ := set $cfg "tls" $tls -}}
+{{- end -}}
+{{- $up := default dict $cfg.upstream_tls -}}
+{{- if .Values.upstreamTls.caSecretName -}}
+{{- $_ := set $up "ca_file" (printf "/etc/thinkgate-upstream-ca/%s" .Values.upstreamTls.caKey) -}}
+{{- end -}}
+{{- if .Values.upstreamTls.clientSecretName -}}
+{{- $_ := set $up "cert_file" "/etc/thinkgate-upstream-client/tls.crt" -}}
+{{- $_ := set $up "key_file" "/etc/thinkgate-upstream-client/tls.key" -}}
+{{- end -}}
+{{- if $up -}}
+{{- $_ := set $cfg "upstream_tls" $up -}}
 {{- end -}}
 {{- if $b.headless.name -}}
 {{- $_ := set $cfg "discovery" (dict "dns" (printf "%s.%s.svc" $b.headless.name (default $ns $b.headless.namespace)) "port" $b.headless.port "interval_ms" $b.headless.intervalMs "flavor" $b.flavor) -}}

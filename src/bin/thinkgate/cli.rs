@@ -179,6 +179,24 @@ pub struct ServeArgs {
     /// How long a queued request waits, ms.
     #[arg(long, env = "THINKGATE_QUEUE_TIMEOUT_MS")]
     pub queue_timeout_ms: Option<u64>,
+    /// Serve the proxy listener over TLS with this certificate chain (PEM).
+    #[arg(long, env = "THINKGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The listener certificate's private key (PEM).
+    #[arg(long, env = "THINKGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the admin listener over TLS too, with the same certificate.
+    #[arg(long, env = "THINKGATE_ADMIN_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub admin_tls: Option<bool>,
+    /// CA certificates (PEM) trusted for https:// upstreams, besides the system's.
+    #[arg(long, env = "THINKGATE_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Client certificate (PEM) shown to https:// upstreams that require mutual TLS.
+    #[arg(long, env = "THINKGATE_UPSTREAM_CERT", requires = "upstream_key")]
+    pub upstream_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "THINKGATE_UPSTREAM_KEY", requires = "upstream_cert")]
+    pub upstream_key: Option<PathBuf>,
 }
 
 fn parse_think_tags(s: &str) -> Result<ThinkTags, String> {
@@ -241,6 +259,20 @@ impl ServeArgs {
         }
         if !self.upstreams.is_empty() {
             c.upstreams = self.upstreams.clone();
+        }
+        if self.tls_cert.is_some() {
+            c.tls.cert_file = self.tls_cert.clone();
+            c.tls.key_file = self.tls_key.clone();
+        }
+        if let Some(on) = self.admin_tls {
+            c.tls.admin = on;
+        }
+        if self.upstream_ca.is_some() {
+            c.upstream_tls.ca_file = self.upstream_ca.clone();
+        }
+        if self.upstream_cert.is_some() {
+            c.upstream_tls.cert_file = self.upstream_cert.clone();
+            c.upstream_tls.key_file = self.upstream_key.clone();
         }
         if self.pool.is_some() {
             c.pool = self.pool.clone();

@@ -7,8 +7,6 @@ use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::net::TcpStream;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Chunked {
@@ -33,11 +31,12 @@ pub(super) enum Framing {
 /// it before the end drops the connection, which the engine sees as the
 /// client leaving (vLLM and SGLang abort the request).
 pub struct RawBody {
-    io: Option<TcpStream>,
+    io: Option<super::Conn>,
     buf: BytesMut,
     framing: Framing,
     keep_alive: bool,
-    pool: Arc<Pool>,
+    /// Where a clean connection goes back (none for a detached body).
+    pool: Option<Arc<Pool>>,
     authority: String,
     done: bool,
     /// Data went out since the last `Pending`: an error found now waits one
@@ -85,7 +84,7 @@ impl RawBody {
     /// The body of a response whose head was read off `io`; `buf` holds
     /// what was read past the head.
     pub(super) fn new(
-        io: TcpStream,
+        io: super::Conn,
         buf: BytesMut,
         framing: Framing,
         keep_alive: bool,
@@ -97,7 +96,7 @@ impl RawBody {
             buf,
             framing,
             keep_alive,
-            pool: Arc::clone(pool),
+            pool: Some(Arc::clone(pool)),
             authority: authority.to_string(),
             done: false,
             fresh_data: false,
@@ -178,7 +177,7 @@ impl RawBody {
             buf: BytesMut::new(),
             framing,
             keep_alive: false,
-            pool: Pool::new(Duration::from_secs(1), 0),
+            pool: None,
             authority: String::new(),
             done: false,
             fresh_data: false,
@@ -273,7 +272,9 @@ impl RawBody {
     fn release(&mut self) {
         if let Some(io) = self.io.take() {
             if self.keep_alive && self.buf.is_empty() {
-                self.pool.put(&self.authority, io);
+                if let Some(pool) = &self.pool {
+                    pool.put(&self.authority, io);
+                }
             }
         }
     }

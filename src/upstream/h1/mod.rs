@@ -9,7 +9,8 @@
 //! passes it on as one frame: bursts cost one write, and an idle stream
 //! still forwards each event the moment it arrives.
 //!
-//! Scope: `http://` upstreams, a request with a known body length, keep-alive
+//! Scope: `http://` and `https://` upstreams (rustls, ALPN `http/1.1`), a
+//! request with a known body length, keep-alive
 //! with a small idle pool per upstream, responses framed by
 //! `Transfer-Encoding: chunked`, `Content-Length`, or the end of the
 //! connection (HTTP/1.0). Everything else (other endpoints, request bodies
@@ -21,6 +22,8 @@ use std::collections::HashMap;
 
 mod body;
 
+pub use crate::tls::stream::ClientStream as Conn;
+use crate::tls::TlsFailure;
 #[doc(hidden)]
 pub use body::decode_for_fuzzing;
 pub use body::RawBody;
@@ -47,6 +50,8 @@ pub enum H1Error {
     Connect(std::io::Error),
     #[error("connect: timed out after {0:?}")]
     ConnectTimeout(Duration),
+    #[error("TLS handshake failed ({kind}): {1}", kind = .0.as_str())]
+    Tls(TlsFailure, String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("connection closed before the response head")]
@@ -60,66 +65,119 @@ pub enum H1Error {
 impl H1Error {
     /// Nothing reached the upstream (the connection never opened).
     pub fn is_connect(&self) -> bool {
-        matches!(self, H1Error::Connect(_) | H1Error::ConnectTimeout(_))
+        match self {
+            H1Error::Connect(_) | H1Error::ConnectTimeout(_) | H1Error::Tls(..) => true,
+            // TLS 1.3 ends a client's handshake before the server has
+            // checked its certificate: an engine that refuses it says so
+            // with an alert on the first read. Its server never saw the
+            // request.
+            H1Error::Io(_) => self.tls() == Some(TlsFailure::Refused),
+            _ => false,
+        }
+    }
+
+    /// Why TLS failed, when it did.
+    pub fn tls(&self) -> Option<TlsFailure> {
+        match self {
+            H1Error::Tls(t, _) => Some(*t),
+            H1Error::Io(e) => TlsFailure::find(e),
+            _ => None,
+        }
     }
 }
 
-/// Idle keep-alive connections per upstream authority.
+/// Idle keep-alive connections per upstream (scheme and authority).
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    idle: Mutex<HashMap<String, Vec<Conn>>>,
     max_idle: usize,
     connect_timeout: Duration,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// Where a request goes: the authority, and whether over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub authority: &'a http::uri::Authority,
+    pub tls: bool,
+}
+
+impl Target<'_> {
+    /// The pool's key: plain and TLS connections to one authority differ.
+    fn key(&self) -> String {
+        if self.tls {
+            format!("https://{}", self.authority)
+        } else {
+            self.authority.to_string()
+        }
+    }
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration, max_idle: usize) -> Arc<Self> {
+    pub fn new(
+        connect_timeout: Duration,
+        max_idle: usize,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(HashMap::new()),
             max_idle,
             connect_timeout,
+            tls,
         })
     }
 
-    /// An idle connection that is still clean: one the server closed, or
-    /// that holds bytes no request asked for (a server that sent more than
-    /// it framed), is dropped, so they can never be read as the next
-    /// request's response.
-    fn take(&self, authority: &str) -> Option<TcpStream> {
+    /// An idle connection that is still clean (see [`Conn::is_clean`]).
+    fn take(&self, key: &str) -> Option<Conn> {
         loop {
-            let io = self.idle.lock().ok()?.get_mut(authority)?.pop()?;
-            if is_clean(&io) {
+            let mut io = self.idle.lock().ok()?.get_mut(key)?.pop()?;
+            if io.is_clean() {
                 return Some(io);
             }
         }
     }
 
-    fn put(&self, authority: &str, io: TcpStream) {
+    fn put(&self, key: &str, io: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
-            let v = idle.entry(authority.to_string()).or_default();
+            let v = idle.entry(key.to_string()).or_default();
             if v.len() < self.max_idle {
                 v.push(io);
             }
         }
     }
 
-    async fn connect(&self, authority: &str) -> Result<TcpStream, H1Error> {
-        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority))
+    /// A new connection, its TLS handshake done: both within the connect
+    /// timeout. The server name is the URL's host (SNI, and the name its
+    /// certificate must carry).
+    async fn connect(&self, to: Target<'_>) -> Result<Conn, H1Error> {
+        let open = async {
+            let io = TcpStream::connect(to.authority.as_str())
+                .await
+                .map_err(H1Error::Connect)?;
+            let _ = io.set_nodelay(true);
+            if !to.tls {
+                return Ok(Conn::Plain(io));
+            }
+            let host = to
+                .authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| H1Error::Tls(TlsFailure::NameMismatch, format!("{host:?}: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls));
+            match tls.connect(name, io).await {
+                Ok(s) => Ok(Conn::Tls(Box::new(s))),
+                Err(e) => Err(H1Error::Tls(
+                    TlsFailure::find(&e).unwrap_or(TlsFailure::Handshake),
+                    crate::tls::describe(&e),
+                )),
+            }
+        };
+        tokio::time::timeout(self.connect_timeout, open)
             .await
             .map_err(|_| H1Error::ConnectTimeout(self.connect_timeout))?
-            .map_err(H1Error::Connect)?;
-        let _ = io.set_nodelay(true);
-        Ok(io)
     }
-}
-
-/// No byte waiting and not closed: a non-blocking peek says "would block".
-fn is_clean(io: &TcpStream) -> bool {
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    matches!(
-        socket2::SockRef::from(io).peek(&mut probe),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-    )
 }
 
 /// The request line, headers (hop-by-hop already removed by the caller) and
@@ -160,22 +218,23 @@ fn encode(
 /// (the server closed it while idle; nothing was processed).
 pub async fn request(
     pool: &Arc<Pool>,
-    authority: &str,
+    to: Target<'_>,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response<RawBody>, H1Error> {
-    let wire = encode(method, authority, path, headers, body);
-    let mut reused = pool.take(authority);
+    let wire = encode(method, to.authority.as_str(), path, headers, body);
+    let key = to.key();
+    let mut reused = pool.take(&key);
     loop {
         let was_reused = reused.is_some();
         let mut io = match reused.take() {
             Some(io) => io,
-            None => pool.connect(authority).await?,
+            None => pool.connect(to).await?,
         };
         match exchange(&mut io, &wire).await {
-            Ok((head, buf)) => return finish(pool, authority, io, head, buf),
+            Ok((head, buf)) => return finish(pool, &key, io, head, buf),
             Err(H1Error::ClosedBeforeHead | H1Error::Io(_)) if was_reused => continue,
             Err(e) => return Err(e),
         }
@@ -188,8 +247,9 @@ struct Head {
     headers: HeaderMap,
 }
 
-async fn exchange(io: &mut TcpStream, wire: &[u8]) -> Result<(Head, BytesMut), H1Error> {
+async fn exchange(io: &mut Conn, wire: &[u8]) -> Result<(Head, BytesMut), H1Error> {
     io.write_all(wire).await?;
+    io.flush().await?;
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     loop {
         if let Some((head, n)) = parse_head(&buf)? {
@@ -254,8 +314,8 @@ fn has_token(h: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
 
 fn finish(
     pool: &Arc<Pool>,
-    authority: &str,
-    io: TcpStream,
+    key: &str,
+    io: Conn,
     head: Head,
     buf: BytesMut,
 ) -> Result<Response<RawBody>, H1Error> {
@@ -286,7 +346,7 @@ fn finish(
         _ => !has_token(h, http::header::CONNECTION, "close"),
     } && !matches!(framing, Framing::Close)
         && (!chunked || lengths.iter().next().is_none());
-    let body = RawBody::new(io, buf, framing, keep_alive, pool, authority);
+    let body = RawBody::new(io, buf, framing, keep_alive, pool, key);
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
