@@ -236,8 +236,34 @@ pub async fn request(
         match exchange(&mut io, &wire).await {
             Ok((head, buf)) => return finish(pool, &key, io, head, buf),
             Err(H1Error::ClosedBeforeHead | H1Error::Io(_)) if was_reused => continue,
+            Err(e) if to.tls && e.tls().is_none() && closed(&e) => {
+                // A new TLS connection closed right after its handshake,
+                // before any answer: TLS 1.3 ends the client's side of the
+                // handshake before the server checks the client's
+                // certificate, and a server that refuses it (Python's ssl
+                // under vLLM) closes without an alert.
+                return Err(H1Error::Tls(
+                    TlsFailure::Refused,
+                    format!("the engine closed the connection right after the handshake, before answering ({e})"),
+                ));
+            }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The connection ended (closed or reset), as opposed to a bad answer.
+fn closed(e: &H1Error) -> bool {
+    match e {
+        H1Error::ClosedBeforeHead => true,
+        H1Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
     }
 }
 
