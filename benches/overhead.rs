@@ -11,6 +11,14 @@
 //!
 //! `cargo bench --bench overhead` (release build). Figures are printed as a
 //! Markdown table; `docs/performance.md` keeps the latest.
+//!
+//! `OVERHEAD_TLS=1`: every hop over TLS (certificates made here with rcgen):
+//! the upstream serves https, the client speaks https to each path, the
+//! gateway terminates TLS and dials the upstream over TLS (`--tls-cert`,
+//! `--upstream https://`, `--upstream-ca`), and so does nginx (`listen ...
+//! ssl`, `proxy_pass https://`, upstream keep-alive with session reuse). A
+//! third measurement, first chunk on a new connection each time, gives the
+//! cost of a handshake through each path.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bytes::Bytes;
@@ -27,6 +35,7 @@ const LAT_REQUESTS: usize = 2000;
 const CONC: usize = 64;
 const CHUNKS: usize = 500;
 const ROUNDS: usize = 3;
+const FRESH_REQUESTS: usize = 300;
 
 fn chunk(i: usize) -> Bytes {
     Bytes::from(format!(
@@ -35,7 +44,7 @@ fn chunk(i: usize) -> Bytes {
     ))
 }
 
-async fn upstream() -> std::net::SocketAddr {
+async fn upstream(tls: Option<tokio_rustls::TlsAcceptor>) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let chunks: std::sync::Arc<Vec<Bytes>> = std::sync::Arc::new((0..CHUNKS).map(chunk).collect());
@@ -44,6 +53,7 @@ async fn upstream() -> std::net::SocketAddr {
             let (s, _) = l.accept().await.unwrap();
             let _ = s.set_nodelay(true);
             let chunks = chunks.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
@@ -72,16 +82,102 @@ async fn upstream() -> std::net::SocketAddr {
                         }
                     },
                 );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    Some(a) => {
+                        if let Ok(s) = a.accept(s).await {
+                            let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                    }
+                }
             });
         }
     });
     addr
 }
 
-type C = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type C = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+/// A client of every path: http, or https trusting `ca`; `idle` keep-alive
+/// connections per host (0: a new connection, and handshake, per request).
+fn client(ca: Option<&rustls::pki_types::CertificateDer<'static>>, idle: usize) -> C {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        roots.add(ca.clone()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(idle)
+        .build(conn)
+}
+
+/// A CA and a certificate for `localhost` it signed, as PEM files in `dir`:
+/// (ca.pem, cert.pem, key.pem), and the CA's DER.
+fn certificates(
+    dir: &std::path::Path,
+) -> (
+    PathBuf,
+    PathBuf,
+    PathBuf,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&files.0, ca.pem()).unwrap();
+    std::fs::write(&files.1, cert.pem()).unwrap();
+    std::fs::write(&files.2, key.serialize_pem()).unwrap();
+    (files.0, files.1, files.2, ca.der().clone())
+}
+
+/// The upstream's TLS: `cert`/`key` (PEM), HTTP/1.1.
+fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let mut c = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(c))
+}
 
 async fn one(c: &C, url: &str) -> (Duration, Duration, usize) {
     let body = Bytes::from_static(br#"{"model":"bench","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#);
@@ -116,10 +212,8 @@ async fn latency(c: &C, url: &str) -> Vec<f64> {
     v
 }
 
-async fn throughput(url: &str) -> f64 {
-    let c: C = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(CONC)
-        .build_http();
+async fn throughput(url: &str, ca: Option<&rustls::pki_types::CertificateDer<'static>>) -> f64 {
+    let c = client(ca, CONC);
     let t = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONC {
@@ -159,7 +253,12 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(up: std::net::SocketAddr) -> Option<Self> {
+    /// `tls`: (cert, key, ca) to listen with ssl and reach the upstream
+    /// over https, checking its certificate.
+    fn start(
+        up: std::net::SocketAddr,
+        tls: Option<(&std::path::Path, &std::path::Path, &std::path::Path)>,
+    ) -> Option<Self> {
         let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())?;
@@ -171,13 +270,24 @@ impl Nginx {
             .ok()?
             .port();
         let d = dir.display();
+        let (ssl, scheme, up_tls) = match tls {
+            Some((cert, key, ca)) => (
+                format!(" ssl;\n  ssl_certificate {};\n  ssl_certificate_key {}", cert.display(), key.display()),
+                "https",
+                format!(
+                    "   proxy_ssl_trusted_certificate {};\n   proxy_ssl_verify on;\n   proxy_ssl_name localhost;\n   proxy_ssl_session_reuse on;\n",
+                    ca.display()
+                ),
+            ),
+            None => (String::new(), "http", String::new()),
+        };
         let conf = format!(
             "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 8192; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
               fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
               upstream up {{ server {up}; keepalive 256; }}\n\
-              server {{\n  listen 127.0.0.1:{port};\n  location / {{\n   proxy_pass http://up;\n\
+              server {{\n  listen 127.0.0.1:{port}{ssl};\n  location / {{\n   proxy_pass {scheme}://up;\n{up_tls}\
                  proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n   proxy_buffering off;\n\
                  proxy_request_buffering off;\n   proxy_read_timeout 3600s;\n  }}\n }}\n}}\n"
         );
@@ -232,6 +342,8 @@ struct Path3 {
     name: &'static str,
     base: String,
     lat: Vec<f64>,
+    /// First chunk on a new connection each time (TCP, and TLS in TLS mode).
+    fresh: Vec<f64>,
     tp: Vec<f64>,
     cpu: f64,
     chunks: f64,
@@ -243,7 +355,14 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let up = upstream().await;
+        let tls_mode = std::env::var("OVERHEAD_TLS").is_ok_and(|v| v == "1");
+        let dir = std::env::temp_dir().join(format!("tg-overhead-{}", std::process::id()));
+        let (ca_file, cert, key, ca) = certificates(&dir);
+        let ca = tls_mode.then_some(ca);
+        let up = upstream(tls_mode.then(|| acceptor(&cert, &key))).await;
+        let scheme = if tls_mode { "https" } else { "http" };
+        // the certificate names localhost: https URLs use that name
+        let host = |a: &str| if tls_mode { a.replace("127.0.0.1", "localhost") } else { a.to_string() };
         // `OVERHEAD_WRAP="valgrind --tool=callgrind"` runs the gateway under
         // a profiler (docs/performance.md).
         let wrap: Vec<String> = std::env::var("OVERHEAD_WRAP")
@@ -254,9 +373,20 @@ fn main() {
             Some((p, rest)) => (p.clone(), [rest.to_vec(), vec![bin]].concat()),
             None => (bin, Vec::new()),
         };
+        let mut args: Vec<String> = ["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.push(format!("{scheme}://{}", host(&up.to_string())));
+        if tls_mode {
+            for (flag, file) in [("--tls-cert", &cert), ("--tls-key", &key), ("--upstream-ca", &ca_file)] {
+                args.push(flag.into());
+                args.push(file.display().to_string());
+            }
+        }
         let mut gw = Command::new(prog)
             .args(pre)
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", &format!("http://{up}")])
+            .args(&args)
             .env("THINKGATE_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -264,18 +394,19 @@ fn main() {
         let mut line = String::new();
         BufReader::new(gw.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let proxy = line.split("proxy=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-        let nginx = Nginx::start(up);
+        let nginx = Nginx::start(up, tls_mode.then_some((cert.as_path(), key.as_path(), ca_file.as_path())));
         if nginx.is_none() {
             eprintln!("nginx not found (apt-get install nginx): comparing with direct only");
         }
         let mut paths = vec![
-            Path3 { name: "direct", base: format!("http://{up}"), lat: vec![], tp: vec![], cpu: 0.0, chunks: 0.0 },
-            Path3 { name: "thinkgate", base: format!("http://{proxy}"), lat: vec![], tp: vec![], cpu: 0.0, chunks: 0.0 },
+            Path3 { name: "direct", base: format!("{scheme}://{}", host(&up.to_string())), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 },
+            Path3 { name: "thinkgate", base: format!("{scheme}://{}", host(&proxy)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 },
         ];
         if let Some(n) = &nginx {
-            paths.push(Path3 { name: "nginx", base: format!("http://{}", n.addr), lat: vec![], tp: vec![], cpu: 0.0, chunks: 0.0 });
+            paths.push(Path3 { name: "nginx", base: format!("{scheme}://{}", host(&n.addr)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 });
         }
-        let c: C = Client::builder(TokioExecutor::new()).build_http();
+        let c = client(ca.as_ref(), 1);
+        let new_conn = client(ca.as_ref(), 0);
         // Warm up every path.
         for p in &paths {
             for _ in 0..200 {
@@ -291,27 +422,35 @@ fn main() {
                     "nginx" => nginx.as_ref().map_or(0.0, Nginx::cpu),
                     _ => 0.0,
                 };
+                for _ in 0..FRESH_REQUESTS {
+                    let url = format!("{}/v1/chat/completions?n=1", p.base);
+                    p.fresh.push(one(&new_conn, &url).await.0.as_secs_f64() * 1e6);
+                }
                 let cpu0 = cpu(p.name);
-                p.tp.push(throughput(&format!("{}/v1/chat/completions", p.base)).await);
+                p.tp.push(throughput(&format!("{}/v1/chat/completions", p.base), ca.as_ref()).await);
                 p.cpu += cpu(p.name) - cpu0;
                 p.chunks += (CONC * 4 * (CHUNKS + 1)) as f64;
             }
         }
         let direct_tp = pct(&mut paths[0].tp.clone(), 0.5);
         let (d50, d99) = (pct(&mut paths[0].lat.clone(), 0.5), pct(&mut paths[0].lat.clone(), 0.99));
-        println!("| path | first chunk p50 (us) | first chunk p99 (us) | added p50 / p99 (us) | throughput, {CONC} streams x {CHUNKS} chunks (chunks/s, median of {ROUNDS}) | vs direct | proxy CPU s per million chunks |");
-        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        let f50 = pct(&mut paths[0].fresh.clone(), 0.5);
+        println!("{}", if tls_mode { "TLS on every hop" } else { "plain HTTP" });
+        println!("| path | first chunk p50 (us) | first chunk p99 (us) | added p50 / p99 (us) | new connection: first chunk p50 / p99 (us), added p50 | throughput, {CONC} streams x {CHUNKS} chunks (chunks/s, median of {ROUNDS}) | vs direct | proxy CPU s per million chunks |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
         for p in &paths {
             let (l50, l99) = (pct(&mut p.lat.clone(), 0.5), pct(&mut p.lat.clone(), 0.99));
+            let (n50, n99) = (pct(&mut p.fresh.clone(), 0.5), pct(&mut p.fresh.clone(), 0.99));
             let tp = pct(&mut p.tp.clone(), 0.5);
             let cpu = if p.name == "direct" { "".to_string() } else { format!("{:.2}", p.cpu / p.chunks * 1e6) };
             println!(
-                "| {} | {l50:.0} | {l99:.0} | +{:.0} / +{:.0} | {tp:.0} | {:.3}x | {cpu} |",
-                p.name, l50 - d50, l99 - d99, tp / direct_tp
+                "| {} | {l50:.0} | {l99:.0} | +{:.0} / +{:.0} | {n50:.0} / {n99:.0}, +{:.0} | {tp:.0} | {:.3}x | {cpu} |",
+                p.name, l50 - d50, l99 - d99, n50 - f50, tp / direct_tp
             );
         }
         println!("({} latency samples per path, {ROUNDS} rounds alternating paths; machine: {} cores)", paths[0].lat.len(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
         drop(nginx);
+        let _ = std::fs::remove_dir_all(&dir);
         let _ = gw.kill();
         let _ = gw.wait();
     });
