@@ -183,6 +183,49 @@ async fn config_file_change_and_sighup_reload_routing() {
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
 
+/// The listener's certificate renewed on disk with file polling off
+/// (`tls.reload_interval_secs = 0`): the old one serves until SIGHUP, the
+/// new one right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_serves_a_renewed_listener_certificate() {
+    let up = upstream(|_, _| Script::json(r#"{"ok":true}"#)).await;
+    let pki = pki::Pki::new("sighup");
+    let first = pki.leaf("first", &["localhost"], -1, 30);
+    let file = pki.ca_file().with_file_name("tg.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "upstreams = [\"{}\"]\nhealth_interval_ms = 0\nscrape_interval_ms = 0\n\
+             [tls]\ncert_file = {:?}\nkey_file = {:?}\nreload_interval_secs = 0\n",
+            up.url(),
+            first.cert.display().to_string(),
+            first.key.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (mut child, proxy, _admin) = serve(&["--config".as_ref(), file.as_os_str()]);
+    let addr: std::net::SocketAddr = proxy.parse().unwrap();
+    let old = pki.peer_cert(addr).await;
+    let renewed = pki.leaf("renewed", &["localhost"], -1, 60);
+    std::fs::rename(&renewed.key, &first.key).unwrap();
+    std::fs::rename(&renewed.cert, &first.cert).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pki.peer_cert(addr).await, old, "reloaded without SIGHUP");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pki.peer_cert(addr).await == old {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not renew");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
 /// Prompts never reach the logs (at the most verbose level) nor the
 /// records; output text reaches the records only when asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

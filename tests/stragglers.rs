@@ -993,6 +993,40 @@ async fn a_managed_request_answered_without_a_stream_has_the_gateways_headers() 
     }
 }
 
+/// A gateway with a thinking budget of `budget` over one scripted engine
+/// that says it is vLLM (so the budget counts its per-chunk usage).
+async fn budgeted_vllm(
+    url: String,
+    budget: u64,
+    records: Option<std::path::PathBuf>,
+) -> thinkgate::server::Gateway {
+    gateway(vec![], move |c| {
+        c.records = records;
+        c.backends = vec![thinkgate::config::BackendConfig {
+            url,
+            weight: 1,
+            pool: "default".into(),
+            models: vec![],
+            flavor: thinkgate::config::Flavor::Vllm,
+        }];
+        c.straggler.thinking_budget = Some(budget);
+    })
+    .await
+}
+
+/// One streamed chat through `gw`: the body as text.
+async fn streamed_chat(gw: &thinkgate::server::Gateway) -> String {
+    let got = send(
+        &client(),
+        post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"q"}]}"#,
+        ),
+    )
+    .await;
+    String::from_utf8_lossy(&got.body).to_string()
+}
+
 /// A budget on vLLM counts the tokens each event carried from the
 /// per-chunk usage the gateway asked for, also when a read ends inside an
 /// event (the event is counted when its end arrives), and that usage never
@@ -1035,27 +1069,8 @@ async fn a_budget_counts_tokens_of_events_split_across_reads() {
         s
     })
     .await;
-    let url = up.url();
-    let gw = gateway(vec![], move |c| {
-        c.backends = vec![thinkgate::config::BackendConfig {
-            url,
-            weight: 1,
-            pool: "default".into(),
-            models: vec![],
-            flavor: thinkgate::config::Flavor::Vllm,
-        }];
-        c.straggler.thinking_budget = Some(3);
-    })
-    .await;
-    let got = send(
-        &client(),
-        post(
-            format!("http://{}/v1/chat/completions", gw.proxy_addr),
-            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"q"}]}"#,
-        ),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&got.body).to_string();
+    let gw = budgeted_vllm(up.url(), 3, None).await;
+    let text = streamed_chat(&gw).await;
     assert!(
         !text.contains("\"usage\""),
         "per-chunk usage leaked: {text}"
@@ -1153,30 +1168,9 @@ async fn a_budget_cuts_an_event_that_also_ends_the_thinking() {
             Script::sse(writes)
         })
         .await;
-        let url = up.url();
         let rec = tmp(if parser { "cut-parser" } else { "cut-inline" });
-        let rec2 = rec.clone();
-        let gw = gateway(vec![], move |c| {
-            c.records = Some(rec2);
-            c.backends = vec![thinkgate::config::BackendConfig {
-                url,
-                weight: 1,
-                pool: "default".into(),
-                models: vec![],
-                flavor: thinkgate::config::Flavor::Vllm,
-            }];
-            c.straggler.thinking_budget = Some(5);
-        })
-        .await;
-        let got = send(
-            &client(),
-            post(
-                format!("http://{}/v1/chat/completions", gw.proxy_addr),
-                r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"q"}]}"#,
-            ),
-        )
-        .await;
-        let text = String::from_utf8_lossy(&got.body).to_string();
+        let gw = budgeted_vllm(up.url(), 5, Some(rec.clone())).await;
+        let text = streamed_chat(&gw).await;
         assert!(
             !text.contains("\"usage\""),
             "{parser}: usage leaked: {text}"

@@ -23,9 +23,11 @@ use thinkgate_sim::config::{Flavor, ReasoningMode};
 use tokio::net::{TcpListener, TcpStream};
 
 /// An engine on `https://`: TLS ends here and the bytes go on to `to`, a
-/// plain-HTTP engine (as a TLS sidecar in front of one would). Returns the
-/// front's address.
-async fn tls_front(cfg: rustls::ServerConfig, to: SocketAddr) -> SocketAddr {
+/// plain-HTTP engine (as a TLS sidecar in front of one would). Without `to`,
+/// each connection is closed right after its handshake, without an alert:
+/// what Python's ssl (under vLLM) does to a client without the certificate
+/// it requires. Returns the front's address.
+async fn tls_front(cfg: rustls::ServerConfig, to: Option<SocketAddr>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
@@ -37,30 +39,12 @@ async fn tls_front(cfg: rustls::ServerConfig, to: SocketAddr) -> SocketAddr {
                 let Ok(mut tls) = acceptor.accept(s).await else {
                     return;
                 };
+                let Some(to) = to else {
+                    drop(tls.into_inner().0);
+                    return;
+                };
                 let mut up = TcpStream::connect(to).await.unwrap();
                 let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
-    addr
-}
-
-/// An engine that completes the handshake and closes the connection at
-/// once, without an alert: what Python's ssl (under vLLM) does to a client
-/// without the certificate it requires.
-async fn closing_front(cfg: rustls::ServerConfig) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(s).await {
-                    let (tcp, _) = tls.into_inner();
-                    drop(tcp);
-                }
             });
         }
     });
@@ -115,7 +99,7 @@ fn ends_done(body: &[u8]) -> bool {
 async fn an_https_engine_signed_by_a_private_ca_is_served_probed_and_scraped() {
     let pki = Pki::new("private");
     let leaf = pki.leaf("engine", &["localhost", "127.0.0.1"], -1, 30);
-    let front = tls_front(server_config(&leaf, None), sim().await).await;
+    let front = tls_front(server_config(&leaf, None), Some(sim().await)).await;
     let url = format!("https://localhost:{}/v1", front.port());
     let ca = pki.ca_file();
     let gw = gateway(vec![url.clone()], |c| {
@@ -179,23 +163,23 @@ async fn a_failed_engine_handshake_is_a_502_that_names_its_cause() {
     let fronts = [
         (
             "unknown_ca",
-            tls_front(server_config(&strangers, None), engine).await,
+            tls_front(server_config(&strangers, None), Some(engine)).await,
         ),
         (
             "name_mismatch",
-            tls_front(server_config(&wrong_name, None), engine).await,
+            tls_front(server_config(&wrong_name, None), Some(engine)).await,
         ),
         (
             "expired",
-            tls_front(server_config(&expired, None), engine).await,
+            tls_front(server_config(&expired, None), Some(engine)).await,
         ),
         // mutual TLS required, and the gateway shows no certificate
         (
             "refused",
-            tls_front(server_config(&good, Some(&pki)), engine).await,
+            tls_front(server_config(&good, Some(&pki)), Some(engine)).await,
         ),
         // the same, refused without an alert
-        ("refused", closing_front(server_config(&good, None)).await),
+        ("refused", tls_front(server_config(&good, None), None).await),
         // a plain-HTTP engine behind an https:// URL
         ("handshake", engine),
     ];
@@ -235,7 +219,7 @@ async fn a_failed_engine_handshake_is_a_502_that_names_its_cause() {
         gw.wait().await;
     }
     // with its client certificate, the engine that requires one serves
-    let front = tls_front(server_config(&good, Some(&pki)), engine).await;
+    let front = tls_front(server_config(&good, Some(&pki)), Some(engine)).await;
     let (ca, cert, key) = (pki.ca_file(), client_leaf.cert, client_leaf.key);
     let gw = gateway(vec![format!("https://127.0.0.1:{}", front.port())], |c| {
         c.upstream_tls.ca_file = Some(ca);
@@ -359,13 +343,13 @@ async fn the_https_listener_speaks_both_versions_and_renews_its_certificate_in_p
     let open = c.request(req).await.unwrap();
     assert_eq!(open.status(), 200);
     // renewal: a new certificate (another serial, another CN) on disk
-    let old_cert = peer_cert(&pki, gw.proxy_addr).await;
+    let old_cert = pki.peer_cert(gw.proxy_addr).await;
     let renewed = pki.leaf("renewed", &["localhost", "127.0.0.1"], -1, 60);
     std::fs::rename(&renewed.key, &first.key).unwrap();
     std::fs::rename(&renewed.cert, &first.cert).unwrap();
     let t = std::time::Instant::now();
     loop {
-        if peer_cert(&pki, gw.proxy_addr).await != old_cert {
+        if pki.peer_cert(gw.proxy_addr).await != old_cert {
             break;
         }
         assert!(
@@ -421,17 +405,6 @@ async fn chat_plain_raw(
         ))
         .await
         .map(|r| r.status())
-}
-
-/// The certificate the gateway at `addr` shows now (its DER: another
-/// serial and name are other bytes).
-async fn peer_cert(pki: &Pki, addr: SocketAddr) -> Vec<u8> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let conn = tokio_rustls::TlsConnector::from(Arc::new(pki.client(&[b"http/1.1"], None)));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = conn.connect(name, tcp).await.unwrap();
-    let der = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
-    der
 }
 
 async fn scrape_tls(c: &TlsClient, admin: SocketAddr) -> String {

@@ -290,13 +290,6 @@ enum Failed {
     Error(RetryReason, GatewayError),
 }
 
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::tls::describe(e)
 }

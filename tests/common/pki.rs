@@ -100,6 +100,16 @@ impl Pki {
         c
     }
 
+    /// The certificate the server at `addr` shows now, for `localhost`
+    /// (its DER: another serial and name are other bytes).
+    pub async fn peer_cert(&self, addr: std::net::SocketAddr) -> Vec<u8> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let conn = tokio_rustls::TlsConnector::from(Arc::new(self.client(&[b"http/1.1"], None)));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = conn.connect(name, tcp).await.unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    }
+
     /// An HTTP/1.1 (or h2) client over TLS that trusts this CA, showing
     /// `cert` when one is given.
     pub fn https_client(&self, h2: bool, cert: Option<&Leaf>) -> TlsClient {
