@@ -277,7 +277,16 @@ impl Leg {
         }
         let markers = &c.shared.markers;
         let (open, close) = (markers.open(), markers.close());
-        let et = budget::event_thinking(&event, open, close, inline_thinking);
+        // The event's text is parsed only where it matters: inline, while
+        // the thinking may run (or opens here); with vLLM's count, only in
+        // the event that crosses the budget.
+        let inline_here = inline_thinking || budget::markers_in(&event, &[open]) > 0;
+        let crosses = u
+            .reasoning
+            .is_some_and(|r| r.saturating_sub(c.thinking) > 0 && r > budget);
+        let et = (crosses || (u.reasoning.is_none() && inline_here))
+            .then(|| budget::event_thinking(&event, open, close, inline_thinking))
+            .flatten();
         let mut ids = None;
         let think = match (u.reasoning, &et) {
             (Some(r), _) => r.saturating_sub(c.thinking),
