@@ -397,23 +397,23 @@ fn ttfvt_and_token_counts_agree_with_the_client_and_the_engine() {
             }
             // The engine, the gateway and this client share 2 cores (with
             // three more engines idling): a request can wait for a core.
-            // Medians were 0.6 to 3 ms in most CI runs, but one run on a
-            // freshly set-up machine had 4.3 ms, with single requests 17 to
-            // 117 ms late at the client (the gateway's stamp always the
-            // earlier). A gateway that holds the first visible token on a
-            // timer delays every request: the median bound catches a hold
-            // of 10 ms, the others a longer one on a few requests.
+            // Medians were 0.6 to 3 ms in most CI runs, but runs on busier
+            // machines had medians of 4.3 and 22.9 ms, with single requests
+            // 17 to 117 ms late at the client (the gateway's stamp always
+            // the earlier). Scheduling noise spares some requests; a gateway
+            // that holds the first visible token on a timer delays every
+            // one. So the least gap catches a hold of 5 ms or more, and the
+            // worst a long hold (for usage, say) on any request.
             diffs.sort_by(f64::total_cmp);
-            let median = diffs[diffs.len() / 2];
-            let second = diffs[diffs.len() - 2];
+            let least = diffs[0];
             let worst = diffs[diffs.len() - 1];
             assert!(
-                median <= 10.0,
-                "{kind:?}: median TTFVT gap {median:.2} ms (all: {diffs:?})"
+                least <= 5.0,
+                "{kind:?}: least TTFVT gap {least:.2} ms (all: {diffs:?})"
             );
             assert!(
-                second <= 50.0 && worst <= 250.0,
-                "{kind:?}: TTFVT gaps, second worst {second:.2} ms, worst {worst:.2} ms (all: {diffs:?})"
+                worst <= 250.0,
+                "{kind:?}: worst TTFVT gap {worst:.2} ms (all: {diffs:?})"
             );
         }
     });
