@@ -47,9 +47,10 @@ test:
     cargo test --workspace --locked
 
 # the tests that need tools outside Rust: the real `openai` Python client,
-# a real Prometheus and promtool (ignored in a plain `cargo test`)
+# a real Prometheus and promtool, an OTLP receiver with the official protobuf
+# definitions (ignored in a plain `cargo test`)
 external:
-    cargo test --locked --test openai_client --test stragglers --test prometheus -- --ignored openai_python real_prometheus
+    cargo test --locked --test openai_client --test stragglers --test prometheus --test traces -- --ignored openai_python real_prometheus otlp_receiver
 
 # the conformance suite against the real engines (scripts/engines/install.sh first)
 conformance:

@@ -19,6 +19,12 @@
 //! ssl`, `proxy_pass https://`, upstream keep-alive with session reuse). A
 //! third measurement, first chunk on a new connection each time, gives the
 //! cost of a handshake through each path.
+//!
+//! `OVERHEAD_TRACING=1`: a second gateway process with OpenTelemetry traces
+//! on (every request sampled, set by the standard `OTEL_*` variables),
+//! exporting over OTLP/HTTP to a sink in this process that answers every
+//! export (it counts them: a run that exported nothing says so), measured
+//! as a fourth path, `thinkgate+traces`, in the same alternation.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bytes::Bytes;
@@ -230,6 +236,44 @@ async fn throughput(url: &str, ca: Option<&rustls::pki_types::CertificateDer<'st
     (CONC * 4 * (CHUNKS + 1)) as f64 / t.elapsed().as_secs_f64()
 }
 
+/// An OTLP/HTTP sink: answers every export with an empty (valid)
+/// `ExportTraceServiceResponse` and counts them.
+async fn collector(
+    exports: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let exports = std::sync::Arc::clone(&exports);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let exports = std::sync::Arc::clone(&exports);
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            exports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/x-protobuf")
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
@@ -384,16 +428,34 @@ fn main() {
                 args.push(file.display().to_string());
             }
         }
-        let mut gw = Command::new(prog)
-            .args(pre)
-            .args(&args)
-            .env("THINKGATE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(gw.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let proxy = line.split("proxy=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        let spawn = |env: &[(&str, String)]| {
+            let mut gw = Command::new(&prog)
+                .args(&pre)
+                .args(&args)
+                .env("THINKGATE_LOG", "warn")
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(gw.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            let proxy = line.split("proxy=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+            (gw, proxy)
+        };
+        let (mut gw, proxy) = spawn(&[]);
+        let tracing_mode = std::env::var("OVERHEAD_TRACING").is_ok_and(|v| v == "1");
+        let exports = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut traced = if tracing_mode {
+            let sink = collector(std::sync::Arc::clone(&exports)).await;
+            Some(spawn(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{sink}")),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+                ("OTEL_TRACES_SAMPLER", "always_on".into()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "1000".into()),
+            ]))
+        } else {
+            None
+        };
         let nginx = Nginx::start(up, tls_mode.then_some((cert.as_path(), key.as_path(), ca_file.as_path())));
         if nginx.is_none() {
             eprintln!("nginx not found (apt-get install nginx): comparing with direct only");
@@ -402,6 +464,9 @@ fn main() {
             Path3 { name: "direct", base: format!("{scheme}://{}", host(&up.to_string())), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 },
             Path3 { name: "thinkgate", base: format!("{scheme}://{}", host(&proxy)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 },
         ];
+        if let Some((_, addr)) = &traced {
+            paths.push(Path3 { name: "thinkgate+traces", base: format!("{scheme}://{}", host(addr)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 });
+        }
         if let Some(n) = &nginx {
             paths.push(Path3 { name: "nginx", base: format!("{scheme}://{}", host(&n.addr)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 });
         }
@@ -414,11 +479,13 @@ fn main() {
             }
         }
         let gw_pid = gw.id();
+        let traced_pid = traced.as_ref().map_or(0, |(g, _)| g.id());
         for _ in 0..ROUNDS {
             for p in paths.iter_mut() {
                 p.lat.extend(latency(&c, &format!("{}/v1/chat/completions?n=1", p.base)).await);
                 let cpu = |name: &str| match name {
                     "thinkgate" => cpu_seconds(gw_pid),
+                    "thinkgate+traces" => cpu_seconds(traced_pid),
                     "nginx" => nginx.as_ref().map_or(0.0, Nginx::cpu),
                     _ => 0.0,
                 };
@@ -449,6 +516,13 @@ fn main() {
             );
         }
         println!("({} latency samples per path, {ROUNDS} rounds alternating paths; machine: {} cores)", paths[0].lat.len(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        if tracing_mode {
+            println!("(the traced gateway sent {} OTLP exports to the sink)", exports.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        if let Some((mut g, _)) = traced.take() {
+            let _ = g.kill();
+            let _ = g.wait();
+        }
         drop(nginx);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = gw.kill();

@@ -285,6 +285,9 @@ pub struct Config {
     /// How `https://` engines are checked, and the client certificate
     /// shown to them (`[upstream_tls]`).
     pub upstream_tls: crate::tls::UpstreamTlsConfig,
+    /// OpenTelemetry traces over OTLP (`[tracing]`; off unless an endpoint
+    /// is set here or in the standard `OTEL_*` variables).
+    pub tracing: crate::trace::config::TracingConfig,
 }
 
 /// `[loops]`: how a thinking loop is recognised (see
@@ -390,6 +393,7 @@ impl Default for Config {
             auth: Default::default(),
             tls: Default::default(),
             upstream_tls: Default::default(),
+            tracing: Default::default(),
         }
     }
 }

@@ -15,6 +15,17 @@ pub enum Fault {
     Gateway,
 }
 
+impl Fault {
+    /// The record's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Upstream => "upstream",
+            Fault::Gateway => "gateway",
+        }
+    }
+}
+
 /// A request the gateway answers itself instead of forwarding.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

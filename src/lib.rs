@@ -40,4 +40,5 @@ pub mod server;
 pub mod state;
 pub mod straggler;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

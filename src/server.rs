@@ -59,7 +59,14 @@ impl Gateway {
         let admin_listener = TcpListener::bind(cfg.admin).await?;
         let proxy_addr = proxy_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
-        let shared = Arc::new(Shared::new(cfg, recorder)?);
+        let (tracing, tracing_task) =
+            match crate::trace::Tracing::start(&cfg.tracing).map_err(|e| anyhow::anyhow!("{e}"))? {
+                Some((t, task)) => (Some(t), Some(task)),
+                None => (None, None),
+            };
+        let mut shared = Shared::new(cfg, recorder)?;
+        shared.tracing = tracing;
+        let shared = Arc::new(shared);
         shared.restart_probes();
         let discovery = crate::state::discovery::spawn(Arc::clone(&shared));
         let keys_watch = shared
@@ -81,6 +88,7 @@ impl Gateway {
                 Arc::clone(&shared2),
                 stop_rx,
                 recorder_task,
+                tracing_task,
                 admin,
             )
             .await;
@@ -140,6 +148,7 @@ async fn serve_proxy(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     recorder: RecorderTask,
+    span_export: Option<crate::trace::ExportTask>,
     admin: tokio::task::JoinHandle<()>,
 ) {
     // Layers, outermost first:
@@ -208,6 +217,9 @@ async fn serve_proxy(
         _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout: closing remaining streams"),
     }
     recorder.shutdown().await;
+    if let Some(t) = span_export {
+        t.shutdown(Duration::from_secs(5)).await;
+    }
     admin.abort();
 }
 

@@ -97,6 +97,19 @@ pub enum TokenSource {
     None,
 }
 
+impl TokenSource {
+    /// The record's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::Usage => "usage",
+            TokenSource::UsageSplitByChunks => "usage_split_by_chunks",
+            TokenSource::UsageSplitByChars => "usage_split_by_chars",
+            TokenSource::Chunks => "chunks",
+            TokenSource::None => "none",
+        }
+    }
+}
+
 /// The captured text of one choice.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ChoiceText {
@@ -151,6 +164,9 @@ pub struct Summary {
     /// body's): what the engine logs, to join records with engine logs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_id: Option<String>,
+    /// The model the engine says answered (its first event's `model`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_model: Option<String>,
     /// A thinking loop, where it was found (streamed responses).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thinking_loop: Option<LoopFound>,
@@ -460,16 +476,24 @@ impl Observer {
     }
 }
 
-/// The top-level `"id"` string of an engine's JSON (once per response),
-/// at most 128 bytes.
-fn response_id(json: &[u8]) -> Option<String> {
+/// The top-level `"id"` and `"model"` strings of an engine's JSON (once
+/// per response), each at most 128 bytes.
+fn response_id(json: &[u8]) -> (Option<String>, Option<String>) {
     #[derive(serde::Deserialize)]
     struct Id<'a> {
         #[serde(borrow)]
         id: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
     }
-    let id = serde_json::from_slice::<Id<'_>>(json).ok()?.id?;
-    (id.len() <= 128).then(|| id.into_owned())
+    let Ok(v) = serde_json::from_slice::<Id<'_>>(json) else {
+        return (None, None);
+    };
+    (short(v.id), short(v.model))
+}
+
+fn short(s: Option<std::borrow::Cow<'_, str>>) -> Option<String> {
+    s.filter(|s| s.len() <= 128).map(|s| s.into_owned())
 }
 
 /// A Responses API event that streams a tool call's input (function,
@@ -518,7 +542,7 @@ impl State {
             return;
         }
         if self.s.response_id.is_none() && idx == 0 {
-            self.s.response_id = response_id(data);
+            (self.s.response_id, self.s.response_model) = response_id(data);
         }
         // Nearly every event is one choice's delta: scan it without building
         // the document (see `fast`); anything else takes the full parser.
@@ -611,10 +635,8 @@ impl State {
         let kind = e.kind.as_deref().unwrap_or("");
         if let Some(r) = &e.response {
             if self.s.response_id.is_none() {
-                self.s.response_id =
-                    r.id.as_deref()
-                        .filter(|i| i.len() <= 128)
-                        .map(str::to_owned);
+                self.s.response_id = short(r.id.clone());
+                self.s.response_model = short(r.model.clone());
             }
         }
         let delta = e.delta.as_deref().filter(|d| !d.is_empty());
@@ -847,7 +869,7 @@ impl State {
     }
 
     fn on_json(&mut self, body: &[u8]) {
-        self.s.response_id = response_id(body);
+        (self.s.response_id, self.s.response_model) = response_id(body);
         let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(body) else {
             if !body.is_empty() {
                 self.s.parse_errors = 1;

@@ -139,6 +139,8 @@ pub struct ResponseObject<'a> {
     #[serde(borrow, default)]
     pub id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
+    pub model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
     pub object: Option<Cow<'a, str>>,
     /// `completed`, `incomplete`, `failed`, `in_progress`, ...
     #[serde(borrow, default)]

@@ -100,6 +100,14 @@ for name, values in sets:
             if kind == "ConfigMap" and (values.get("backends") or {}).get("service", {}).get("scheme") == "https":
                 if gw_toml is not None and "https://vllm.models.svc:8443" not in gw_toml:
                     fail(f"{name}: the engines' Service is not reached over https")
+            tr = (values.get("tracing") or {}).get("endpoint")
+            if tr and gw_toml is not None and f'endpoint = "{tr}"' not in gw_toml:
+                fail(f"{name}: the config does not export traces to {tr}")
+            if tr and kind == "Deployment":
+                env = doc["spec"]["template"]["spec"]["containers"][0].get("env", [])
+                attrs = [e.get("value", "") for e in env if e["name"] == "OTEL_RESOURCE_ATTRIBUTES"]
+                if not attrs or "k8s.pod.name=$(POD_NAME)" not in attrs[0]:
+                    fail(f"{name}: spans do not carry the pod's name")
             if token and kind in ("ServiceMonitor", "PodMonitor"):
                 eps = doc["spec"].get("endpoints") or doc["spec"].get("podMetricsEndpoints")
                 if any(e.get("authorization", {}).get("credentials", {}).get("name") != token for e in eps):

@@ -62,6 +62,10 @@ pub struct RequestCtx {
     /// The client key's name, and its in-flight slot (`[auth]`).
     client: Option<SharedString>,
     client_slot: Option<crate::access::keys::ClientSlot>,
+    /// The request's trace, when tracing is on.
+    pub trace: Option<Arc<crate::trace::context::RequestTrace>>,
+    /// When each action was taken (since `t_recv`), for the trace.
+    action_ns: Vec<u64>,
 }
 
 impl RequestCtx {
@@ -110,6 +114,8 @@ impl RequestCtx {
             plan: Plan::default(),
             client: None,
             client_slot: None,
+            trace: None,
+            action_ns: Vec::new(),
         }
     }
 
@@ -193,6 +199,9 @@ impl RequestCtx {
     pub fn act(&mut self, a: Action) {
         a.count(&self.labels);
         self.actions.push(a);
+        if self.trace.is_some() {
+            self.action_ns.push(self.elapsed_ns());
+        }
     }
 
     /// The routing view of this request.
@@ -321,7 +330,7 @@ impl RequestCtx {
                 self.labels.observe(s, outcome.ended_normally());
             }
         }
-        self.shared.recorder.send(RequestRecord {
+        let record = RequestRecord {
             id: std::mem::take(&mut self.id),
             start_unix_ms: self.start_unix_ms,
             method: std::mem::take(&mut self.method),
@@ -346,7 +355,22 @@ impl RequestCtx {
             deadline_ms: self.plan.deadline.map(|d| d.as_millis() as u64),
             actions: std::mem::take(&mut self.actions),
             asu: summary,
-        });
+        };
+        if let (Some(tracing), Some(trace)) = (&self.shared.tracing, self.trace.take()) {
+            let policy = self
+                .fleet
+                .as_ref()
+                .and_then(|f| f.arms.get(self.arm))
+                .map(|a| a.policy.name());
+            tracing.finish(&crate::trace::Finished {
+                trace: &trace,
+                record: &record,
+                action_ns: &self.action_ns,
+                end_ns: self.t_recv.elapsed().as_nanos() as u64,
+                policy,
+            });
+        }
+        self.shared.recorder.send(record);
     }
 }
 

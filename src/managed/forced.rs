@@ -127,6 +127,7 @@ pub(super) async fn forced(
     }
     // (the first leg's request, so a POST)
     let mut out = m.out.with_body(http_body_util::Full::new(body));
+    out.leg = crate::trace::context::LegKind::Continuation;
     let fleet = Arc::clone(&m.fleet);
     let shared = Arc::clone(&m.shared);
     let sent = tokio::select! {

@@ -66,6 +66,7 @@ pub(super) async fn send_racing(
     let Some(mut spare) = spare else {
         return (a.await, false);
     };
+    spare.leg = crate::trace::context::LegKind::Hedge;
     if !shared
         .extra_legs
         .try_spend(LegKind::Hedge, fleet.straggler.extra_legs_per_sec)
@@ -228,6 +229,7 @@ async fn open_hedge(m: &mut Managed, a: &Leg, tried: &send::Tried) -> Option<Leg
     tried.add(other.index);
     let load = LegLoad::new(Arc::clone(&other));
     let mut out = m.out.again()?;
+    out.leg = crate::trace::context::LegKind::Hedge;
     let resp = send::once(&m.shared, &other, &mut out).await.ok()?;
     if !crate::upstream::is_event_stream(&resp) {
         return None;

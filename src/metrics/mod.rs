@@ -19,6 +19,13 @@ pub const THINKING_SECONDS: &str = "thinkgate_thinking_seconds";
 pub const TPOT: &str = "thinkgate_tpot_seconds";
 pub const THINKING_TOKENS: &str = "thinkgate_thinking_tokens";
 pub const VISIBLE_TOKENS: &str = "thinkgate_visible_tokens";
+// The OpenTelemetry GenAI metrics, under the names the OpenTelemetry
+// Prometheus exporter gives them (units as suffixes, dots as underscores):
+// a dashboard built for any GenAI server reads these. TTFVT and thinking
+// time have no convention name and stay `thinkgate_*` only.
+pub const GENAI_TTFT: &str = "gen_ai_server_time_to_first_token_seconds";
+pub const GENAI_DURATION: &str = "gen_ai_server_request_duration_seconds";
+pub const GENAI_TOKENS: &str = "gen_ai_client_token_usage";
 pub const REQUESTS: &str = "thinkgate_requests_total";
 pub const OUTPUT_TOKENS: &str = "thinkgate_output_tokens_total";
 pub const UPSTREAM_ERRORS: &str = "thinkgate_upstream_errors_total";
@@ -26,6 +33,7 @@ pub const CLIENT_DISCONNECTS: &str = "thinkgate_client_disconnects_total";
 pub const INFLIGHT: &str = "thinkgate_inflight_requests";
 pub const INFLIGHT_THINKING: &str = "thinkgate_inflight_thinking_requests";
 pub const RECORDS_DROPPED: &str = "thinkgate_records_dropped_total";
+pub const OTEL_SPANS: &str = "thinkgate_otel_spans_total";
 pub const FEEDBACK: &str = "thinkgate_feedback_total";
 pub const USAGE_INJECTED: &str = "thinkgate_usage_injected_total";
 pub const BACKEND_HEALTHY: &str = "thinkgate_backend_healthy";
@@ -87,6 +95,10 @@ pub const ALL: &[&str] = &[
     INFLIGHT_THINKING,
     RECORDS_DROPPED,
     FEEDBACK,
+    OTEL_SPANS,
+    GENAI_TTFT,
+    GENAI_DURATION,
+    GENAI_TOKENS,
     USAGE_INJECTED,
     BACKEND_HEALTHY,
     ARM_STOPPED,
@@ -138,6 +150,9 @@ pub fn install() -> Option<PrometheusHandle> {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(TPOT.into()), TPOT_BUCKETS)
                 .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(GENAI_TOKENS.into()), TOKEN_BUCKETS)
+                })
+                .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 })
                 .and_then(|b| {
@@ -153,6 +168,9 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     describe_histogram!(TTFT, Unit::Seconds, "Time from the complete request head to the first generated token of any kind (reasoning or visible). Streamed requests only.");
+    describe_histogram!(GENAI_TTFT, Unit::Seconds, "OpenTelemetry GenAI gen_ai.server.time_to_first_token: time to the first generated token (thinking or visible), as thinkgate_ttft_seconds.");
+    describe_histogram!(GENAI_DURATION, Unit::Seconds, "OpenTelemetry GenAI gen_ai.server.request.duration: end-to-end time of completed requests, as thinkgate_e2e_seconds.");
+    describe_histogram!(GENAI_TOKENS, Unit::Count, "OpenTelemetry GenAI gen_ai.client.token.usage (the gateway is the engine's client): tokens per completed request by gen_ai_token_type: input, output (all generated tokens), reasoning (the thinking part of output).");
     describe_histogram!(TTFVT, Unit::Seconds, "Time from the complete request head to the first visible token (content outside thinking, or a tool call); for non-streamed responses, the time to the last byte.");
     describe_histogram!(
         E2E,
@@ -202,6 +220,7 @@ fn describe() {
         Unit::Count,
         "Per-request records dropped because the writer fell behind."
     );
+    describe_counter!(OTEL_SPANS, Unit::Count, "OpenTelemetry spans by result: exported, failed (the collector refused them or was unreachable), dropped (the export queue was full; requests never wait for it).");
     describe_counter!(FEEDBACK, Unit::Count, "Feedback grades by result: accepted (queued for the records file), dropped (the writer fell behind, or no --records), invalid (refused with 400).");
     describe_counter!(
         USAGE_INJECTED,
@@ -478,10 +497,25 @@ impl Labels {
 
     /// Record a settled request's ASU values; `complete` when the response
     /// ended normally.
+    /// The labels of the GenAI convention's series.
+    fn gen_ai(&self) -> Pairs<2> {
+        let op = match self.api {
+            Api::Chat | Api::Responses => "chat",
+            Api::Completions => "text_completion",
+            Api::Other => "other",
+        };
+        [
+            ("gen_ai_operation_name", SharedString::const_str(op)),
+            ("gen_ai_request_model", self.model.clone()),
+        ]
+    }
+
     pub fn observe(&self, s: &thinkgate_asu::Summary, complete: bool) {
         let p = self.pairs();
+        let g = self.gen_ai();
         if let Some(v) = s.ttft() {
             histogram!(TTFT, &p).record(v);
+            histogram!(GENAI_TTFT, &g).record(v);
         }
         if let Some(v) = s.ttfvt() {
             histogram!(TTFVT, &p).record(v);
@@ -506,6 +540,21 @@ impl Labels {
             return;
         }
         histogram!(E2E, &p).record(s.e2e());
+        histogram!(GENAI_DURATION, &g).record(s.e2e());
+        let [op, model] = g;
+        let usage = |kind: &'static str, n: u64| {
+            let l = [
+                op.clone(),
+                model.clone(),
+                ("gen_ai_token_type", SharedString::const_str(kind)),
+            ];
+            histogram!(GENAI_TOKENS, &l).record(n as f64);
+        };
+        if let Some(n) = s.prompt_tokens {
+            usage("input", n);
+        }
+        usage("output", s.completion_tokens);
+        usage("reasoning", s.thinking_tokens);
         if let Some(v) = s.thinking_time() {
             histogram!(THINKING_SECONDS, &p).record(v);
         }
@@ -594,6 +643,9 @@ pub fn zero_series(backends: &[SharedString], arms: &[SharedString]) {
     for r in FEEDBACK_RESULTS {
         counter!(FEEDBACK, "result" => *r).increment(0);
     }
+    for r in SPAN_RESULTS {
+        counter!(OTEL_SPANS, "result" => *r).increment(0);
+    }
     for r in ReloadResult::ALL {
         counter!(CONFIG_RELOADS, "result" => r.as_str()).increment(0);
         counter!(TLS_RELOADS, "result" => r.as_str()).increment(0);
@@ -667,6 +719,15 @@ pub fn no_backend() {
 
 pub fn records_dropped() {
     counter!(RECORDS_DROPPED).increment(1);
+}
+
+/// The `result` values of `thinkgate_otel_spans_total`.
+pub const SPAN_RESULTS: &[&str] = &["exported", "failed", "dropped"];
+
+/// Spans by what became of them: exported, failed (the collector refused
+/// or could not be reached), dropped (the export queue was full).
+pub fn spans(result: &'static str, n: u64) {
+    counter!(OTEL_SPANS, "result" => result).increment(n);
 }
 
 /// The `result` values of `thinkgate_feedback_total`.

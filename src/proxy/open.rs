@@ -22,7 +22,7 @@ pub(super) fn context(shared: &Arc<Shared>, parts: &http::request::Parts) -> (Re
         .map(str::to_string);
     let minted = client_id.is_none();
     let id = client_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let ctx = RequestCtx::new(
+    let mut ctx = RequestCtx::new(
         Arc::clone(shared),
         t_recv,
         id,
@@ -30,5 +30,8 @@ pub(super) fn context(shared: &Arc<Shared>, parts: &http::request::Parts) -> (Re
         parts.uri.path(),
         endpoint,
     );
+    if let Some(t) = &shared.tracing {
+        ctx.trace = Some(t.open(&parts.headers, t_recv));
+    }
     (ctx, minted)
 }

@@ -62,6 +62,8 @@ pub(super) fn build(
         path_q: parts.uri.path_and_query().cloned(),
         headers: hdrs,
         body: Some(body),
+        trace: ctx.trace.clone(),
+        leg: Default::default(),
     };
     // A managed request needs one choice and a body it can rewrite.
     let manages =

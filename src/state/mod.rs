@@ -36,6 +36,8 @@ pub struct Shared {
     /// Bounds retries and hedges together (and hedges to their own share).
     pub(crate) extra_legs: crate::straggler::extra_legs::ExtraLegs,
     pub recorder: Recorder,
+    /// OpenTelemetry traces, when on.
+    pub tracing: Option<crate::trace::Tracing>,
     pub models: LabelSet,
     pub draining: AtomicBool,
     /// Slots of `max_inflight`, and the bounded wait for one.
@@ -159,6 +161,7 @@ impl Shared {
             observer: Arc::new(obs),
             observer_strip: Arc::new(strip),
             recorder,
+            tracing: None,
             models: LabelSet::new(cfg.max_model_labels),
             draining: AtomicBool::new(false),
             admission: admission::Admission::default(),

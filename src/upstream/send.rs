@@ -26,6 +26,11 @@ pub struct Outgoing {
     pub path_q: Option<http::uri::PathAndQuery>,
     pub headers: HeaderMap,
     pub body: Option<UpstreamBody>,
+    /// The request's trace (each attempt is a leg with its own span and
+    /// `traceparent`), when tracing is on.
+    pub trace: Option<Arc<crate::trace::context::RequestTrace>>,
+    /// What the next attempt is sent for.
+    pub leg: crate::trace::context::LegKind,
 }
 
 impl Outgoing {
@@ -37,6 +42,8 @@ impl Outgoing {
             path_q: self.path_q.clone(),
             headers: self.headers.clone(),
             body: Some(Either::Left(body)),
+            trace: self.trace.clone(),
+            leg: self.leg,
         }
     }
 
@@ -219,6 +226,7 @@ pub async fn send_tracked(
         });
         tried.push(next.index);
         tried_by_all.add(next.index);
+        out.leg = crate::trace::context::LegKind::Retry;
         ctx.switch_backend(Arc::clone(&next));
         backend = next;
     }
@@ -240,6 +248,41 @@ pub(crate) enum Sent {
 /// One attempt on `b`: bytes bodies go through the lean HTTP/1.1 client
 /// (the response is read straight off the socket), others through hyper's.
 pub(crate) async fn once(
+    shared: &Shared,
+    b: &Backend,
+    out: &mut Outgoing,
+) -> Result<Response<UpBody>, Sent> {
+    let Some(trace) = out.trace.clone() else {
+        return once_untraced(shared, b, out).await;
+    };
+    let leg = trace.begin_leg(out.leg, &b.upstream.name, &mut out.headers);
+    // a leg dropped before its head (a race's loser) ends when dropped
+    let mut open = OpenLeg(Some((&trace, leg)));
+    let r = once_untraced(shared, b, out).await;
+    open.0 = None;
+    trace.end_leg(
+        leg,
+        match &r {
+            Ok(resp) => Ok(resp.status().as_u16()),
+            Err(Sent::Failed { reason, .. }) => Err(reason.clone()),
+            Err(Sent::Gateway(e)) => Err(e.to_string()),
+        },
+    );
+    r
+}
+
+/// A traced leg still waiting for its head: dropped so, it was cancelled.
+struct OpenLeg<'a>(Option<(&'a crate::trace::context::RequestTrace, usize)>);
+
+impl Drop for OpenLeg<'_> {
+    fn drop(&mut self) {
+        if let Some((t, i)) = self.0.take() {
+            t.cancel_leg(i);
+        }
+    }
+}
+
+async fn once_untraced(
     shared: &Shared,
     b: &Backend,
     out: &mut Outgoing,

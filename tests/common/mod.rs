@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use thinkgate::config::Config;
 use thinkgate::server::Gateway;
 
+pub mod otlp;
 pub mod pki;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

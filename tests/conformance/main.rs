@@ -18,6 +18,7 @@ mod reasoning;
 mod routes;
 mod soak;
 mod tls;
+mod traces;
 mod wire;
 
 use bytes::Bytes;

@@ -83,6 +83,13 @@ app.kubernetes.io/component: sim
 {{- if $up -}}
 {{- $_ := set $cfg "upstream_tls" $up -}}
 {{- end -}}
+{{- if .Values.tracing.endpoint -}}
+{{- $tr := default dict $cfg.tracing -}}
+{{- $_ := set $tr "endpoint" .Values.tracing.endpoint -}}
+{{- $_ := set $tr "protocol" .Values.tracing.protocol -}}
+{{- $_ := set $tr "sample_ratio" .Values.tracing.sampleRatio -}}
+{{- $_ := set $cfg "tracing" $tr -}}
+{{- end -}}
 {{- if $b.headless.name -}}
 {{- $_ := set $cfg "discovery" (dict "dns" (printf "%s.%s.svc" $b.headless.name (default $ns $b.headless.namespace)) "port" $b.headless.port "interval_ms" $b.headless.intervalMs "flavor" $b.flavor) -}}
 {{- end -}}
