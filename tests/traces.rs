@@ -160,6 +160,14 @@ async fn otlp_receiver_gets_the_request_and_its_leg_over_both_protocols() {
         assert_eq!(server["name"], format!("chat {MODEL}"));
         assert_eq!(server["parent_span_id"], CLIENT_SPAN);
         assert_eq!(leg["parent_span_id"], server["span_id"]);
+        for s in [server, leg] {
+            assert_eq!(s["trace_state"], "vendor=opaque", "the client's tracestate");
+        }
+        assert_eq!(attr(leg, "server.address"), "127.0.0.1");
+        assert_eq!(
+            attr(leg, "server.port").as_u64(),
+            Some(u64::from(up.addr.port()))
+        );
         assert_eq!(
             leg["span_id"], up_parent,
             "the engine was told the leg's span"

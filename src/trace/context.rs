@@ -5,11 +5,12 @@
 
 use super::config::Sampler;
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::trace::{SpanId, TraceId, TraceState};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
 
 /// What an upstream leg was sent for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,6 +63,9 @@ pub struct RequestTrace {
     /// The client's span, when it sent a `traceparent`.
     pub parent: Option<SpanId>,
     pub sampled: bool,
+    /// The client's `tracestate` (kept only with a valid `traceparent`, as
+    /// W3C asks; the header itself goes on to the engine unchanged).
+    pub state: TraceState,
     /// Wall-clock time at `t0`.
     pub start: SystemTime,
     pub t0: Instant,
@@ -86,6 +90,9 @@ impl RequestTrace {
             span_id: new_span_id(),
             parent: parent.map(|p| p.1),
             sampled,
+            state: parent
+                .and_then(|_| headers.get(TRACESTATE)?.to_str().ok()?.parse().ok())
+                .unwrap_or_default(),
             start: SystemTime::now() - elapsed,
             t0,
             legs: Mutex::new(Vec::new()),

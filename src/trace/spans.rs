@@ -6,7 +6,7 @@
 use super::context::RequestTrace;
 use super::names as n;
 use crate::record::{Outcome, RequestRecord};
-use opentelemetry::trace::{Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::trace::{Event, SpanContext, SpanId, SpanKind, Status, TraceFlags};
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use std::borrow::Cow;
@@ -52,7 +52,7 @@ pub fn build(f: &Finished<'_>, scope: &InstrumentationScope) -> Vec<SpanData> {
     } else {
         TraceFlags::default()
     };
-    let ctx = |span_id| SpanContext::new(t.trace_id, span_id, flags, false, TraceState::default());
+    let ctx = |span_id| SpanContext::new(t.trace_id, span_id, flags, false, t.state.clone());
     let op = operation(r.api);
     let mut attrs = vec![
         KeyValue::new(n::OPERATION_NAME, op),

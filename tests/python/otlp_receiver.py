@@ -45,6 +45,7 @@ def emit(req, via):
                     "trace_id": s.trace_id.hex(),
                     "span_id": s.span_id.hex(),
                     "parent_span_id": s.parent_span_id.hex(),
+                    "trace_state": s.trace_state,
                     "name": s.name,
                     "kind": s.kind,
                     "start_ns": s.start_time_unix_nano,
