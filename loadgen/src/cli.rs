@@ -109,6 +109,12 @@ pub struct LoadArgs {
     /// provide with --dataset, or a BurstGPT trace.
     #[arg(long, value_enum)]
     pub dataset_name: Option<DatasetName>,
+    /// Send the dataset's items in file order, one per request (wrapping
+    /// around), instead of drawing them at random: a file of multi-turn
+    /// sessions then replays each turn after the turns before it
+    /// (`--dataset-name mixed` always does).
+    #[arg(long)]
+    pub in_order: bool,
     /// Oracle mode, to show a ceiling: send each item's difficulty label as
     /// the client hint `x-thinkgate-difficulty`. Production traffic carries
     /// no such label; never use it for a claim about a policy.
@@ -364,6 +370,7 @@ impl LoadArgs {
             seed: 1,
             dataset: None,
             dataset_name: None,
+            in_order: false,
             oracle: false,
             prompt_template: dataset::DEFAULT_TEMPLATE.into(),
             max_tokens: None,
@@ -548,7 +555,7 @@ pub async fn execute(args: &LoadArgs) -> anyhow::Result<RunSummary> {
         duration: args.duration.map(Duration::from_secs_f64),
         seed: args.seed,
         progress: !args.quiet,
-        ordered: args.dataset_name == Some(DatasetName::Mixed),
+        ordered: args.in_order || args.dataset_name == Some(DatasetName::Mixed),
     };
     let scrape_urls: Vec<String> = args
         .scrape

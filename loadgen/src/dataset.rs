@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use std::path::Path;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 pub struct Item {
     pub question: String,
     #[serde(deserialize_with = "any_to_string")]

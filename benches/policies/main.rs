@@ -19,7 +19,13 @@
 //!
 //! `cargo bench --bench policies -- [seeds=5 | first..last] [duration_s=20] [conditions=half,high,burst] [policies=round_robin,least_request,p2c,difficulty_aware,oracle] [replicas=1] [report]`
 //! (`report`: print the tables again from the requests kept by an earlier run).
+//!
+//! `ENGINES=vllm`: the same on real vLLM servers instead of the simulated
+//! engines (see `vllm.rs`), started once for the whole bench and drained
+//! between runs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod vllm;
 
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -90,10 +96,53 @@ struct Run {
     predictor: Option<serde_json::Value>,
 }
 
-async fn run(policy: &str, cond: &Condition, seed: u64, duration: f64, replicas: usize) -> Run {
+/// Where the runs' requests go: fresh simulated engines per run, or the
+/// real vLLM servers of the whole bench.
+enum Backends {
+    Simulated,
+    Vllm(vllm::Engines),
+}
+
+impl Backends {
+    fn name(&self) -> &'static str {
+        match self {
+            Backends::Simulated => "",
+            Backends::Vllm(_) => "vllm-",
+        }
+    }
+
+    /// Thinking tokens from which a request counts as long: `LONG`, scaled
+    /// as the real engines' lengths are.
+    fn long(&self) -> f64 {
+        match self {
+            Backends::Simulated => LONG,
+            Backends::Vllm(_) => LONG * vllm::SCALE,
+        }
+    }
+
+    fn capacity(&self) -> f64 {
+        match self {
+            Backends::Simulated => CAPACITY,
+            Backends::Vllm(_) => vllm::CAPACITY,
+        }
+    }
+}
+
+async fn run(
+    backends: &Backends,
+    policy: &str,
+    cond: &Condition,
+    seed: u64,
+    duration: f64,
+    replicas: usize,
+) -> Run {
     let mut urls = Vec::new();
     let mut tasks = Vec::new();
-    for i in 0..ENGINES {
+    if let Backends::Vllm(engines) = backends {
+        engines.idle().await;
+        urls.clone_from(&engines.urls);
+    }
+    for i in 0..ENGINES * u64::from(matches!(backends, Backends::Simulated)) {
         let mut c = SimConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             seed: 100 + i,
@@ -128,13 +177,14 @@ async fn run(policy: &str, cond: &Condition, seed: u64, duration: f64, replicas:
         };
         gateways.push(Gateway::start(cfg).await.unwrap());
     }
-    let out = out_dir().join(run_name(cond, policy, replicas, seed));
+    let out = out_dir().join(run_name(backends, cond, policy, replicas, seed));
     let _ = std::fs::remove_dir_all(&out);
-    let rate = CAPACITY * cond.load;
-    let args = LoadArgs {
+    let rate = backends.capacity() * cond.load;
+    let num_requests = (rate * (WARMUP_S + duration) * 3.0) as usize + 10;
+    let mut args = LoadArgs {
         rate: rate.to_string(),
         burstiness: cond.burstiness,
-        num_requests: (rate * (WARMUP_S + duration) * 3.0) as usize + 10,
+        num_requests,
         duration: Some(WARMUP_S + duration),
         seed,
         timeout: 900.0,
@@ -152,6 +202,15 @@ async fn run(policy: &str, cond: &Condition, seed: u64, duration: f64, replicas:
                 .join(","),
         )
     };
+    if let Backends::Vllm(_) = backends {
+        // the same items for every policy of a seed, with their budgets
+        let items = out_dir().join(format!("vllm-items-s{seed}.jsonl"));
+        vllm::write_items(num_requests, seed, &items);
+        args.dataset = Some(items);
+        args.dataset_name = None;
+        args.in_order = true;
+        args.model = Some("tiny".into());
+    }
     let summary = thinkgate_loadgen::cli::execute(&args).await.unwrap();
     let predictor = gateways[0].shared.fleet.load().arms[0]
         .policy
@@ -171,8 +230,18 @@ async fn run(policy: &str, cond: &Condition, seed: u64, duration: f64, replicas:
     }
 }
 
-fn run_name(cond: &Condition, policy: &str, replicas: usize, seed: u64) -> String {
-    format!("{}-{policy}-r{replicas}-s{seed}", cond.name)
+fn run_name(
+    backends: &Backends,
+    cond: &Condition,
+    policy: &str,
+    replicas: usize,
+    seed: u64,
+) -> String {
+    format!(
+        "{}{}-{policy}-r{replicas}-s{seed}",
+        backends.name(),
+        cond.name
+    )
 }
 
 fn out_dir() -> PathBuf {
@@ -218,7 +287,7 @@ const LONG: f64 = 2000.0;
 /// predictor is each application's mean log length, fitted in hindsight on
 /// these very requests: an upper bound for it). Requests with thinking off
 /// are left out (both know they think for 0).
-fn predictor_quality(reqs: &[&Req]) -> Option<String> {
+fn predictor_quality(reqs: &[&Req], long: f64) -> Option<String> {
     let on: Vec<&&Req> = reqs
         .iter()
         .filter(|r| r.ok && r.predicted.is_some_and(|p| p > 0.0))
@@ -244,21 +313,21 @@ fn predictor_quality(reqs: &[&Req]) -> Option<String> {
     let pr = |pairs: &[(f64, f64)]| {
         let tp = pairs
             .iter()
-            .filter(|(p, a)| *p >= LONG && *a >= LONG)
+            .filter(|(p, a)| *p >= long && *a >= long)
             .count() as f64;
-        let called = pairs.iter().filter(|(p, _)| *p >= LONG).count() as f64;
-        let long = pairs.iter().filter(|(_, a)| *a >= LONG).count() as f64;
+        let called = pairs.iter().filter(|(p, _)| *p >= long).count() as f64;
+        let actual = pairs.iter().filter(|(_, a)| *a >= long).count() as f64;
         format!(
             "precision {:.2}, recall {:.2}",
             tp / called.max(1.0),
-            tp / long.max(1.0)
+            tp / actual.max(1.0)
         )
     };
     let rho = |pairs: &[(f64, f64)]| thinkgate_asu::rank::spearman(pairs).unwrap_or(f64::NAN);
     Some(format!(
-        "{} requests with thinking on ({:.0}% long): Spearman {:.2} against {:.2} for request fields alone; long at {LONG} tokens: {} against {}",
+        "{} requests with thinking on ({:.0}% long): Spearman {:.2} against {:.2} for request fields alone; long at {long} tokens: {} against {}",
         on.len(),
-        on.iter().filter(|r| r.thinking >= LONG).count() as f64 * 100.0 / on.len() as f64,
+        on.iter().filter(|r| r.thinking >= long).count() as f64 * 100.0 / on.len() as f64,
         rho(&ours),
         rho(&theirs),
         pr(&ours),
@@ -387,9 +456,26 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!(
-        "{ENGINES} simulated engines (2,048 KV blocks, 64 seqs, time scale {TIME_SCALE}x), {replicas} gateway replica(s); built-in mixed traffic, {WARMUP_S} s warm-up + {duration} s counted per run, seeds {first}..={last}; capacity {CAPACITY} req/s; goodput SLO: TTFVT <= {SLO_TTFVT_S} s and E2E <= {SLO_E2E_S} s; 95% paired bootstrap intervals"
-    );
+    let backends = match std::env::var("ENGINES").as_deref() {
+        Ok("vllm") if !report_only => Backends::Vllm(vllm::Engines::start()),
+        Ok("vllm") => Backends::Vllm(vllm::Engines::none()),
+        Ok("sim") | Err(_) => Backends::Simulated,
+        Ok(other) => panic!("ENGINES={other}: sim or vllm"),
+    };
+    let capacity = backends.capacity();
+    match &backends {
+        Backends::Simulated => println!(
+            "{ENGINES} simulated engines (2,048 KV blocks, 64 seqs, time scale {TIME_SCALE}x), {replicas} gateway replica(s); built-in mixed traffic, {WARMUP_S} s warm-up + {duration} s counted per run, seeds {first}..={last}; capacity {CAPACITY} req/s; goodput SLO: TTFVT <= {SLO_TTFVT_S} s and E2E <= {SLO_E2E_S} s; 95% paired bootstrap intervals"
+        ),
+        Backends::Vllm(_) => println!(
+            "{} vLLM {} servers (tiny loop model, {} KV blocks of 128 tokens, {} seqs, no prefix cache), {replicas} gateway replica(s); built-in mixed traffic with thinking_token_budget from the simulator's length model x{}, {WARMUP_S} s warm-up + {duration} s counted per run, seeds {first}..={last}; capacity {capacity} req/s; goodput SLO: TTFVT <= {SLO_TTFVT_S} s and E2E <= {SLO_E2E_S} s; 95% paired bootstrap intervals",
+            vllm::ENGINES,
+            vllm::version(),
+            vllm::KV_BLOCKS,
+            vllm::MAX_SEQS,
+            vllm::SCALE
+        ),
+    }
     for cond in conditions {
         let mut runs: BTreeMap<String, Vec<Vec<Req>>> = BTreeMap::new();
         let mut rho: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -398,14 +484,14 @@ fn main() {
             for p in &policies {
                 eprintln!("{} seed {seed} {p} ...", cond.name);
                 let r = if report_only {
-                    let dir = out_dir().join(run_name(&cond, p, replicas, seed));
+                    let dir = out_dir().join(run_name(&backends, &cond, p, replicas, seed));
                     Run {
                         reqs: read_requests(&dir.join("requests.jsonl")),
                         tps: 0.0,
                         predictor: None,
                     }
                 } else {
-                    rt.block_on(run(p, &cond, seed, duration, replicas))
+                    rt.block_on(run(&backends, p, &cond, seed, duration, replicas))
                 };
                 if let Some(v) = r
                     .predictor
@@ -428,7 +514,7 @@ fn main() {
             "\n### {}: load {:.0}% of capacity ({:.1} req/s), Gamma burstiness {}\n",
             cond.name,
             cond.load * 100.0,
-            cond.load * CAPACITY,
+            cond.load * capacity,
             cond.burstiness
         );
         println!("| policy | requests | {} |", NAMES.join(" | "));
@@ -483,7 +569,7 @@ fn main() {
         }
         for (p, per_seed) in &runs {
             let all: Vec<&Req> = per_seed.iter().flatten().collect();
-            if let Some(q) = predictor_quality(&all) {
+            if let Some(q) = predictor_quality(&all, backends.long()) {
                 println!("- {p}, predictions over the counted requests: {q}");
             }
         }
