@@ -176,21 +176,32 @@ pub fn build(f: &Finished<'_>, scope: &InstrumentationScope) -> Vec<SpanData> {
         None => op.to_string(),
     };
     let end = at(end_ns);
-    let mut spans = vec![SpanData {
-        span_context: ctx(t.span_id),
-        parent_span_id: t.parent.unwrap_or(SpanId::INVALID),
-        parent_span_is_remote: t.parent.is_some(),
-        span_kind: SpanKind::Server,
+    let span = |id, parent, kind, name, (start, end), attributes, events, status| SpanData {
+        span_context: ctx(id),
+        parent_span_id: parent,
+        // only the server span's parent is the client's
+        parent_span_is_remote: kind == SpanKind::Server && parent != SpanId::INVALID,
+        span_kind: kind,
         name: Cow::Owned(name),
-        start_time: t.start,
+        start_time: start,
         end_time: end,
-        attributes: attrs,
+        attributes,
         dropped_attributes_count: 0,
         events: events_of(events),
         links: SpanLinks::default(),
         status,
         instrumentation_scope: scope.clone(),
-    }];
+    };
+    let mut spans = vec![span(
+        t.span_id,
+        t.parent.unwrap_or(SpanId::INVALID),
+        SpanKind::Server,
+        name,
+        (t.start, end),
+        attrs,
+        events,
+        status,
+    )];
     for leg in t.legs() {
         let mut attrs = vec![
             KeyValue::new(n::HTTP_METHOD, r.method.clone()),
@@ -239,21 +250,16 @@ pub fn build(f: &Finished<'_>, scope: &InstrumentationScope) -> Vec<SpanData> {
             (Some(_), _, Some(h)) | (_, true, Some(h)) => at(h),
             _ => end,
         };
-        spans.push(SpanData {
-            span_context: ctx(leg.span_id),
-            parent_span_id: t.span_id,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Client,
-            name: Cow::Owned(r.method.clone()),
-            start_time: at(leg.start_ns),
-            end_time: leg_end.max(at(leg.start_ns)),
-            attributes: attrs,
-            dropped_attributes_count: 0,
-            events: events_of(events),
-            links: SpanLinks::default(),
+        spans.push(span(
+            leg.span_id,
+            t.span_id,
+            SpanKind::Client,
+            r.method.clone(),
+            (at(leg.start_ns), leg_end.max(at(leg.start_ns))),
+            attrs,
+            events,
             status,
-            instrumentation_scope: scope.clone(),
-        });
+        ));
     }
     spans
 }
