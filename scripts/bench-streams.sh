@@ -4,7 +4,7 @@
 # to the simulated engine at real time (time scale 1: with N sequences
 # running, a decode step takes 6 + 0.08*N ms, so at N=9000 each stream gets
 # a token every ~0.73 s and lives ~1.5 minutes for 120 tokens).
-#   scripts/bench-streams.sh [streams=9000] [max_tokens=120] [time_scale=1]
+#   [BIN=path] scripts/bench-streams.sh [streams=9000] [max_tokens=120] [time_scale=1]
 # A time scale above 1 runs the engine faster (for reasoning-length streams:
 # `scripts/bench-streams.sh 1000 16000 40` keeps 1,000 streams of 16k tokens
 # open for about a minute). THINK=16000 makes every request think that many
@@ -14,13 +14,18 @@
 # streams were open, and whether every stream completed.
 # The open-file limit here is 20,000 and cannot be raised: the gateway holds
 # two descriptors per stream, so 9,000 is the most this machine measures.
+# HEAPTRACK=FILE runs the gateway under heaptrack (Debian `heaptrack`) and
+# prints its peak memory consumers at the end: at the peak every stream is
+# open, so a site's peak over N is what each stream holds there (RSS figures
+# then include heaptrack's own overhead: take them from a run without it).
 # Loopback only; bounded by the request count and a 600 s per-request timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-9000}; T=${2:-120}; S=${3:-1}
 ulimit -n 20000
-cargo build --release --quiet
-bin=./target/release/thinkgate
+# BIN=path measures another build (an earlier commit's, say)
+bin=${BIN:-./target/release/thinkgate}
+[ -n "${BIN:-}" ] || cargo build --release --quiet
 out=$(mktemp -d)
 sim_cfg=()
 if [ -n "${THINK:-}" ]; then
@@ -34,9 +39,16 @@ sim_pid=$!
 trap 'kill $sim_pid $gw_pid 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q listening "$out/sim.out" && break; sleep 0.1; done
 sim=$(grep -o '127.0.0.1:[0-9]*' "$out/sim.out" | head -1)
-THINKGATE_LOG=warn $bin serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --upstream "http://$sim" \
+wrap=()
+[ -n "${HEAPTRACK:-}" ] && wrap=(heaptrack -o "$HEAPTRACK")
+THINKGATE_LOG=warn "${wrap[@]}" $bin serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --upstream "http://$sim" \
   --health-interval-ms 0 --scrape-interval-ms 0 > "$out/gw.out" 2>&1 &
 gw_pid=$!
+wrap_pid=$gw_pid
+if [ -n "${HEAPTRACK:-}" ]; then
+  # the gateway is heaptrack's child
+  for _ in $(seq 50); do gw_pid=$(pgrep -P "$wrap_pid" -x "$(basename "$bin" | cut -c1-15)" || true); [ -n "$gw_pid" ] && break; sleep 0.1; done
+fi
 for _ in $(seq 50); do grep -q proxy= "$out/gw.out" && break; sleep 0.1; done
 proxy=$(grep -o 'proxy=[0-9.:]*' "$out/gw.out" | cut -d= -f2)
 admin=$(grep -o 'admin=[0-9.:]*' "$out/gw.out" | cut -d= -f2)
@@ -47,7 +59,7 @@ base=$(rss)
 $bin load --url "http://$proxy" --concurrency "$N" --num-requests "$N" --max-tokens "$T" \
   --quiet --timeout 600 > "$out/load.out" 2>&1 &
 load_pid=$!
-peak=0; peak_open=0; open_at_peak=0; t0=""; c0=0; c1=0; samples=0
+peak=0; peak_open=0; open_at_peak=0; t0=""; c0=0; c1=0; samples=0; plateau=0
 while kill -0 $load_pid 2>/dev/null; do
   r=$(rss)
   open=$(curl -s "http://$admin/metrics" | awk '/^thinkgate_inflight_requests/ {s+=$2} END {print s+0}')
@@ -55,7 +67,9 @@ while kill -0 $load_pid 2>/dev/null; do
   [ "$open" -gt "$peak_open" ] && peak_open=$open
   if [ "$r" -gt "$peak" ]; then peak=$r; open_at_peak=$open; fi
   # CPU over the plateau: while at least 95% of the streams are open.
+  # RSS over the plateau too (the overall peak may come as the streams end)
   if [ "$open" -ge $((N * 95 / 100)) ]; then
+    [ "$r" -gt "$plateau" ] && plateau=$r
     [ -z "$t0" ] && { t0=$(date +%s.%N); c0=$(cpu); }
     t1=$(date +%s.%N); c1=$(cpu); samples=$((samples + 1))
   fi
@@ -66,10 +80,15 @@ head -6 "$out/load.out"
 echo "streams requested: $N (max_tokens $T, time scale $S, thinking ${THINK:-as the simulator draws it} tokens)"
 echo "peak open streams at the gateway: $peak_open"
 echo "gateway RSS: baseline $((base / 1024)) MiB, peak $((peak / 1024)) MiB with $open_at_peak open"
-if [ "$open_at_peak" -gt 0 ]; then
-  echo "RSS per open stream: $(( (peak - base) * 1024 / open_at_peak )) bytes"
+if [ "$plateau" -gt 0 ]; then
+  echo "RSS per open stream: $(( (plateau - base) * 1024 / N )) bytes (the highest RSS while at least 95% of the streams were open, over $N)"
 fi
 if [ -n "$t0" ]; then
   awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v n="$samples" \
     'BEGIN { d = t1 - t0; if (d > 0) printf "gateway CPU on the plateau: %.3f cores (%d s sampled)\n", (c1 - c0) / 100 / d, n }'
+fi
+if [ -n "${HEAPTRACK:-}" ]; then
+  kill "$gw_pid"; wait "$wrap_pid" || true
+  heaptrack_print -f "$(ls "$HEAPTRACK"*.zst "$HEAPTRACK"*.gz 2>/dev/null | head -1)" \
+    --print-peaks 1 --print-allocators 0 --print-temporary 0 --print-leaks 0 --peak-limit 25 --sub-peak-limit 4
 fi

@@ -1,7 +1,7 @@
 //! The response body of the lean client: everything one `read` returned,
 //! decoded (chunked, length or close framing) and passed on as one frame.
 
-use super::{H1Error, Pool, MAX_READ, MAX_SIZE_LINE, READ_SIZE};
+use super::{H1Error, Pool, MAX_READ, MAX_SIZE_LINE};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -43,8 +43,6 @@ pub struct RawBody {
     /// turn, so the server flushes that data before it cuts the response.
     fresh_data: bool,
     deferred: Option<H1Error>,
-    /// Bytes to reserve for the next read (grows on full reads).
-    read_size: usize,
 }
 
 /// Decoded data gathered for one frame: the first piece as is, more pieces
@@ -93,7 +91,12 @@ impl RawBody {
     ) -> Self {
         RawBody {
             io: Some(io),
-            buf,
+            // what came with the head, without the head's read buffer
+            buf: if buf.is_empty() {
+                BytesMut::new()
+            } else {
+                BytesMut::from(&buf[..])
+            },
             framing,
             keep_alive,
             pool: Some(Arc::clone(pool)),
@@ -101,7 +104,6 @@ impl RawBody {
             done: false,
             fresh_data: false,
             deferred: None,
-            read_size: READ_SIZE,
         }
     }
 
@@ -136,21 +138,29 @@ impl RawBody {
             let Some(io) = this.io.as_mut() else {
                 return Poll::Ready(None);
             };
-            this.buf.reserve(this.read_size);
-            let room = this.buf.capacity() - this.buf.len();
-            match tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut this.buf) {
-                Poll::Pending => return Poll::Pending,
+            // Read on the stack and keep only the bytes that came: a stream
+            // idles between tokens, and an idle stream holds no read buffer
+            // here (10,000 open streams must fit in little memory).
+            let mut space = [std::mem::MaybeUninit::<u8>::uninit(); MAX_READ];
+            let mut read = tokio::io::ReadBuf::uninit(&mut space);
+            match tokio::io::AsyncRead::poll_read(Pin::new(io), cx, &mut read) {
+                Poll::Pending => {
+                    if this.buf.is_empty() {
+                        // drops this body's share of the last read's bytes
+                        this.buf = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(e)) => {
                     this.done = true;
                     this.io = None;
                     return Poll::Ready(Some(Err(H1Error::Io(e))));
                 }
-                Poll::Ready(Ok(0)) => eof = true,
-                Poll::Ready(Ok(n)) => {
-                    if n >= room {
-                        this.read_size = (this.read_size * 2).min(MAX_READ);
-                    }
-                }
+                Poll::Ready(Ok(())) => match read.filled() {
+                    [] => eof = true,
+                    got if this.buf.is_empty() => this.buf = BytesMut::from(got),
+                    got => this.buf.extend_from_slice(got),
+                },
             }
         }
     }
@@ -182,7 +192,6 @@ impl RawBody {
             done: false,
             fresh_data: false,
             deferred: None,
-            read_size: READ_SIZE,
         }
     }
 

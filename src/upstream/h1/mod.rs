@@ -37,11 +37,11 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 64 << 10;
 /// Largest chunk-size line (with extensions) accepted.
 pub(super) const MAX_SIZE_LINE: usize = 4 << 10;
-/// Read buffer reserve per read: heads and first reads start small (an open
-/// stream idles between tokens, and 10,000 of them must fit in little
-/// memory); a read that fills the space doubles it, up to `MAX_READ`.
-pub(super) const READ_SIZE: usize = 4 << 10;
-pub(super) const MAX_READ: usize = 64 << 10;
+/// Read buffer reserve per read of a response head.
+const READ_SIZE: usize = 4 << 10;
+/// Largest read of a response body (a buffer on the stack; the body keeps
+/// only the bytes that came, see `body.rs`).
+pub(super) const MAX_READ: usize = 32 << 10;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
