@@ -22,7 +22,10 @@
 //!
 //! `ENGINES=vllm`: the same on real vLLM servers instead of the simulated
 //! engines (see `vllm.rs`), started once for the whole bench and drained
-//! between runs.
+//! between runs. `ENGINES=sim-vllm`: simulated engines shaped as those vLLM
+//! servers (3 engines, 8 sequences, a 6,144-token cache, a step time fitted
+//! to their throughput, real time) given the same requests, to check
+//! whether the simulator ranks the policies as the real engines do.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod vllm;
@@ -101,6 +104,7 @@ struct Run {
 enum Backends {
     Simulated,
     Vllm(vllm::Engines),
+    SimLikeVllm,
 }
 
 impl Backends {
@@ -108,6 +112,7 @@ impl Backends {
         match self {
             Backends::Simulated => "",
             Backends::Vllm(_) => "vllm-",
+            Backends::SimLikeVllm => "sim-vllm-",
         }
     }
 
@@ -116,14 +121,14 @@ impl Backends {
     fn long(&self) -> f64 {
         match self {
             Backends::Simulated => LONG,
-            Backends::Vllm(_) => LONG * vllm::SCALE,
+            Backends::Vllm(_) | Backends::SimLikeVllm => LONG * vllm::SCALE,
         }
     }
 
     fn capacity(&self) -> f64 {
         match self {
             Backends::Simulated => CAPACITY,
-            Backends::Vllm(_) => vllm::CAPACITY,
+            Backends::Vllm(_) | Backends::SimLikeVllm => vllm::CAPACITY,
         }
     }
 }
@@ -141,6 +146,15 @@ async fn run(
     if let Backends::Vllm(engines) = backends {
         engines.idle().await;
         urls.clone_from(&engines.urls);
+    }
+    if let Backends::SimLikeVllm = backends {
+        for i in 0..vllm::ENGINES as u64 {
+            let (addr, _sim, task) = thinkgate_sim::server::spawn(vllm::like_vllm(100 + i))
+                .await
+                .unwrap();
+            urls.push(format!("http://{addr}"));
+            tasks.push(task);
+        }
     }
     for i in 0..ENGINES * u64::from(matches!(backends, Backends::Simulated)) {
         let mut c = SimConfig {
@@ -202,7 +216,7 @@ async fn run(
                 .join(","),
         )
     };
-    if let Backends::Vllm(_) = backends {
+    if let Backends::Vllm(_) | Backends::SimLikeVllm = backends {
         // the same items for every policy of a seed, with their budgets
         let items = out_dir().join(format!("vllm-items-s{seed}.jsonl"));
         vllm::write_items(num_requests, seed, &items);
@@ -460,12 +474,17 @@ fn main() {
         Ok("vllm") if !report_only => Backends::Vllm(vllm::Engines::start()),
         Ok("vllm") => Backends::Vllm(vllm::Engines::none()),
         Ok("sim") | Err(_) => Backends::Simulated,
-        Ok(other) => panic!("ENGINES={other}: sim or vllm"),
+        Ok("sim-vllm") => Backends::SimLikeVllm,
+        Ok(other) => panic!("ENGINES={other}: sim, vllm or sim-vllm"),
     };
     let capacity = backends.capacity();
     match &backends {
         Backends::Simulated => println!(
             "{ENGINES} simulated engines (2,048 KV blocks, 64 seqs, time scale {TIME_SCALE}x), {replicas} gateway replica(s); built-in mixed traffic, {WARMUP_S} s warm-up + {duration} s counted per run, seeds {first}..={last}; capacity {CAPACITY} req/s; goodput SLO: TTFVT <= {SLO_TTFVT_S} s and E2E <= {SLO_E2E_S} s; 95% paired bootstrap intervals"
+        ),
+        Backends::SimLikeVllm => println!(
+            "{} simulated engines shaped as the vLLM servers of ENGINES=vllm (8 seqs, 6,144-token cache, real time), the same requests; {replicas} gateway replica(s), {WARMUP_S} s warm-up + {duration} s counted per run, seeds {first}..={last}; capacity {capacity} req/s; goodput SLO: TTFVT <= {SLO_TTFVT_S} s and E2E <= {SLO_E2E_S} s; 95% paired bootstrap intervals",
+            vllm::ENGINES
         ),
         Backends::Vllm(_) => println!(
             "{} vLLM {} servers (tiny loop model, {} KV blocks of 128 tokens, {} seqs, no prefix cache), {replicas} gateway replica(s); built-in mixed traffic with thinking_token_budget from the simulator's length model x{}, {WARMUP_S} s warm-up + {duration} s counted per run, seeds {first}..={last}; capacity {capacity} req/s; goodput SLO: TTFVT <= {SLO_TTFVT_S} s and E2E <= {SLO_E2E_S} s; 95% paired bootstrap intervals",

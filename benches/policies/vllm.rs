@@ -45,6 +45,31 @@ const DOCUMENT_SHARE: f64 = 0.25;
 /// it, throughput grows little and queues grow fast.
 pub const CAPACITY: f64 = 3.0;
 
+/// A simulated engine shaped as one of these vLLM servers: the same
+/// sequence limit and cache size, the model name, vLLM's budget field (the
+/// engine thinks what the request's budget says), and a step time fitted to
+/// the servers' time per output token on two shared cores (median 10 to 14
+/// ms over the thinking requests of the vLLM runs: 4 ms a step plus 1 ms a
+/// sequence; tiny-model prefill is cheap), at real time. Prompts are counted
+/// at one byte a token, as the tiny tokenizer splits them.
+pub fn like_vllm(seed: u64) -> thinkgate_sim::SimConfig {
+    let mut c = thinkgate_sim::SimConfig {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        seed,
+        model: "tiny".into(),
+        time_scale: 1.0,
+        ..thinkgate_sim::SimConfig::default()
+    };
+    c.engine.max_num_seqs = MAX_SEQS as usize;
+    c.engine.num_blocks = KV_BLOCKS as usize * 8;
+    c.engine.max_model_len = 4096;
+    c.engine.step_base_ms = 4.0;
+    c.engine.step_per_seq_ms = 1.0;
+    c.engine.step_per_prefill_token_ms = 0.01;
+    c.engine.bytes_per_token = 1.0;
+    c
+}
+
 /// Running vLLM servers, killed when dropped (each launcher kills its
 /// engine's process group when its standard input closes).
 pub struct Engines {

@@ -62,6 +62,11 @@ pub struct EngineConfig {
     pub prefix_cache: bool,
     /// Longest prompt + output (tokens) a request may ask for.
     pub max_model_len: usize,
+    /// Prompt bytes per token: 4 for the usual BPE vocabularies on English;
+    /// about 1 for a tokenizer that knows few of the prompt's words (the
+    /// real-engine tests' tiny model), whose prompts take four times the
+    /// prefill and KV cache.
+    pub bytes_per_token: f64,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +81,7 @@ impl Default for EngineConfig {
             step_per_prefill_token_ms: 0.035,
             prefix_cache: false,
             max_model_len: 131_072,
+            bytes_per_token: 4.0,
         }
     }
 }

@@ -359,7 +359,9 @@ fn parse(
         ));
     }
     // A continued message's thinking is prompt now (the engine prefills it).
-    let prompt_tokens = (prompt.len() as u64 / 4 + 4 * messages).max(1) + already_thought;
+    let per_token = sim.cfg.engine.bytes_per_token.max(0.25);
+    let prompt_tokens =
+        ((prompt.len() as f64 / per_token) as u64 + 4 * messages).max(1) + already_thought;
     let max_len = sim.cfg.model_len() as u64;
     if prompt_tokens + max_tokens.unwrap_or(0) > max_len {
         return Err(bad(
