@@ -858,6 +858,10 @@ async fn native_budget_lets_the_engine_stop_thinking_itself() {
     gw.wait().await;
     let r = &records(&rec)[0];
     assert!(r.get("actions").is_none(), "{r}");
+    // The thinking count is the engine's own (its usage), not the events
+    // counted: an engine that merged tokens would make those short.
+    assert_eq!(r["token_source"], "usage", "{r}");
+    assert_eq!(r["thinking_tokens"], 64, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,16 +82,20 @@ pub struct Usage {
     pub prompt_tokens: Option<u64>,
     #[serde(default)]
     pub completion_tokens: Option<u64>,
-    #[serde(default, skip_serializing)]
+    // (serialized back when present: the managed path hands the engine's
+    // usage to the view that settles the record as a value, and a reasoning
+    // count lost there leaves thinking to be counted from events, which an
+    // engine that merged tokens makes short)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_tokens_details: Option<CompletionDetails>,
     /// SGLang reports reasoning tokens at the top level.
-    #[serde(default, skip_serializing)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_tokens: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub struct CompletionDetails {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_tokens: Option<u64>,
 }
 

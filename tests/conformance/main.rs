@@ -994,6 +994,11 @@ fn native_budgets_end_thinking_in_the_engine_where_they_bind() {
                     "{kind:?}: the engine ended thinking, no forced answer: {r}"
                 );
                 assert_eq!(r["thinking_tokens"], r["thinking_budget"], "{kind:?}: {r}");
+                if kind == Kind::VllmParser {
+                    // vLLM's own count: events merged under load would
+                    // make a count of events short
+                    assert_eq!(r["token_source"], "usage", "{kind:?}: {r}");
+                }
             }
         }
     });
