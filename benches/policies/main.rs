@@ -133,6 +133,34 @@ impl Backends {
     }
 }
 
+/// The simulated engines of one run (none on real vLLM).
+fn sim_configs(backends: &Backends) -> Vec<SimConfig> {
+    match backends {
+        Backends::Vllm(_) => Vec::new(),
+        Backends::SimLikeVllm => {
+            // the real servers share two cores: so do these
+            let host = std::sync::Arc::new(thinkgate_sim::engine::Host::default());
+            (0..vllm::ENGINES as u64)
+                .map(|i| vllm::like_vllm(100 + i, &host))
+                .collect()
+        }
+        Backends::Simulated => (0..ENGINES)
+            .map(|i| {
+                let mut c = SimConfig {
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    seed: 100 + i,
+                    time_scale: TIME_SCALE,
+                    ..SimConfig::default()
+                };
+                // A small GPU's KV cache (32k tokens) so long thinkers fill it.
+                c.engine.num_blocks = 2048;
+                c.engine.max_num_seqs = 64;
+                c
+            })
+            .collect(),
+    }
+}
+
 async fn run(
     backends: &Backends,
     policy: &str,
@@ -147,25 +175,7 @@ async fn run(
         engines.idle().await;
         urls.clone_from(&engines.urls);
     }
-    if let Backends::SimLikeVllm = backends {
-        for i in 0..vllm::ENGINES as u64 {
-            let (addr, _sim, task) = thinkgate_sim::server::spawn(vllm::like_vllm(100 + i))
-                .await
-                .unwrap();
-            urls.push(format!("http://{addr}"));
-            tasks.push(task);
-        }
-    }
-    for i in 0..ENGINES * u64::from(matches!(backends, Backends::Simulated)) {
-        let mut c = SimConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            seed: 100 + i,
-            time_scale: TIME_SCALE,
-            ..SimConfig::default()
-        };
-        // A small GPU's KV cache (32k tokens) so long thinkers fill it.
-        c.engine.num_blocks = 2048;
-        c.engine.max_num_seqs = 64;
+    for c in sim_configs(backends) {
         let (addr, _sim, task) = thinkgate_sim::server::spawn(c).await.unwrap();
         urls.push(format!("http://{addr}"));
         tasks.push(task);

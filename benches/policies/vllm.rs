@@ -47,25 +47,34 @@ pub const CAPACITY: f64 = 3.0;
 
 /// A simulated engine shaped as one of these vLLM servers: the same
 /// sequence limit and cache size, the model name, vLLM's budget field (the
-/// engine thinks what the request's budget says), and a step time fitted to
-/// the servers' time per output token on two shared cores (median 10 to 14
-/// ms over the thinking requests of the vLLM runs: 4 ms a step plus 1 ms a
-/// sequence; tiny-model prefill is cheap), at real time. Prompts are counted
-/// at one byte a token, as the tiny tokenizer splits them.
-pub fn like_vllm(seed: u64) -> thinkgate_sim::SimConfig {
+/// engine thinks what the request's budget says), prompts counted at one byte
+/// a token as the tiny tokenizer splits them, at real time, and the step time
+/// the servers take on this machine's two cores (`scripts/vllm-steps.py`,
+/// fitted to output tokens/s, which merged events do not skew): 3.7 ms plus
+/// 0.33 ms per running sequence when one server runs alone (250 tokens/s at
+/// one stream, 1,250 at eight), and as many times that as servers are busy:
+/// the three take turns on the cores (all three with one stream each make
+/// 235 tokens/s in all, with eight each 1,200), so the three share `host`.
+/// Prefill: 0.03 ms per prompt token (a 2,570-token prompt's first token
+/// in 110 ms).
+pub fn like_vllm(
+    seed: u64,
+    host: &std::sync::Arc<thinkgate_sim::engine::Host>,
+) -> thinkgate_sim::SimConfig {
     let mut c = thinkgate_sim::SimConfig {
         listen: "127.0.0.1:0".parse().expect("an address"),
         seed,
         model: "tiny".into(),
         time_scale: 1.0,
+        host: Some(std::sync::Arc::clone(host)),
         ..thinkgate_sim::SimConfig::default()
     };
     c.engine.max_num_seqs = MAX_SEQS as usize;
     c.engine.num_blocks = KV_BLOCKS as usize * 8;
     c.engine.max_model_len = 4096;
-    c.engine.step_base_ms = 4.0;
-    c.engine.step_per_seq_ms = 1.0;
-    c.engine.step_per_prefill_token_ms = 0.01;
+    c.engine.step_base_ms = 3.7;
+    c.engine.step_per_seq_ms = 0.33;
+    c.engine.step_per_prefill_token_ms = 0.03;
     c.engine.bytes_per_token = 1.0;
     c
 }

@@ -156,6 +156,10 @@ pub struct SimConfig {
     pub time_scale: f64,
     pub engine: EngineConfig,
     pub workload: WorkloadConfig,
+    /// Compute shared with the other engines given the same host (not a
+    /// setting of the file: engines of one process, as a bench starts them).
+    #[serde(skip)]
+    pub host: Option<std::sync::Arc<crate::engine::Host>>,
 }
 
 impl Default for SimConfig {
@@ -169,6 +173,7 @@ impl Default for SimConfig {
             time_scale: 1.0,
             engine: EngineConfig::default(),
             workload: WorkloadConfig::default(),
+            host: None,
         }
     }
 }

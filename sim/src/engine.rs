@@ -8,11 +8,12 @@
 //! is full (it returns to the head of the queue and is recomputed later);
 //! take `base + per_seq * running + per_prefill_token * prefill_tokens`
 //! milliseconds (divided by the time scale); emit one token per running
-//! sequence.
+//! sequence. Engines started on one [`Host`] share its compute: each step
+//! takes as many times longer as engines of the host are busy.
 
 use crate::config::EngineConfig;
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -159,6 +160,23 @@ impl Stats {
     }
 }
 
+/// Compute that several engines share: CPU engines on one machine. Three
+/// vLLM CPU servers on two cores (`scripts/vllm-steps.py`) make as many
+/// tokens a second in all when three are busy as one does alone at the same
+/// batch: they take turns on the cores, so a busy engine slows every other
+/// one, which engines on GPUs of their own never do.
+#[derive(Debug, Default)]
+pub struct Host {
+    busy: AtomicUsize,
+}
+
+impl Host {
+    /// Engines of this host with sequences running.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+}
+
 /// Handle to a running engine.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -168,8 +186,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Start the engine task.
-    pub fn start(cfg: EngineConfig, time_scale: f64) -> Self {
+    /// Start the engine task, on compute of its own or on a shared `host`.
+    pub fn start(cfg: EngineConfig, time_scale: f64, host: Option<Arc<Host>>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::new(cfg.num_blocks));
         let block_size = cfg.block_size;
@@ -181,6 +199,7 @@ impl Engine {
             running: Vec::new(),
             prefix: PrefixCache::default(),
             stats: Arc::clone(&stats),
+            host: host.map(|h| Busy { host: h, on: false }),
         };
         tokio::spawn(core.run(rx));
         Self {
@@ -229,6 +248,34 @@ struct Core {
     running: Vec<Seq>,
     prefix: PrefixCache,
     stats: Arc<Stats>,
+    host: Option<Busy>,
+}
+
+/// This engine's share of a host: counted busy while it runs sequences.
+struct Busy {
+    host: Arc<Host>,
+    on: bool,
+}
+
+impl Busy {
+    /// Mark the engine busy or idle; the host's busy engines after it.
+    fn set(&mut self, on: bool) -> usize {
+        if on != self.on {
+            self.on = on;
+            if on {
+                self.host.busy.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.host.busy.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.host.busy().max(1)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 impl Core {
@@ -241,6 +288,7 @@ impl Core {
         loop {
             // Intake: block when idle, otherwise take what has arrived.
             if self.running.is_empty() && self.waiting.is_empty() {
+                self.share(false);
                 match rx.recv().await {
                     Some(s) => self.enqueue(s),
                     None => return,
@@ -257,12 +305,15 @@ impl Core {
             if self.running.is_empty() {
                 // Nothing fits (e.g. a prompt larger than the whole cache was
                 // refused at admission): wait for more work.
+                self.share(false);
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
-            let ms = self.cfg.step_base_ms
-                + self.cfg.step_per_seq_ms * self.running.len() as f64
-                + self.cfg.step_per_prefill_token_ms * prefill as f64;
+            let sharing = self.share(true) as f64;
+            let ms = sharing
+                * (self.cfg.step_base_ms
+                    + self.cfg.step_per_seq_ms * self.running.len() as f64
+                    + self.cfg.step_per_prefill_token_ms * prefill as f64);
             clock += Duration::from_secs_f64(ms / 1000.0 / self.time_scale);
             let now = Instant::now();
             if clock > now {
@@ -278,6 +329,12 @@ impl Core {
             self.emit();
             self.stats.steps.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Mark this engine busy or idle on its host; how many engines share
+    /// the host's compute now (1 on compute of its own).
+    fn share(&mut self, busy: bool) -> usize {
+        self.host.as_mut().map_or(1, |b| b.set(busy))
     }
 
     fn enqueue(&mut self, s: Submit) {

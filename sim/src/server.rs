@@ -36,7 +36,7 @@ pub type SimBody = Either<Full<Bytes>, SimStream>;
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Arc<Self> {
-        let engine = Engine::start(cfg.engine.clone(), cfg.time_scale);
+        let engine = Engine::start(cfg.engine.clone(), cfg.time_scale, cfg.host.clone());
         Arc::new(Self {
             cfg: Arc::new(cfg),
             engine,

@@ -503,3 +503,60 @@ async fn stop_strings_and_continuous_usage() {
         Some("length")
     );
 }
+
+/// Tokens one long sequence gets from `engine` in `window`.
+async fn tokens_in(engine: &thinkgate_sim::engine::Engine, window: Duration) -> usize {
+    use thinkgate_sim::engine::{Event, Finish, SeqSpec, Submit};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    assert!(engine.submit(Submit {
+        seqs: vec![SeqSpec {
+            choice: 0,
+            prompt_tokens: 4,
+            block_hashes: Arc::from(Vec::new()),
+            target: 100_000,
+            finish: Finish::Stop,
+        }],
+        events: tx,
+        arrival: Instant::now(),
+    }));
+    let end = tokio::time::Instant::now() + window;
+    let mut n = 0;
+    while let Ok(Some(e)) = tokio::time::timeout_at(end, rx.recv()).await {
+        n += usize::from(matches!(e, Event::Token { .. }));
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_on_one_host_take_turns_and_engines_alone_do_not() {
+    use thinkgate_sim::engine::{Engine, Host};
+    let mut cfg = thinkgate_sim::EngineConfig::default();
+    cfg.step_base_ms = 20.0;
+    cfg.step_per_seq_ms = 0.0;
+    let window = Duration::from_millis(600);
+    // on compute of their own, two engines step at the engine's pace
+    let (a, b) = (
+        Engine::start(cfg.clone(), 1.0, None),
+        Engine::start(cfg.clone(), 1.0, None),
+    );
+    let (na, nb) = tokio::join!(tokens_in(&a, window), tokens_in(&b, window));
+    // on one host, both busy, each step takes twice as long
+    let host = Arc::new(Host::default());
+    let (c, d) = (
+        Engine::start(cfg.clone(), 1.0, Some(Arc::clone(&host))),
+        Engine::start(cfg, 1.0, Some(Arc::clone(&host))),
+    );
+    let (nc, nd) = tokio::join!(tokens_in(&c, window), tokens_in(&d, window));
+    assert_eq!(host.busy(), 2);
+    let alone = (na + nb) as f64;
+    let shared = (nc + nd) as f64;
+    assert!(
+        alone >= 40.0,
+        "alone: {na} + {nb} tokens in 600 ms of 20 ms steps"
+    );
+    let ratio = alone / shared;
+    assert!(
+        (1.6..=2.5).contains(&ratio),
+        "{na}+{nb} alone, {nc}+{nd} shared"
+    );
+}
