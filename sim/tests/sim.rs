@@ -530,9 +530,11 @@ async fn tokens_in(engine: &thinkgate_sim::engine::Engine, window: Duration) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_on_one_host_take_turns_and_engines_alone_do_not() {
     use thinkgate_sim::engine::{Engine, Host};
-    let mut cfg = thinkgate_sim::EngineConfig::default();
-    cfg.step_base_ms = 20.0;
-    cfg.step_per_seq_ms = 0.0;
+    let cfg = thinkgate_sim::EngineConfig {
+        step_base_ms: 20.0,
+        step_per_seq_ms: 0.0,
+        ..Default::default()
+    };
     let window = Duration::from_millis(600);
     // on compute of their own, two engines step at the engine's pace
     let (a, b) = (
