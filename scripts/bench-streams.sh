@@ -18,6 +18,11 @@
 # prints its peak memory consumers at the end: at the peak every stream is
 # open, so a site's peak over N is what each stream holds there (RSS figures
 # then include heaptrack's own overhead: take them from a run without it).
+# PROXY=nginx puts nginx (Debian `nginx`: 2 workers, `proxy_buffering off`,
+# upstream keep-alive, as in `cargo bench --bench overhead`) where the
+# gateway was, PROXY=direct nothing: the same load, to read the gateway's
+# figures against. RSS is then nginx's master and workers together; open
+# streams are counted at the engine for every proxy.
 # Loopback only; bounded by the request count and a 600 s per-request timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,30 +44,77 @@ sim_pid=$!
 trap 'kill $sim_pid $gw_pid 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q listening "$out/sim.out" && break; sleep 0.1; done
 sim=$(grep -o '127.0.0.1:[0-9]*' "$out/sim.out" | head -1)
-wrap=()
-[ -n "${HEAPTRACK:-}" ] && wrap=(heaptrack -o "$HEAPTRACK")
-THINKGATE_LOG=warn "${wrap[@]}" $bin serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --upstream "http://$sim" \
-  --health-interval-ms 0 --scrape-interval-ms 0 > "$out/gw.out" 2>&1 &
-gw_pid=$!
-wrap_pid=$gw_pid
-if [ -n "${HEAPTRACK:-}" ]; then
-  # the gateway is heaptrack's child
-  for _ in $(seq 50); do gw_pid=$(pgrep -P "$wrap_pid" -x "$(basename "$bin" | cut -c1-15)" || true); [ -n "$gw_pid" ] && break; sleep 0.1; done
-fi
-for _ in $(seq 50); do grep -q proxy= "$out/gw.out" && break; sleep 0.1; done
-proxy=$(grep -o 'proxy=[0-9.:]*' "$out/gw.out" | cut -d= -f2)
-admin=$(grep -o 'admin=[0-9.:]*' "$out/gw.out" | cut -d= -f2)
+PROXY=${PROXY:-thinkgate}
+gw_pid=""
+case "$PROXY" in
+thinkgate)
+  wrap=()
+  [ -n "${HEAPTRACK:-}" ] && wrap=(heaptrack -o "$HEAPTRACK")
+  THINKGATE_LOG=warn "${wrap[@]}" $bin serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --upstream "http://$sim" \
+    --health-interval-ms 0 --scrape-interval-ms 0 > "$out/gw.out" 2>&1 &
+  gw_pid=$!
+  wrap_pid=$gw_pid
+  if [ -n "${HEAPTRACK:-}" ]; then
+    # the gateway is heaptrack's child
+    for _ in $(seq 50); do gw_pid=$(pgrep -P "$wrap_pid" -x "$(basename "$bin" | cut -c1-15)" || true); [ -n "$gw_pid" ] && break; sleep 0.1; done
+  fi
+  for _ in $(seq 50); do grep -q proxy= "$out/gw.out" && break; sleep 0.1; done
+  proxy=$(grep -o 'proxy=[0-9.:]*' "$out/gw.out" | cut -d= -f2)
+  pids() { echo "$gw_pid"; }
+  ;;
+nginx)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$out/nginx"
+  cat > "$out/nginx/nginx.conf" <<CONF
+worker_processes 2;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $out/nginx/nginx.pid;
+error_log $out/nginx/error.log warn;
+events { worker_connections 19000; }
+http {
+ access_log off;
+ client_body_temp_path $out/nginx/body; proxy_temp_path $out/nginx/proxy;
+ fastcgi_temp_path $out/nginx/fcgi; uwsgi_temp_path $out/nginx/uwsgi; scgi_temp_path $out/nginx/scgi;
+ upstream up { server $sim; keepalive 256; }
+ server {
+  listen 127.0.0.1:$port backlog=16384;
+  location / {
+   proxy_pass http://up;
+   proxy_http_version 1.1;
+   proxy_set_header Connection "";
+   proxy_buffering off;
+   proxy_request_buffering off;
+   proxy_read_timeout 3600s;
+  }
+ }
+}
+CONF
+  /usr/sbin/nginx -p "$out/nginx" -c "$out/nginx/nginx.conf" > "$out/gw.out" 2>&1 &
+  gw_pid=$!
+  proxy=127.0.0.1:$port
+  for _ in $(seq 50); do curl -s -o /dev/null "http://$proxy/" && break; sleep 0.1; done
+  pids() { echo "$gw_pid"; pgrep -P "$gw_pid"; }
+  ;;
+direct)
+  proxy=$sim
+  pids() { :; }
+  ;;
+*) echo "PROXY is thinkgate, nginx or direct" >&2; exit 2 ;;
+esac
 sleep 1
-rss() { awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status"; }
-cpu() { awk '{print $14+$15}' "/proc/$gw_pid/stat"; }
+# RSS (KiB) and CPU (ticks) of the proxy's processes, summed
+rss() { local t=0 p; for p in $(pids); do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
+cpu() { local t=0 p; for p in $(pids); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 base=$(rss)
 $bin load --url "http://$proxy" --concurrency "$N" --num-requests "$N" --max-tokens "$T" \
-  --quiet --timeout 600 > "$out/load.out" 2>&1 &
+  --quiet --timeout 600 --percentile-metrics ttft,itl --metric-percentiles 50,99 > "$out/load.out" 2>&1 &
 load_pid=$!
 peak=0; peak_open=0; open_at_peak=0; t0=""; c0=0; c1=0; samples=0; plateau=0
 while kill -0 $load_pid 2>/dev/null; do
   r=$(rss)
-  open=$(curl -s "http://$admin/metrics" | awk '/^thinkgate_inflight_requests/ {s+=$2} END {print s+0}')
+  # open streams, counted at the engine (the same for every proxy)
+  open=$(curl -s "http://$sim/metrics" | awk '/^vllm:num_requests_running/ {s+=$2} END {print s+0}')
   open=${open%.*}
   [ "$open" -gt "$peak_open" ] && peak_open=$open
   if [ "$r" -gt "$peak" ]; then peak=$r; open_at_peak=$open; fi
@@ -77,15 +129,16 @@ while kill -0 $load_pid 2>/dev/null; do
 done
 wait $load_pid || true
 head -6 "$out/load.out"
-echo "streams requested: $N (max_tokens $T, time scale $S, thinking ${THINK:-as the simulator draws it} tokens)"
-echo "peak open streams at the gateway: $peak_open"
-echo "gateway RSS: baseline $((base / 1024)) MiB, peak $((peak / 1024)) MiB with $open_at_peak open"
+grep -E '^ +(ttft|itl_max) |^ +(ttft|itl) ms:' "$out/load.out" || true
+echo "proxy: $PROXY; streams requested: $N (max_tokens $T, time scale $S, thinking ${THINK:-as the simulator draws it} tokens)"
+echo "peak open streams (at the engine): $peak_open"
+echo "proxy RSS: baseline $((base / 1024)) MiB, peak $((peak / 1024)) MiB with $open_at_peak open"
 if [ "$plateau" -gt 0 ]; then
   echo "RSS per open stream: $(( (plateau - base) * 1024 / N )) bytes (the highest RSS while at least 95% of the streams were open, over $N)"
 fi
 if [ -n "$t0" ]; then
   awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v n="$samples" \
-    'BEGIN { d = t1 - t0; if (d > 0) printf "gateway CPU on the plateau: %.3f cores (%d s sampled)\n", (c1 - c0) / 100 / d, n }'
+    'BEGIN { d = t1 - t0; if (d > 0) printf "proxy CPU on the plateau: %.3f cores (%d s sampled)\n", (c1 - c0) / 100 / d, n }'
 fi
 if [ -n "${HEAPTRACK:-}" ]; then
   kill "$gw_pid"; wait "$wrap_pid" || true

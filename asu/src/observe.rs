@@ -174,6 +174,10 @@ pub struct Summary {
     pub text: Option<Vec<ChoiceText>>,
     #[serde(skip)]
     pub usage: Option<Usage>,
+    /// Bytes of generated text (reasoning and content, every choice), to
+    /// estimate live tokens where an engine merges several into one event.
+    #[serde(skip)]
+    pub text_bytes: u64,
 }
 
 const NS: f64 = 1e9;
@@ -717,6 +721,8 @@ impl State {
         event_idx: u64,
     ) -> Option<Marks> {
         let now = self.now;
+        self.s.text_bytes +=
+            reasoning.map_or(0, |r| r.len() as u64) + content.map_or(0, |c| c.len() as u64);
         let cfg = &*self.cfg;
         let (mode, capture) = (cfg.think_tags, cfg.capture_text);
         let cs = choice_mut(&mut self.choices, cfg, index)?;

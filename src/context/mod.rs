@@ -18,6 +18,7 @@ use crate::state::Shared;
 use crate::straggler::action::Action;
 use crate::straggler::Plan;
 use metrics::SharedString;
+use thinkgate_asu::observe::TokenSource;
 use request::{Endpoint, Features};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -213,15 +214,15 @@ impl RequestCtx {
         self.arm
     }
 
-    /// The stream has produced `tokens` output tokens so far (counted
-    /// chunks): keep the backend's in-flight token estimate current.
-    pub fn set_output_tokens(&mut self, tokens: u64) {
+    /// The stream has sent `events` text events and `text_bytes` of text so
+    /// far: keep the backend's in-flight token estimate current.
+    pub fn set_output(&mut self, events: u64, text_bytes: u64) {
+        let Some(b) = &self.backend else { return };
+        let tokens = b.live_tokens(events, text_bytes);
         let total = self.route.prompt_tokens as i64 + tokens as i64;
         let delta = total - self.tokens_added;
         if delta != 0 {
-            if let Some(b) = &self.backend {
-                b.inflight_tokens.fetch_add(delta, Ordering::Relaxed);
-            }
+            b.inflight_tokens.fetch_add(delta, Ordering::Relaxed);
             self.tokens_added = total;
         }
     }
@@ -307,6 +308,10 @@ impl RequestCtx {
                 .fetch_sub(self.tokens_added, Ordering::Relaxed);
             if let Some(s) = &summary {
                 b.observe_latency(s.ttft(), s.tpot());
+                // the engine's own count (not events counted here)
+                if !matches!(s.token_source, TokenSource::Chunks | TokenSource::None) {
+                    b.observe_text(s.text_bytes, s.completion_tokens);
+                }
             }
             let done = Completion {
                 ok: outcome.ended_normally() && (200..300).contains(&self.status),

@@ -51,6 +51,10 @@ pub struct Backend {
     pub inflight_thinking: AtomicI64,
     ewma_ttft: AtomicF64,
     ewma_tpot: AtomicF64,
+    /// Text bytes per output token, learned from the engine's usage: live
+    /// streams are counted in tokens from their text, since an engine under
+    /// load merges several tokens into one event (vLLM's API server does).
+    bytes_per_token: AtomicF64,
     pub flavor: crate::config::Flavor,
     pub healthy: AtomicBool,
     /// Consecutive failures (probes, connects) and passing probes.
@@ -100,6 +104,7 @@ impl Backend {
             inflight_thinking: AtomicI64::new(0),
             ewma_ttft: AtomicF64::unknown(),
             ewma_tpot: AtomicF64::unknown(),
+            bytes_per_token: AtomicF64::unknown(),
             flavor: cfg.flavor,
             healthy: AtomicBool::new(true),
             failures: AtomicU32::new(0),
@@ -155,6 +160,28 @@ impl Backend {
             if let Some(v) = v {
                 ewma.set(Some(ewma.get().map_or(v, |old| old * 0.8 + v * 0.2)));
             }
+        }
+    }
+
+    /// A finished response had `text_bytes` of text in `tokens` output
+    /// tokens by the engine's count. Short answers are skipped: the few
+    /// tokens that carry no text (role, end) would skew their ratio.
+    pub fn observe_text(&self, text_bytes: u64, tokens: u64) {
+        if tokens < 32 || text_bytes == 0 {
+            return;
+        }
+        let v = text_bytes as f64 / tokens as f64;
+        let b = &self.bytes_per_token;
+        b.set(Some(b.get().map_or(v, |old| old * 0.9 + v * 0.1)));
+    }
+
+    /// Output tokens of a live stream that sent `events` text events and
+    /// `text_bytes` of text: the events, or more where the text shows that
+    /// events carried several tokens.
+    pub fn live_tokens(&self, events: u64, text_bytes: u64) -> u64 {
+        match self.bytes_per_token.get() {
+            Some(bpt) if bpt > 0.0 => events.max((text_bytes as f64 / bpt).round() as u64),
+            _ => events,
         }
     }
 }
@@ -557,6 +584,26 @@ mod tests {
                     .map_or(usize::MAX, |b| b.index)
             })
             .collect()
+    }
+
+    #[test]
+    fn live_tokens_follow_text_once_usage_taught_the_ratio() {
+        let f = fleet(1, |_| {});
+        let b = &f.backends[0];
+        // nothing learned yet: one token per event
+        assert_eq!(b.live_tokens(10, 400), 10);
+        // a short answer teaches nothing (its text-less tokens dominate)
+        b.observe_text(100, 20);
+        assert_eq!(b.live_tokens(10, 400), 10);
+        // 4 bytes per token: 400 bytes in 10 merged events are 100 tokens
+        b.observe_text(4_000, 1_000);
+        assert_eq!(b.live_tokens(10, 400), 100);
+        // never below the events seen
+        assert_eq!(b.live_tokens(50, 40), 50);
+        // the ratio moves slowly towards new answers
+        b.observe_text(8_000, 1_000);
+        let t = b.live_tokens(0, 4_400);
+        assert!((1_000..1_100).contains(&t), "{t}");
     }
 
     #[test]

@@ -101,7 +101,7 @@ async fn first_leg(
                 Step::Bytes(b) => {
                     m.ctx.set_thinking(leg.obs.in_thinking());
                     let p = leg.obs.peek();
-                    m.ctx.set_output_tokens(p.reasoning_chunks + p.visible_chunks);
+                    m.ctx.set_output(p.reasoning_chunks + p.visible_chunks, p.text_bytes);
                     if view.emit(b).await.is_err() {
                         return FirstEnd::Gone;
                     }
