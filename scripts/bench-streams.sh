@@ -129,14 +129,14 @@ while kill -0 $load_pid 2>/dev/null; do
 done
 wait $load_pid || true
 head -6 "$out/load.out"
-grep -E '^ +(ttft|itl_max) |^ +(ttft|itl) ms:' "$out/load.out" || true
+grep -E '^ +(ttft|itl_max) |^ +(ttft|itl) ms:' "$out/load.out" | uniq || true
 echo "proxy: $PROXY; streams requested: $N (max_tokens $T, time scale $S, thinking ${THINK:-as the simulator draws it} tokens)"
 echo "peak open streams (at the engine): $peak_open"
-echo "proxy RSS: baseline $((base / 1024)) MiB, peak $((peak / 1024)) MiB with $open_at_peak open"
+[ "$PROXY" = direct ] || echo "proxy RSS: baseline $((base / 1024)) MiB, peak $((peak / 1024)) MiB with $open_at_peak open"
 if [ "$plateau" -gt 0 ]; then
   echo "RSS per open stream: $(( (plateau - base) * 1024 / N )) bytes (the highest RSS while at least 95% of the streams were open, over $N)"
 fi
-if [ -n "$t0" ]; then
+if [ -n "$t0" ] && [ "$PROXY" != direct ]; then
   awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v n="$samples" \
     'BEGIN { d = t1 - t0; if (d > 0) printf "proxy CPU on the plateau: %.3f cores (%d s sampled)\n", (c1 - c0) / 100 / d, n }'
 fi

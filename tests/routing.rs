@@ -540,3 +540,76 @@ async fn a_guardrail_stops_the_arm_that_is_worse() {
     let gauge = |arm| metric(&m, "thinkgate_experiment_arm_stopped", &[("arm", arm)]);
     assert_eq!(gauge("b"), Some(0.0), "{m}");
 }
+
+/// An engine under load merges several tokens into one event (vLLM's API
+/// server does): the live in-flight token count follows the text, at the
+/// bytes per token the engine's usage showed on a finished response, not
+/// the events.
+#[tokio::test]
+async fn live_tokens_count_merged_events_by_their_text() {
+    fn event(text: &str) -> (Duration, Bytes) {
+        let e = format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"reasoning_content\":\"{text}\"}}}}]}}\n\n");
+        (Duration::ZERO, Bytes::from(e))
+    }
+    let up = upstream(|parts, _| {
+        if parts.headers.get("x-teach").is_some() {
+            // 100 tokens of 4 bytes, one event each, and the usage that says so
+            let mut chunks: Vec<_> = (0..100).map(|_| event("abcd")).collect();
+            chunks.push((Duration::ZERO, Bytes::from_static(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"length\"}]}\n\n")));
+            chunks.push((Duration::ZERO, Bytes::from_static(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":100,\"total_tokens\":105,\"completion_tokens_details\":{\"reasoning_tokens\":100}}}\n\ndata: [DONE]\n\n")));
+            Script::sse(chunks)
+        } else {
+            // 5 events of 10 merged tokens each, then the engine goes quiet
+            let mut s = Script::sse((0..5).map(|_| event(&"abcd".repeat(10))).collect());
+            s.end = End::Hang;
+            s
+        }
+    })
+    .await;
+    let gw = gateway(vec![up.url()], |_| {}).await;
+    let c = client();
+    let stream_req = |teach: bool| {
+        let mut r = post(
+            format!("http://{}/v1/chat/completions", gw.proxy_addr),
+            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        if teach {
+            r.headers_mut()
+                .insert("x-teach", http::HeaderValue::from_static("1"));
+        }
+        r
+    };
+    // the backend's live tokens, once they stop moving
+    let live = || {
+        let c = c.clone();
+        let url = format!("http://{}/stats", gw.admin_addr);
+        async move {
+            let mut last = -1;
+            for _ in 0..100 {
+                let req = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_slice(&send(&c, req).await.body).unwrap();
+                let now = v["backends"][0]["inflight_tokens"].as_i64().unwrap();
+                if now > 0 && now == last {
+                    break;
+                }
+                last = now;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            last
+        }
+    };
+    // nothing learned: one token per event (prompt tokens p, plus 5)
+    let first = c.request(stream_req(false)).await.unwrap();
+    let one = live().await;
+    // a finished response teaches 4 bytes per token
+    let taught = send(&c, stream_req(true)).await;
+    assert_eq!(taught.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // the same stream again: p plus 200 bytes at 4 bytes per token
+    let second = c.request(stream_req(false)).await.unwrap();
+    let two = live().await;
+    // two - one = p + 50 and one = p + 5
+    assert_eq!(two - 2 * one, 45, "one stream {one}, both {two}");
+    drop((first, second));
+}

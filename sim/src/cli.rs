@@ -50,6 +50,9 @@ pub struct SimArgs {
     /// Cache full prompt blocks by hash and skip their prefill.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub prefix_cache: Option<bool>,
+    /// Tokens per streamed event (vLLM's `--stream-interval`).
+    #[arg(long)]
+    pub stream_interval: Option<u32>,
     /// Put a fault-injecting front before the engine: `name=rate,...` per
     /// inference request (e.g. `reset_mid_stream=0.01,status_503=0.02`), or
     /// `none` for faults chosen only by the `x-sim-fault` request header.
@@ -82,7 +85,8 @@ impl SimArgs {
             max_num_batched_tokens,
             num_blocks,
             block_size,
-            prefix_cache
+            prefix_cache,
+            stream_interval
         );
         c.validate()?;
         Ok(c)

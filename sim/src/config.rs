@@ -67,6 +67,10 @@ pub struct EngineConfig {
     /// real-engine tests' tiny model), whose prompts take four times the
     /// prefill and KV cache.
     pub bytes_per_token: f64,
+    /// Tokens per streamed event (vLLM's `--stream-interval`): above 1,
+    /// consecutive tokens of one choice and channel go out as one event, as
+    /// vLLM's API server also merges them when it falls behind under load.
+    pub stream_interval: u32,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +86,7 @@ impl Default for EngineConfig {
             prefix_cache: false,
             max_model_len: 131_072,
             bytes_per_token: 4.0,
+            stream_interval: 1,
         }
     }
 }

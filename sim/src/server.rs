@@ -162,6 +162,9 @@ struct ChoiceGen {
     done: bool,
     reasoning: String,
     content: String,
+    /// Streamed tokens not sent yet (`stream_interval` above 1): their
+    /// channel, text and count.
+    pending: Option<(Channel, String, u32)>,
 }
 
 impl ChoiceGen {
@@ -474,6 +477,7 @@ fn choice_gen(sim: &Sim, p: &Parsed, api: Api, choice: u32) -> ChoiceGen {
         done: false,
         reasoning: String::new(),
         content: String::new(),
+        pending: None,
     };
     let mut natural = think_wire + g.plan.answer;
     if !p.stop.is_empty() {
@@ -578,6 +582,7 @@ async fn generate(sim: Arc<Sim>, req: Request<Incoming>, api: Api) -> Response<S
         choices,
         prompt_tokens: p.prompt_tokens,
         include_usage: p.include_usage,
+        stream_interval: sim.cfg.engine.stream_interval.max(1),
     };
     if p.stream {
         let mut buf = BytesMut::with_capacity(1024);
@@ -605,6 +610,8 @@ struct Gen {
     choices: Vec<ChoiceGen>,
     prompt_tokens: u64,
     include_usage: bool,
+    /// Tokens per streamed event.
+    stream_interval: u32,
 }
 
 impl Gen {
@@ -643,6 +650,28 @@ impl Gen {
                 let (channel, text) = c.token(k);
                 let fin = last.then_some(c.finish.as_str());
                 match buf {
+                    Some(buf) if self.stream_interval > 1 => {
+                        // merged: a channel change sends what waits first
+                        let (prev, send) = match c.pending.take() {
+                            Some((ch, mut t, n)) if ch == channel => {
+                                t.push_str(&text);
+                                (None, (ch, t, n + 1))
+                            }
+                            other => (other, (channel, text.into_owned(), 1)),
+                        };
+                        let full = send.2 >= self.stream_interval || fin.is_some();
+                        let usage = self.render.continuous_usage.then(|| self.usage());
+                        let c = &mut self.choices[choice as usize];
+                        if let Some((ch, t, _)) = prev {
+                            self.render.token_chunk(buf, choice, ch, &t, None, usage);
+                        }
+                        if full {
+                            self.render
+                                .token_chunk(buf, choice, send.0, &send.1, fin, usage);
+                        } else {
+                            c.pending = Some(send);
+                        }
+                    }
                     Some(buf) => {
                         let usage = self.render.continuous_usage.then(|| self.usage());
                         self.render
@@ -658,8 +687,12 @@ impl Gen {
                 // A finish without a token (the request could never fit).
                 c.done = true;
                 c.finish = reason;
+                let pending = c.pending.take();
                 if let Some(buf) = buf {
                     let usage = self.render.continuous_usage.then(|| self.usage());
+                    if let Some((ch, t, _)) = pending {
+                        self.render.token_chunk(buf, choice, ch, &t, None, usage);
+                    }
                     self.render.token_chunk(
                         buf,
                         choice,

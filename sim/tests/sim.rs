@@ -562,3 +562,39 @@ async fn engines_on_one_host_take_turns_and_engines_alone_do_not() {
         "{na}+{nb} alone, {nc}+{nd} shared"
     );
 }
+
+/// `stream_interval` (vLLM's `--stream-interval`): the same text and usage
+/// in about a quarter of the events, the thinking and the answer never in one
+/// event.
+#[tokio::test]
+async fn stream_interval_merges_tokens_into_fewer_events() {
+    let c = client();
+    let mut got = Vec::new();
+    for interval in [1, 4] {
+        let (url, s) = sim(|c| {
+            c.seed = 9;
+            c.engine.stream_interval = interval;
+        })
+        .await;
+        let mut v = chat(&s.cfg.model, "Compute 17 * 3.");
+        v["stream"] = true.into();
+        v["stream_options"] = serde_json::json!({"include_usage": true});
+        let (_, _, body) = post(&c, &format!("{url}/v1/chat/completions"), v).await;
+        got.push(observe(&body, BodyKind::Sse, ThinkTags::Auto));
+    }
+    let (one, four) = (&got[0], &got[1]);
+    assert_eq!(one.text, four.text);
+    assert_eq!(one.completion_tokens, four.completion_tokens);
+    assert_eq!(one.thinking_tokens, four.thinking_tokens);
+    let events = |s: &Summary| s.reasoning_chunks + s.visible_chunks;
+    assert!(events(one) >= 40, "{}", events(one));
+    // each channel ends on an event of its own remainder
+    let most = events(one).div_ceil(4) + 2;
+    assert!(events(four) <= most, "{} of {}", events(four), events(one));
+    assert!(
+        events(four) * 4 >= events(one),
+        "{} of {}",
+        events(four),
+        events(one)
+    );
+}

@@ -18,11 +18,11 @@ use crate::state::Shared;
 use crate::straggler::action::Action;
 use crate::straggler::Plan;
 use metrics::SharedString;
-use thinkgate_asu::observe::TokenSource;
 use request::{Endpoint, Features};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use thinkgate_asu::observe::TokenSource;
 use thinkgate_asu::Summary;
 use thinkgate_policies::{Completion, RequestInfo};
 
