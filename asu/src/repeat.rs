@@ -21,9 +21,9 @@
 //! reasoning byte of a request: a thinking stream holds it for minutes.
 //! The ring keeps 32 of each hash's 64 bits (folded): a false match
 //! between two different words is then one in four billion, far below the
-//! chance matches of common words that `min_match` already allows for. Detection delay: about `p + min_match *
-//! window` words after the loop starts (`docs/stragglers.md` has the
-//! measured figures).
+//! chance matches of common words that `min_match` already allows for.
+//! Detection delay: about `p + min_match * window` words after the loop
+//! starts (`docs/stragglers.md` has the measured figures).
 
 use serde::Serialize;
 

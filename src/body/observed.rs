@@ -130,8 +130,7 @@ impl<B: Body<Data = Bytes, Error = BoxError>> Body for ObservedBody<B> {
                                 let now = ctx.elapsed_ns();
                                 obs.feed(&data, now);
                                 ctx.set_thinking(obs.in_thinking());
-                                let s = obs.peek();
-                                ctx.set_output(s.reasoning_chunks + s.visible_chunks, s.text_bytes);
+                                ctx.set_output(obs.peek());
                                 if let Some(st) = this.strip.as_mut() {
                                     data = st.process(data, fed_before, obs);
                                     if ended {

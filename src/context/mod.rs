@@ -214,11 +214,11 @@ impl RequestCtx {
         self.arm
     }
 
-    /// The stream has sent `events` text events and `text_bytes` of text so
-    /// far: keep the backend's in-flight token estimate current.
-    pub fn set_output(&mut self, events: u64, text_bytes: u64) {
+    /// The stream so far (`s`, the observer's live summary): keep the
+    /// backend's in-flight token estimate current.
+    pub fn set_output(&mut self, s: &Summary) {
         let Some(b) = &self.backend else { return };
-        let tokens = b.live_tokens(events, text_bytes);
+        let tokens = b.live_tokens(s.reasoning_chunks + s.visible_chunks, s.text_bytes);
         let total = self.route.prompt_tokens as i64 + tokens as i64;
         let delta = total - self.tokens_added;
         if delta != 0 {

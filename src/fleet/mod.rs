@@ -35,6 +35,13 @@ impl AtomicF64 {
         self.0
             .store(v.unwrap_or(f64::NAN).to_bits(), Ordering::Relaxed);
     }
+    /// Move the average `weight` of the way towards `v` (to `v` when unknown).
+    pub fn ewma(&self, v: f64, weight: f64) {
+        self.set(Some(
+            self.get()
+                .map_or(v, |old| old * (1.0 - weight) + v * weight),
+        ));
+    }
 }
 
 /// One backend engine and what the gateway knows of it now.
@@ -158,7 +165,7 @@ impl Backend {
         }
         for (ewma, v) in [(&self.ewma_ttft, ttft), (&self.ewma_tpot, tpot)] {
             if let Some(v) = v {
-                ewma.set(Some(ewma.get().map_or(v, |old| old * 0.8 + v * 0.2)));
+                ewma.ewma(v, 0.2);
             }
         }
     }
@@ -170,9 +177,8 @@ impl Backend {
         if tokens < 32 || text_bytes == 0 {
             return;
         }
-        let v = text_bytes as f64 / tokens as f64;
-        let b = &self.bytes_per_token;
-        b.set(Some(b.get().map_or(v, |old| old * 0.9 + v * 0.1)));
+        self.bytes_per_token
+            .ewma(text_bytes as f64 / tokens as f64, 0.1);
     }
 
     /// Output tokens of a live stream that sent `events` text events and

@@ -100,8 +100,7 @@ async fn first_leg(
                 }
                 Step::Bytes(b) => {
                     m.ctx.set_thinking(leg.obs.in_thinking());
-                    let p = leg.obs.peek();
-                    m.ctx.set_output(p.reasoning_chunks + p.visible_chunks, p.text_bytes);
+                    m.ctx.set_output(leg.obs.peek());
                     if view.emit(b).await.is_err() {
                         return FirstEnd::Gone;
                     }
