@@ -1334,3 +1334,68 @@ async fn a_hedge_goes_at_its_delay() {
         "{took:?}"
     );
 }
+
+/// A budget reached inside a read that also holds the end of the thinking
+/// and the answer (llama.cpp on a busy machine writes many events at once):
+/// the engine ends its thinking natively, and the events the leg had read
+/// past the cut still reach the client: the thinking ones are kept from it
+/// (it saw the thinking up to the cut), the answer is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_end_keeps_the_answer_read_with_the_cut() {
+    let event = |field: &str, text: &str, finish: &str| {
+        format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"{field}\":{}}},\"finish_reason\":{finish}}}]}}\n\n",
+            serde_json::to_string(text).unwrap()
+        )
+    };
+    let mut all = String::new();
+    for w in [" r1", " r2", " r3", " r4"] {
+        all += &event("reasoning_content", w, "null");
+    }
+    for w in [" a1", " a2", " a3"] {
+        all += &event("content", w, "null");
+    }
+    all += &event("content", "", "\"stop\"");
+    all += "data: [DONE]\n\n";
+    let up = upstream(move |parts, body| {
+        if parts.uri.path() == "/v1/chat/completions/control" {
+            let req: Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(req["action"], "reasoning_end");
+            return Script::json(r#"{"success":true}"#);
+        }
+        let req: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(req["reasoning_control"], true, "{req}");
+        // every event in one write: the gateway reads them at once
+        Script::sse(vec![(Duration::ZERO, Bytes::from(all.clone()))])
+    })
+    .await;
+    let rec = tmp("native-read");
+    let gw = gateway(vec![], |c| {
+        c.records = Some(rec.clone());
+        c.backends = vec![thinkgate::config::BackendConfig {
+            url: up.url(),
+            weight: 1,
+            pool: "default".into(),
+            models: vec![],
+            flavor: thinkgate::config::Flavor::Llamacpp,
+        }];
+        c.straggler.thinking_budget = Some(2);
+    })
+    .await;
+    let text = streamed_chat(&gw).await;
+    let field = |name: &str| -> String {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v["choices"][0]["delta"][name].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(field("reasoning_content"), " r1 r2", "{text}");
+    assert_eq!(field("content"), " a1 a2 a3", "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    gw.shutdown();
+    gw.wait().await;
+    let r = &records(&rec)[0];
+    assert_eq!(r["actions"][0]["way"], "native", "{r}");
+    assert_eq!(r["outcome"], "completed", "{r}");
+}

@@ -27,6 +27,11 @@ pub(super) struct Leg {
     pub(super) head: Option<http::response::Parts>,
     /// An end seen while the leg was held, delivered by the next `step`.
     pub(super) pending: Option<Step>,
+    /// The rest of a read past the event where the leg stopped (a budget,
+    /// a loop): read from the engine but not yet fed. A leg that goes on
+    /// (the engine ended its thinking natively) takes it first; a leg that
+    /// is dropped for a continuation drops it unseen.
+    unread: Bytes,
     pub(super) body: Watched,
     pub(super) obs: Observer,
     pub(super) strip: UsageStripper,
@@ -93,6 +98,7 @@ impl Leg {
             backend,
             head: Some(head),
             pending: None,
+            unread: Bytes::new(),
             body: Watched::new(body, m.shared.cfg.idle_timeout()),
             obs: Observer::new(Arc::clone(cfg), BodyKind::Sse),
             strip: UsageStripper::default(),
@@ -123,7 +129,9 @@ impl Leg {
             return s;
         }
         // terminal events wait a moment for the usage event (see `strip`)
-        let next = if self.strip.holding() {
+        let next = if !self.unread.is_empty() {
+            Some(Ok(http_body::Frame::data(std::mem::take(&mut self.unread))))
+        } else if self.strip.holding() {
             let wait = self.strip.hold_for();
             match tokio::time::timeout(wait, self.body.frame()).await {
                 Ok(f) => f,
@@ -144,11 +152,13 @@ impl Leg {
                 let out = match self.force_budget {
                     // One read may hold many events: feed them one at a
                     // time and stop at the one that reaches the budget, or
-                    // that shows a loop to act on (what follows it is
-                    // never sent).
+                    // that shows a loop to act on (what follows it waits
+                    // in `unread`: sent only if the leg goes on).
                     budget if budget.is_some() || self.stop_on_loop => {
                         let mut out = bytes::BytesMut::new();
+                        let mut used = 0;
                         for piece in pieces::events(&data) {
+                            used += piece.len();
                             let piece = match budget {
                                 Some(b) => match self.count(piece, b).await {
                                     Some(event) => event,
@@ -167,6 +177,7 @@ impl Leg {
                                 break;
                             }
                         }
+                        self.unread = data.slice(used..);
                         out.freeze()
                     }
                     _ if self.suppress_thinking => {

@@ -1,5 +1,5 @@
 //! Bytes of an event stream cut after each event, so a leg can act at the
-//! event that reaches a budget (what follows it is never sent).
+//! event that reaches a budget (what follows it waits: see `Leg::unread`).
 
 use bytes::Bytes;
 
