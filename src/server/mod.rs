@@ -1,6 +1,8 @@
 //! Listeners and lifecycle: the proxy listener (HTTP/1.1 and h2c,
 //! auto-detected), the admin listener, and graceful drain on shutdown.
 
+mod speaks;
+
 use crate::config::Config;
 use crate::error::error_response;
 use crate::proxy::Proxy;
@@ -16,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
+use speaks::Speaks;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -142,6 +145,33 @@ fn http_builder(client_header_timeout: Duration) -> auto::Builder<TokioExecutor>
     b
 }
 
+/// The proxy listener's connection builders: one per HTTP version, so
+/// hyper reads a connection whose version is known straight away (see
+/// `speaks`), and the detecting one for the rest.
+struct Builders {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+    detect: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(client_header_timeout: Duration) -> Self {
+        Builders {
+            http1: http_builder(client_header_timeout).http1_only(),
+            http2: http_builder(client_header_timeout).http2_only(),
+            detect: http_builder(client_header_timeout),
+        }
+    }
+
+    fn for_version(&self, speaks: Speaks) -> &auto::Builder<TokioExecutor> {
+        match speaks {
+            Speaks::Http1 => &self.http1,
+            Speaks::Http2 => &self.http2,
+            Speaks::Unknown => &self.detect,
+        }
+    }
+}
+
 async fn serve_proxy(
     listener: TcpListener,
     tls: Option<Tls>,
@@ -159,7 +189,7 @@ async fn serve_proxy(
         // inside, where their errors become OpenAI-style bodies and records
         .service(Proxy::new(Arc::clone(&shared)));
     let header_timeout = Duration::from_secs(shared.cfg.client_header_timeout_secs);
-    let builder = Arc::new(http_builder(header_timeout));
+    let builders = Arc::new(Builders::new(header_timeout));
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -185,7 +215,7 @@ async fn serve_proxy(
                     mark.store(true, Ordering::Relaxed);
                     tower::ServiceExt::oneshot(inner.clone(), req)
                 });
-                let (builder, watcher, tls) = (Arc::clone(&builder), graceful.watcher(), tls.clone());
+                let (builders, watcher, tls) = (Arc::clone(&builders), graceful.watcher(), tls.clone());
                 tokio::spawn(async move {
                     let conn = async {
                         // the handshake runs in the connection's own task:
@@ -193,6 +223,7 @@ async fn serve_proxy(
                         let Some(io) = accept(stream, tls.as_ref()).await else {
                             return;
                         };
+                        let builder = builders.for_version(Speaks::of(&io).await);
                         let conn = builder.serve_connection(TokioIo::new(io), svc);
                         let _ = watcher.watch(conn).await;
                     };
