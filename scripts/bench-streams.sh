@@ -23,10 +23,15 @@
 # gateway was, PROXY=direct nothing: the same load, to read the gateway's
 # figures against. RSS is then nginx's master and workers together; open
 # streams are counted at the engine for every proxy.
+# While at least 95% of the streams are open, PROBES (default 120) new
+# requests at 4/s go to a second, idle engine through the proxy and, at the
+# same time, straight to it: their TTFT is what the proxy adds to a new
+# request with N streams open (the engine answers at once), next to direct.
 # Loopback only; bounded by the request count and a 600 s per-request timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-9000}; T=${2:-120}; S=${3:-1}
+PROBES=${PROBES:-120}
 ulimit -n 20000
 # BIN=path measures another build (an earlier commit's, say)
 bin=${BIN:-./target/release/thinkgate}
@@ -38,19 +43,27 @@ if [ -n "${THINK:-}" ]; then
     "$THINK" "$THINK" "$THINK" "$((THINK * 2))" > "$out/sim.toml"
   sim_cfg=(--config "$out/sim.toml")
 fi
-$bin sim "${sim_cfg[@]}" --listen 127.0.0.1:0 --time-scale "$S" --max-num-seqs "$N" --num-blocks 4000000 \
-  --max-num-batched-tokens 4000000 > "$out/sim.out" 2>&1 &
+$bin sim "${sim_cfg[@]}" --model main --listen 127.0.0.1:0 --time-scale "$S" --max-num-seqs "$N" \
+  --num-blocks 4000000 --max-num-batched-tokens 4000000 > "$out/sim.out" 2>&1 &
 sim_pid=$!
-trap 'kill $sim_pid $gw_pid 2>/dev/null || true' EXIT
-for _ in $(seq 50); do grep -q listening "$out/sim.out" && break; sleep 0.1; done
+# the probe engine: idle, answers at once; new requests go to it through
+# the proxy (and directly) while the N streams are open, so their TTFT is
+# the proxy's own delay with N streams open, not the busy engine's queue
+$bin sim --model probe --listen 127.0.0.1:0 --time-scale 1 > "$out/probe-sim.out" 2>&1 &
+probe_sim_pid=$!
+trap 'kill $sim_pid $probe_sim_pid $gw_pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do grep -q listening "$out/sim.out" && grep -q listening "$out/probe-sim.out" && break; sleep 0.1; done
 sim=$(grep -o '127.0.0.1:[0-9]*' "$out/sim.out" | head -1)
+probe_sim=$(grep -o '127.0.0.1:[0-9]*' "$out/probe-sim.out" | head -1)
 PROXY=${PROXY:-thinkgate}
 gw_pid=""
 case "$PROXY" in
 thinkgate)
   wrap=()
   [ -n "${HEAPTRACK:-}" ] && wrap=(heaptrack -o "$HEAPTRACK")
-  THINKGATE_LOG=warn "${wrap[@]}" $bin serve --listen 127.0.0.1:0 --admin 127.0.0.1:0 --upstream "http://$sim" \
+  printf '[[backends]]\nurl = "http://%s"\nmodels = ["main"]\n[[backends]]\nurl = "http://%s"\nmodels = ["probe"]\n' \
+    "$sim" "$probe_sim" > "$out/gw.toml"
+  THINKGATE_LOG=warn "${wrap[@]}" $bin serve --config "$out/gw.toml" --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
     --health-interval-ms 0 --scrape-interval-ms 0 > "$out/gw.out" 2>&1 &
   gw_pid=$!
   wrap_pid=$gw_pid
@@ -60,6 +73,7 @@ thinkgate)
   fi
   for _ in $(seq 50); do grep -q proxy= "$out/gw.out" && break; sleep 0.1; done
   proxy=$(grep -o 'proxy=[0-9.:]*' "$out/gw.out" | cut -d= -f2)
+  probe_url=http://$proxy
   pids() { echo "$gw_pid"; }
   ;;
 nginx)
@@ -77,6 +91,7 @@ http {
  client_body_temp_path $out/nginx/body; proxy_temp_path $out/nginx/proxy;
  fastcgi_temp_path $out/nginx/fcgi; uwsgi_temp_path $out/nginx/uwsgi; scgi_temp_path $out/nginx/scgi;
  upstream up { server $sim; keepalive 256; }
+ upstream probe { server $probe_sim; keepalive 16; }
  server {
   listen 127.0.0.1:$port backlog=16384;
   location / {
@@ -87,17 +102,25 @@ http {
    proxy_request_buffering off;
    proxy_read_timeout 3600s;
   }
+  location /probe/ {
+   proxy_pass http://probe/;
+   proxy_http_version 1.1;
+   proxy_set_header Connection "";
+   proxy_buffering off;
+  }
  }
 }
 CONF
   /usr/sbin/nginx -p "$out/nginx" -c "$out/nginx/nginx.conf" > "$out/gw.out" 2>&1 &
   gw_pid=$!
   proxy=127.0.0.1:$port
+  probe_url=http://$proxy/probe
   for _ in $(seq 50); do curl -s -o /dev/null "http://$proxy/" && break; sleep 0.1; done
   pids() { echo "$gw_pid"; pgrep -P "$gw_pid"; }
   ;;
 direct)
   proxy=$sim
+  probe_url=http://$probe_sim
   pids() { :; }
   ;;
 *) echo "PROXY is thinkgate, nginx or direct" >&2; exit 2 ;;
@@ -107,9 +130,10 @@ sleep 1
 rss() { local t=0 p; for p in $(pids); do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
 cpu() { local t=0 p; for p in $(pids); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 base=$(rss)
-$bin load --url "http://$proxy" --concurrency "$N" --num-requests "$N" --max-tokens "$T" \
+$bin load --url "http://$proxy" --model main --concurrency "$N" --num-requests "$N" --max-tokens "$T" \
   --quiet --timeout 600 --percentile-metrics ttft,itl --metric-percentiles 50,99 > "$out/load.out" 2>&1 &
 load_pid=$!
+probe_pids=()
 peak=0; peak_open=0; open_at_peak=0; t0=""; c0=0; c1=0; samples=0; plateau=0
 while kill -0 $load_pid 2>/dev/null; do
   r=$(rss)
@@ -122,7 +146,17 @@ while kill -0 $load_pid 2>/dev/null; do
   # RSS over the plateau too (the overall peak may come as the streams end)
   if [ "$open" -ge $((N * 95 / 100)) ]; then
     [ "$r" -gt "$plateau" ] && plateau=$r
-    [ -z "$t0" ] && { t0=$(date +%s.%N); c0=$(cpu); }
+    if [ -z "$t0" ]; then
+      t0=$(date +%s.%N); c0=$(cpu)
+      # new requests while the streams are open: PROBES at 4/s, through
+      # the proxy and straight to the probe engine at the same time
+      for via in proxy direct; do
+        u=$probe_url; [ $via = direct ] && u=http://$probe_sim
+        $bin load --url "$u" --model probe --rate 4 --num-requests "$PROBES" --max-tokens 4 --seed 7 \
+          --quiet --timeout 60 --percentile-metrics ttft --metric-percentiles 50,99 > "$out/probe-$via.out" 2>&1 &
+        probe_pids+=($!)
+      done
+    fi
     t1=$(date +%s.%N); c1=$(cpu); samples=$((samples + 1))
   fi
   sleep 1
@@ -140,6 +174,15 @@ if [ -n "$t0" ] && [ "$PROXY" != direct ]; then
   awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v n="$samples" \
     'BEGIN { d = t1 - t0; if (d > 0) printf "proxy CPU on the plateau: %.3f cores (%d s sampled)\n", (c1 - c0) / 100 / d, n }'
 fi
+for p in "${probe_pids[@]}"; do wait "$p" || true; done
+for via in proxy direct; do
+  if [ -f "$out/probe-$via.out" ]; then
+    echo "new requests while the streams were open, $via ($PROBES at 4/s, max_tokens 4):"
+    grep -E '^ +ttft ms:|requests|failed' "$out/probe-$via.out" | head -4
+  else
+    echo "new requests while the streams were open, $via: none sent (no plateau)"
+  fi
+done
 if [ -n "${HEAPTRACK:-}" ]; then
   kill "$gw_pid"; wait "$wrap_pid" || true
   heaptrack_print -f "$(ls "$HEAPTRACK"*.zst "$HEAPTRACK"*.gz 2>/dev/null | head -1)" \
