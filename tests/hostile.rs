@@ -145,6 +145,42 @@ async fn smuggling_attempts_never_reach_the_upstream() {
     assert_serves(&gw).await;
 }
 
+/// A request head up to `CLIENT_BUFFER_BYTES` (16 KiB) is forwarded; a
+/// longer one gets 431 and reaches no engine.
+#[tokio::test]
+async fn request_heads_up_to_16_kib_pass_and_longer_ones_get_431() {
+    let up = echo_upstream().await;
+    let gw = gateway(vec![up.url()], |_| {}).await;
+    let request = |pad: usize| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+             x-pad: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{CHAT}",
+            "a".repeat(pad),
+            CHAT.len()
+        )
+    };
+    let limit = thinkgate::server::CLIENT_BUFFER_BYTES;
+    let (resp, _) = raw(
+        gw.proxy_addr,
+        request(limit - 1024).as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(statuses(&resp), vec![200], "{resp:.300}");
+    let (resp, _) = raw(
+        gw.proxy_addr,
+        request(limit + 1024).as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(statuses(&resp), vec![431], "{resp:.300}");
+    assert_eq!(
+        up.seen.lock().unwrap().len(),
+        1,
+        "only the first reached the engine"
+    );
+}
+
 #[tokio::test]
 async fn header_floods_are_refused_and_the_gateway_stays_up() {
     let up = echo_upstream().await;

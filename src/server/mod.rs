@@ -135,11 +135,21 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<B
     )
 }
 
+/// The most a client connection buffers either way: a request head up to
+/// this size (431 beyond), and response bytes queued for a client that
+/// reads slower than its engine writes. hyper's default (408 KiB) let a
+/// slow reader of a long stream park up to that much in the gateway; at
+/// 16 KiB the gateway stops reading the engine instead (TCP back-pressure,
+/// as nginx with `proxy_buffering off` does with its one buffer). 16 KiB is
+/// also where h11, one of uvicorn's HTTP parsers, stops a head.
+pub const CLIENT_BUFFER_BYTES: usize = 16 * 1024;
+
 fn http_builder(client_header_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(client_header_timeout)
+        .max_buf_size(CLIENT_BUFFER_BYTES)
         .keep_alive(true);
     b.http2().timer(TokioTimer::new());
     b
