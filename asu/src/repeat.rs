@@ -15,10 +15,12 @@
 //! everywhere. A loop is found when some period matches for at least
 //! `min_match` of the window; the smallest such period is reported.
 //!
-//! Cost: per word, two comparisons per period (in a ring of `window +
-//! max_period` word hashes); memory, 4 bytes per ring slot plus 2 per
-//! period (about 1.4 KiB with the defaults), allocated at the first
-//! reasoning byte of a request: a thinking stream holds it for minutes.
+//! Cost: per word, two comparisons per period, over slices of the last
+//! `window + max_period` word hashes kept in order (so each comparison is a
+//! plain index, and the loops vectorize); memory, 4 bytes per kept word
+//! plus `SLACK` more, and 2 per period (about 1.6 KiB with the defaults),
+//! allocated at the first reasoning byte of a request: a thinking stream
+//! holds it for minutes.
 //! The ring keeps 32 of each hash's 64 bits (folded): a false match
 //! between two different words is then one in four billion, far below the
 //! chance matches of common words that `min_match` already allows for.
@@ -81,13 +83,20 @@ pub struct LoopFound {
 const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0100_0000_01b3;
 
+/// Free slots after the kept words: when they run out, the kept words move
+/// to the front (one copy of ~1.2 KiB every `SLACK` words).
+const SLACK: usize = 64;
+
 /// The detector of one request's reasoning text (see the module docs).
 #[derive(Debug)]
 pub struct LoopDetector {
-    window: u64,
+    window: usize,
+    periods: usize,
     threshold: u16,
-    /// Word hashes (folded to 32 bits), position `t` at `t % ring.len()`.
-    ring: Box<[u32]>,
+    /// Word hashes (folded to 32 bits), oldest first, the newest at
+    /// `len - 1`; at least the last `window + periods + 1` words are kept.
+    hist: Box<[u32]>,
+    len: usize,
     /// `counts[p - 1]`: matches at lag `p` among the last `window` words.
     counts: Box<[u16]>,
     words: u64,
@@ -98,13 +107,15 @@ pub struct LoopDetector {
 impl LoopDetector {
     pub fn new(cfg: LoopConfig) -> Self {
         let cfg = cfg.sane();
-        let window = u64::from(cfg.window_words);
+        let window = usize::from(cfg.window_words);
         let periods = usize::from(cfg.max_period_words);
         let threshold = ((f32::from(cfg.window_words) * cfg.min_match).ceil() as u16).max(1);
         Self {
             window,
+            periods,
             threshold,
-            ring: vec![0; usize::from(cfg.window_words) + periods + 1].into_boxed_slice(),
+            hist: vec![0; window + periods + 1 + SLACK].into_boxed_slice(),
+            len: 0,
             counts: vec![0; periods].into_boxed_slice(),
             words: 0,
             cur: FNV_START,
@@ -144,32 +155,41 @@ impl LoopDetector {
         let h = (self.cur ^ (self.cur >> 32)) as u32;
         self.cur = FNV_START;
         self.cur_len = 0;
-        let r = self.ring.len() as u64;
+        // word number `t` (from 0) goes at `now`
         let t = self.words;
         self.words += 1;
-        let at = |pos: u64| (pos % r) as usize;
-        self.ring[at(t)] = h;
-        let mut found = None;
-        for (i, count) in self.counts.iter_mut().enumerate() {
-            let p = i as u64 + 1;
-            if t < p {
-                break;
-            }
-            if self.ring[at(t - p)] == h {
-                *count += 1;
-            }
-            // the word `window` back leaves the window
-            if t >= self.window + p {
-                let old = t - self.window;
-                if self.ring[at(old)] == self.ring[at(old - p)] {
-                    *count -= 1;
-                }
-            }
-            if found.is_none() && *count >= self.threshold {
-                found = Some(p as u32);
+        let keep = self.window + self.periods;
+        if self.len == self.hist.len() {
+            self.hist.copy_within(self.len - keep.., 0);
+            self.len = keep;
+        }
+        let now = self.len;
+        self.hist[now] = h;
+        self.len += 1;
+        // lag `p` adds a match when word `t - p` equals word `t` (p <= t)
+        let adds = self.periods.min(usize::try_from(t).unwrap_or(usize::MAX));
+        let recent = &self.hist[now - adds..now];
+        for (count, &w) in self.counts[..adds].iter_mut().zip(recent.iter().rev()) {
+            *count += u16::from(w == h);
+        }
+        // word `old = t - window` leaves the window: its match at lag `p`
+        // (counted when it came, p <= old) goes
+        let old_t = usize::try_from(t)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.window);
+        if t >= self.window as u64 {
+            let removes = self.periods.min(old_t);
+            let old = now - self.window;
+            let gone = self.hist[old];
+            let before = &self.hist[old - removes..old];
+            for (count, &w) in self.counts[..removes].iter_mut().zip(before.iter().rev()) {
+                *count -= u16::from(w == gone);
             }
         }
-        found
+        self.counts[..adds]
+            .iter()
+            .position(|&c| c >= self.threshold)
+            .map(|i| i as u32 + 1)
     }
 }
 
@@ -275,6 +295,109 @@ mod tests {
         }
         assert_eq!(x, Some(6));
         assert_eq!(x, y);
+    }
+
+    /// The detector as first written: a ring indexed modulo its length,
+    /// every lag checked with its own conditions. The kept-in-order
+    /// version must agree with it word for word.
+    struct Reference {
+        window: u64,
+        threshold: u16,
+        ring: Vec<u32>,
+        counts: Vec<u16>,
+        words: u64,
+    }
+
+    impl Reference {
+        fn new(cfg: LoopConfig) -> Self {
+            let cfg = cfg.sane();
+            let periods = usize::from(cfg.max_period_words);
+            Self {
+                window: u64::from(cfg.window_words),
+                threshold: ((f32::from(cfg.window_words) * cfg.min_match).ceil() as u16).max(1),
+                ring: vec![0; usize::from(cfg.window_words) + periods + 1],
+                counts: vec![0; periods],
+                words: 0,
+            }
+        }
+
+        fn word(&mut self, h: u32) -> Option<u32> {
+            let r = self.ring.len() as u64;
+            let t = self.words;
+            self.words += 1;
+            let at = |pos: u64| (pos % r) as usize;
+            self.ring[at(t)] = h;
+            let mut found = None;
+            for (i, count) in self.counts.iter_mut().enumerate() {
+                let p = i as u64 + 1;
+                if t < p {
+                    break;
+                }
+                if self.ring[at(t - p)] == h {
+                    *count += 1;
+                }
+                if t >= self.window + p {
+                    let old = t - self.window;
+                    if self.ring[at(old)] == self.ring[at(old - p)] {
+                        *count -= 1;
+                    }
+                }
+                if found.is_none() && *count >= self.threshold {
+                    found = Some(p as u32);
+                }
+            }
+            found
+        }
+    }
+
+    fn hash(word: &str) -> u32 {
+        let mut d = LoopDetector::new(LoopConfig::default());
+        let _ = d.feed(word);
+        let cur = d.cur;
+        (cur ^ (cur >> 32)) as u32
+    }
+
+    #[test]
+    fn agrees_with_the_ring_it_replaced_word_for_word() {
+        let mut x = 99u64;
+        let mut next = move |m: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % m
+        };
+        for round in 0..40 {
+            let cfg = LoopConfig {
+                window_words: 1 + next(200) as u16,
+                max_period_words: 1 + next(150) as u16,
+                min_match: 0.5 + next(50) as f32 / 100.0,
+            };
+            // ordinary words, loops of a few periods, words from a small
+            // vocabulary (many chance matches), and back again
+            let mut text: Vec<String> = Vec::new();
+            while text.len() < 3000 {
+                match next(3) {
+                    0 => text.extend((0..next(400)).map(|_| format!("w{}", next(5000)))),
+                    1 => {
+                        let unit: Vec<String> = (0..1 + next(160))
+                            .map(|_| format!("u{}", next(5000)))
+                            .collect();
+                        for _ in 0..1 + next(8) {
+                            text.extend(unit.iter().cloned());
+                        }
+                    }
+                    _ => text.extend((0..next(300)).map(|_| format!("v{}", next(4)))),
+                }
+            }
+            let mut d = LoopDetector::new(cfg);
+            let mut r = Reference::new(cfg);
+            for (i, w) in text.iter().enumerate() {
+                let got = d.feed(&format!("{w} "));
+                let want = r.word(hash(w));
+                assert_eq!(got, want, "round {round} {cfg:?}: word {i}");
+                assert_eq!(&d.counts[..], &r.counts[..], "round {round}: word {i}");
+            }
+        }
     }
 
     #[test]
