@@ -24,6 +24,9 @@
 //!   [`straggler`] (what to enforce), [`upstream`] (base URLs,
 //!   clients), [`error`].
 #![forbid(unsafe_code)]
+// a future over 16 KiB held by every request is memory per open stream:
+// box the large branch instead (see `proxy::forward`)
+#![warn(clippy::large_futures)]
 
 pub mod access;
 pub mod body;

@@ -149,7 +149,7 @@ pub async fn respond(mut m: Managed) -> Response<ResponseBody> {
         Response::from_parts(head, ResponseBody::Channel(body))
     } else {
         let view = View::assemble(&m);
-        let (status, body) = first_leg::run(m, leg, view).await;
+        let (status, body) = Box::pin(first_leg::run(m, leg, view)).await;
         head.status = status;
         head.headers.insert(
             header::CONTENT_TYPE,
