@@ -156,7 +156,7 @@ impl LoopDetector {
         self.cur = FNV_START;
         self.cur_len = 0;
         // word number `t` (from 0) goes at `now`
-        let t = self.words;
+        let t = usize::try_from(self.words).unwrap_or(usize::MAX);
         self.words += 1;
         let keep = self.window + self.periods;
         if self.len == self.hist.len() {
@@ -167,17 +167,14 @@ impl LoopDetector {
         self.hist[now] = h;
         self.len += 1;
         // lag `p` adds a match when word `t - p` equals word `t` (p <= t)
-        let adds = self.periods.min(usize::try_from(t).unwrap_or(usize::MAX));
+        let adds = self.periods.min(t);
         let recent = &self.hist[now - adds..now];
         for (count, &w) in self.counts[..adds].iter_mut().zip(recent.iter().rev()) {
             *count += u16::from(w == h);
         }
         // word `old = t - window` leaves the window: its match at lag `p`
         // (counted when it came, p <= old) goes
-        let old_t = usize::try_from(t)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(self.window);
-        if t >= self.window as u64 {
+        if let Some(old_t) = t.checked_sub(self.window) {
             let removes = self.periods.min(old_t);
             let old = now - self.window;
             let gone = self.hist[old];
