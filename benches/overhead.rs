@@ -20,6 +20,11 @@
 //! third measurement, first chunk on a new connection each time, gives the
 //! cost of a handshake through each path.
 //!
+//! `OVERHEAD_BASELINE_BIN=path`: another build of the gateway (say, the
+//! commit before a change) as a path of its own, `baseline`, in the same
+//! alternation: a change is judged against the build it replaces on the
+//! same machine in the same minutes.
+//!
 //! `OVERHEAD_TRACING=1`: a second gateway process with OpenTelemetry traces
 //! on (every request sampled, set by the standard `OTEL_*` variables),
 //! exporting over OTLP/HTTP to a sink in this process that answers every
@@ -390,6 +395,8 @@ struct Path3 {
     fresh: Vec<f64>,
     tp: Vec<f64>,
     cpu: f64,
+    /// Proxy CPU over the latency phase (keep-alive, one request at a time).
+    cpu_lat: f64,
     chunks: f64,
 }
 
@@ -428,9 +435,9 @@ fn main() {
                 args.push(file.display().to_string());
             }
         }
-        let spawn = |env: &[(&str, String)]| {
-            let mut gw = Command::new(&prog)
-                .args(&pre)
+        let spawn_with = |prog: &str, pre: &[String], env: &[(&str, String)]| {
+            let mut gw = Command::new(prog)
+                .args(pre)
                 .args(&args)
                 .env("THINKGATE_LOG", "warn")
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -442,7 +449,11 @@ fn main() {
             let proxy = line.split("proxy=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
             (gw, proxy)
         };
+        let spawn = |env: &[(&str, String)]| spawn_with(&prog, &pre, env);
         let (mut gw, proxy) = spawn(&[]);
+        // `OVERHEAD_BASELINE_BIN=path`: another build of the gateway (the one
+        // before a change) measured as a path of its own in the same run
+        let mut baseline = std::env::var("OVERHEAD_BASELINE_BIN").ok().map(|b| spawn_with(&b, &[], &[]));
         let tracing_mode = std::env::var("OVERHEAD_TRACING").is_ok_and(|v| v == "1");
         let exports = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut traced = if tracing_mode {
@@ -461,14 +472,17 @@ fn main() {
             eprintln!("nginx not found (apt-get install nginx): comparing with direct only");
         }
         let mut paths = vec![
-            Path3 { name: "direct", base: format!("{scheme}://{}", host(&up.to_string())), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 },
-            Path3 { name: "thinkgate", base: format!("{scheme}://{}", host(&proxy)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 },
+            Path3 { name: "direct", base: format!("{scheme}://{}", host(&up.to_string())), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, cpu_lat: 0.0, chunks: 0.0 },
+            Path3 { name: "thinkgate", base: format!("{scheme}://{}", host(&proxy)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, cpu_lat: 0.0, chunks: 0.0 },
         ];
         if let Some((_, addr)) = &traced {
-            paths.push(Path3 { name: "thinkgate+traces", base: format!("{scheme}://{}", host(addr)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 });
+            paths.push(Path3 { name: "thinkgate+traces", base: format!("{scheme}://{}", host(addr)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, cpu_lat: 0.0, chunks: 0.0 });
+        }
+        if let Some((_, addr)) = &baseline {
+            paths.push(Path3 { name: "baseline", base: format!("{scheme}://{}", host(addr)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, cpu_lat: 0.0, chunks: 0.0 });
         }
         if let Some(n) = &nginx {
-            paths.push(Path3 { name: "nginx", base: format!("{scheme}://{}", host(&n.addr)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, chunks: 0.0 });
+            paths.push(Path3 { name: "nginx", base: format!("{scheme}://{}", host(&n.addr)), lat: vec![], tp: vec![], fresh: vec![], cpu: 0.0, cpu_lat: 0.0, chunks: 0.0 });
         }
         let c = client(ca.as_ref(), 1);
         let new_conn = client(ca.as_ref(), 0);
@@ -480,15 +494,20 @@ fn main() {
         }
         let gw_pid = gw.id();
         let traced_pid = traced.as_ref().map_or(0, |(g, _)| g.id());
+        let baseline_pid = baseline.as_ref().map_or(0, |(g, _)| g.id());
         for _ in 0..ROUNDS {
             for p in paths.iter_mut() {
-                p.lat.extend(latency(&c, &format!("{}/v1/chat/completions?n=1", p.base)).await);
                 let cpu = |name: &str| match name {
                     "thinkgate" => cpu_seconds(gw_pid),
                     "thinkgate+traces" => cpu_seconds(traced_pid),
+                    "baseline" => cpu_seconds(baseline_pid),
                     "nginx" => nginx.as_ref().map_or(0.0, Nginx::cpu),
                     _ => 0.0,
                 };
+                let cpu0 = cpu(p.name);
+                let lat = latency(&c, &format!("{}/v1/chat/completions?n=1", p.base)).await;
+                p.cpu_lat += cpu(p.name) - cpu0;
+                p.lat.extend(lat);
                 for _ in 0..FRESH_REQUESTS {
                     let url = format!("{}/v1/chat/completions?n=1", p.base);
                     p.fresh.push(one(&new_conn, &url).await.0.as_secs_f64() * 1e6);
@@ -503,21 +522,26 @@ fn main() {
         let (d50, d99) = (pct(&mut paths[0].lat.clone(), 0.5), pct(&mut paths[0].lat.clone(), 0.99));
         let f50 = pct(&mut paths[0].fresh.clone(), 0.5);
         println!("{}", if tls_mode { "TLS on every hop" } else { "plain HTTP" });
-        println!("| path | first chunk p50 (us) | first chunk p99 (us) | added p50 / p99 (us) | new connection: first chunk p50 / p99 (us), added p50 | throughput, {CONC} streams x {CHUNKS} chunks (chunks/s, median of {ROUNDS}) | vs direct | proxy CPU s per million chunks |");
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        println!("| path | first chunk p50 (us) | first chunk p99 (us) | added p50 / p99 (us) | new connection: first chunk p50 / p99 (us), added p50 | throughput, {CONC} streams x {CHUNKS} chunks (chunks/s, median of {ROUNDS}) | vs direct | proxy CPU s per million chunks | proxy CPU us per request (one at a time) |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for p in &paths {
             let (l50, l99) = (pct(&mut p.lat.clone(), 0.5), pct(&mut p.lat.clone(), 0.99));
             let (n50, n99) = (pct(&mut p.fresh.clone(), 0.5), pct(&mut p.fresh.clone(), 0.99));
             let tp = pct(&mut p.tp.clone(), 0.5);
             let cpu = if p.name == "direct" { "".to_string() } else { format!("{:.2}", p.cpu / p.chunks * 1e6) };
+            let cpu_req = if p.name == "direct" { "".to_string() } else { format!("{:.0}", p.cpu_lat / p.lat.len() as f64 * 1e6) };
             println!(
-                "| {} | {l50:.0} | {l99:.0} | +{:.0} / +{:.0} | {n50:.0} / {n99:.0}, +{:.0} | {tp:.0} | {:.3}x | {cpu} |",
+                "| {} | {l50:.0} | {l99:.0} | +{:.0} / +{:.0} | {n50:.0} / {n99:.0}, +{:.0} | {tp:.0} | {:.3}x | {cpu} | {cpu_req} |",
                 p.name, l50 - d50, l99 - d99, n50 - f50, tp / direct_tp
             );
         }
         println!("({} latency samples per path, {ROUNDS} rounds alternating paths; machine: {} cores)", paths[0].lat.len(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
         if tracing_mode {
             println!("(the traced gateway sent {} OTLP exports to the sink)", exports.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        if let Some((mut g, _)) = baseline.take() {
+            let _ = g.kill();
+            let _ = g.wait();
         }
         if let Some((mut g, _)) = traced.take() {
             let _ = g.kill();

@@ -21,7 +21,13 @@ pub(super) fn context(shared: &Arc<Shared>, parts: &http::request::Parts) -> (Re
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let minted = client_id.is_none();
-    let id = client_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // a version-4 id from the thread's generator (`uuid`'s own asks the
+    // kernel, one `getrandom` syscall per request)
+    let id = client_id.unwrap_or_else(|| {
+        uuid::Builder::from_random_bytes(rand::random())
+            .into_uuid()
+            .to_string()
+    });
     let mut ctx = RequestCtx::new(
         Arc::clone(shared),
         t_recv,
