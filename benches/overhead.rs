@@ -25,6 +25,10 @@
 //! alternation: a change is judged against the build it replaces on the
 //! same machine in the same minutes.
 //!
+//! `OVERHEAD_PROFILE=secs`: only the gateway path, one request at a time,
+//! for that long, the gateway's pid on stderr first (attach `perf record`);
+//! prints the gateway's CPU per request.
+//!
 //! `OVERHEAD_TRACING=1`: a second gateway process with OpenTelemetry traces
 //! on (every request sampled, set by the standard `OTEL_*` variables),
 //! exporting over OTLP/HTTP to a sink in this process that answers every
@@ -493,6 +497,30 @@ fn main() {
             }
         }
         let gw_pid = gw.id();
+        // `OVERHEAD_PROFILE=secs`: only requests one at a time through the
+        // gateway for that long, its pid on stderr first, for a profiler
+        // to attach to the per-request path alone (docs/performance.md)
+        if let Some(secs) = std::env::var("OVERHEAD_PROFILE").ok().and_then(|s| s.parse::<u64>().ok()) {
+            eprintln!("gateway pid {gw_pid}");
+            let url = format!("{}/v1/chat/completions?n=1", paths[1].base);
+            let t = Instant::now();
+            let mut n = 0u64;
+            let cpu0 = cpu_seconds(gw_pid);
+            while t.elapsed() < Duration::from_secs(secs) {
+                one(&c, &url).await;
+                n += 1;
+            }
+            println!("{n} requests in {secs} s; gateway CPU {:.1} us per request", (cpu_seconds(gw_pid) - cpu0) / n as f64 * 1e6);
+            drop(nginx);
+            for (mut g, _) in [baseline.take(), traced.take()].into_iter().flatten() {
+                let _ = g.kill();
+                let _ = g.wait();
+            }
+            let _ = gw.kill();
+            let _ = gw.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
         let traced_pid = traced.as_ref().map_or(0, |(g, _)| g.id());
         let baseline_pid = baseline.as_ref().map_or(0, |(g, _)| g.id());
         for _ in 0..ROUNDS {
